@@ -2,12 +2,20 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod backoff;
+pub mod bucket;
 pub mod classify;
+mod clock;
 mod error;
 pub mod headers;
 #[cfg(feature = "mock")]
 pub mod mock;
+mod quota;
+pub mod rate_limit;
 
+pub use bucket::{Bucket, LocalBucket};
 pub use error::{ConfigError, ThrottleError};
+pub use quota::{Limits, Quota};
+pub use rate_limit::{RateLimit, RateLimitLayer};

@@ -1,0 +1,163 @@
+//! Buckets: where the admit decision is made, shared by every clone of a service.
+//!
+//! [`Bucket`] is the contract: reserve a slot (possibly in the future), hand an unused slot
+//! back, hold everyone until an instant, change the rate at run time, read a snapshot.
+//! [`LocalBucket`] is the in-process implementation; [`KeyedBucket`] keeps one bucket per key
+//! (per host, per workspace) and forgets idle keys.
+//!
+//! ```
+//! use tower_throttle::{Bucket, LocalBucket, Quota};
+//! use tokio::time::Instant;
+//!
+//! let bucket = LocalBucket::new(Quota::per_second(10)?.with_burst(2)?);
+//! let now = Instant::now();
+//! let first = bucket.try_reserve(now, None)?;
+//! let second = bucket.try_reserve(now, None)?;
+//! let third = bucket.try_reserve(now, None)?;
+//! assert_eq!(first.at(), now);
+//! assert_eq!(second.at(), now);
+//! // The third caller gets its own slot 100 ms later: callers that must wait are spread out.
+//! assert_eq!(third.at() - now, std::time::Duration::from_millis(100));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod gcra;
+mod keyed;
+mod local;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::{ConfigError, ThrottleError};
+
+pub(crate) use gcra::Gcra;
+pub use keyed::KeyedBucket;
+pub use local::LocalBucket;
+
+/// A slot handed out by a bucket: the caller may start at [`Reservation::at`].
+///
+/// Give an unused reservation back with [`Bucket::cancel`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    at: Instant,
+    // What the bucket's state became when this slot was taken, and the interval it added:
+    // a cancel is exact only if nobody reserved since, which `token` lets the bucket check.
+    token: u64,
+    interval: u64,
+}
+
+impl Reservation {
+    /// Builds a reservation; bucket implementations outside this crate use `token` and
+    /// `interval` as they need (they are handed back untouched on cancel).
+    pub fn new(at: Instant, token: u64, interval: u64) -> Reservation {
+        Reservation {
+            at,
+            token,
+            interval,
+        }
+    }
+
+    /// When the caller may go.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// The bucket's own bookkeeping value stored at reserve time.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// The interval the reservation consumed, in nanoseconds.
+    pub fn interval_nanos(&self) -> u64 {
+        self.interval
+    }
+}
+
+/// A reservation that needs I/O (a round trip to Redis) before it is known.
+pub type ReserveFuture = Pin<Box<dyn Future<Output = Result<Reservation, ThrottleError>> + Send>>;
+
+/// The answer to [`Bucket::reserve`]: known at once (in-process buckets, leased tokens) or
+/// after I/O.
+pub enum Reserve {
+    /// Decided without I/O.
+    Ready(Result<Reservation, ThrottleError>),
+    /// Decided when the future completes.
+    Pending(ReserveFuture),
+}
+
+impl fmt::Debug for Reserve {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reserve::Ready(r) => f.debug_tuple("Ready").field(r).finish(),
+            Reserve::Pending(_) => f.write_str("Pending(..)"),
+        }
+    }
+}
+
+/// A point-in-time view of a bucket, for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Snapshot {
+    /// Requests that could start right now without waiting.
+    pub available: u64,
+    /// When the next caller would get its slot.
+    pub next_free: Instant,
+    /// Current paced rate of the shortest window, in requests per second.
+    pub rate_per_second: f64,
+    /// Set while a hold (from a 429) is in force.
+    pub held_until: Option<Instant>,
+}
+
+/// The contract every bucket keeps, in-process or shared through Redis.
+///
+/// Implementations are handles: cloning one shares the same state.
+pub trait Bucket: Send + Sync + fmt::Debug + 'static {
+    /// Reserves the next free slot for a caller arriving at `now`. If that slot is more than
+    /// `max_wait` away, nothing is reserved and the error says how long the wait would be.
+    fn reserve(&self, now: Instant, max_wait: Option<Duration>) -> Reserve;
+
+    /// Hands back a reservation that will not be used. Exact when nobody reserved after it;
+    /// otherwise the slot is forgotten (never admitted twice).
+    fn cancel(&self, reservation: &Reservation, now: Instant);
+
+    /// Makes every caller wait until `until`, including those already waiting for an earlier
+    /// slot; after it they go paced, one interval apart. A later hold extends an earlier one.
+    fn hold_until(&self, until: Instant);
+
+    /// The end of the current hold, if one is set and `now` has not passed it.
+    fn held_until(&self, now: Instant) -> Option<Instant>;
+
+    /// Changes the rate of the shortest window at run time (requests per second).
+    fn set_rate(&self, per_second: f64) -> Result<(), ConfigError>;
+
+    /// The current rate of the shortest window, in requests per second.
+    fn rate(&self) -> f64;
+
+    /// A view of the bucket at `now`.
+    fn snapshot(&self, now: Instant) -> Snapshot;
+}
+
+/// Converts a rate in requests per second to a whole-nanosecond interval, rounded up so that
+/// the rate is never exceeded.
+pub(crate) fn interval_for_rate(per_second: f64) -> Result<u64, ConfigError> {
+    if !per_second.is_finite() || per_second <= 0.0 {
+        return Err(ConfigError::OutOfRange {
+            name: "rate",
+            value: per_second,
+            expected: "a finite number of requests per second above zero",
+        });
+    }
+    let nanos = (1e9 / per_second).ceil();
+    if nanos < 1.0 {
+        return Err(ConfigError::Overflow { what: "rate" });
+    }
+    // Rates below one per 584 years saturate rather than wrap.
+    Ok(if nanos >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        nanos as u64
+    })
+}

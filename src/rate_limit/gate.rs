@@ -1,0 +1,161 @@
+//! The per-handle admission state machine shared by the gate services.
+//!
+//! A `Gate` belongs to one service handle (one clone); the bucket and the semaphore it points
+//! at are shared by all of them. It reserves in `poll_ready`, so a caller that must wait owns
+//! a future slot of its own and wakes exactly then (no polling loop, no herd), and it gives
+//! the slot back when the handle is dropped before `call`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::PollSemaphore;
+
+use crate::bucket::{Bucket, Reservation, Reserve, ReserveFuture};
+use crate::ThrottleError;
+
+pub(crate) struct Gate<B: Bucket> {
+    bucket: B,
+    max_wait: Option<Duration>,
+    semaphore: Option<PollSemaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+    state: State,
+    // Allocated the first time this handle has to wait, then reset in place.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+enum State {
+    Idle,
+    Reserving(ReserveFuture),
+    Waiting(Reservation),
+    Ready(Reservation),
+}
+
+impl<B: Bucket + Clone> Gate<B> {
+    pub(crate) fn new(
+        bucket: B,
+        max_wait: Option<Duration>,
+        semaphore: Option<PollSemaphore>,
+    ) -> Self {
+        Gate {
+            bucket,
+            max_wait,
+            semaphore,
+            permit: None,
+            state: State::Idle,
+            sleep: None,
+        }
+    }
+
+    pub(crate) fn bucket(&self) -> &B {
+        &self.bucket
+    }
+
+    /// Ready once this handle owns a slot that has arrived (and a concurrency permit, if capped).
+    pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ThrottleError>> {
+        loop {
+            match &mut self.state {
+                State::Ready(_) => return Poll::Ready(Ok(())),
+                State::Idle => {
+                    // The permit comes first so that a caller stuck behind the concurrency cap
+                    // does not sit on a rate slot that someone else could use.
+                    if let (Some(sem), None) = (&mut self.semaphore, &self.permit) {
+                        let permit = ready!(sem.poll_acquire(cx));
+                        // The semaphore is owned by the layer and never closed.
+                        self.permit = Some(permit.expect("concurrency semaphore closed"));
+                    }
+                    let now = Instant::now();
+                    match self.bucket.reserve(now, self.max_wait) {
+                        Reserve::Ready(result) => self.admit(result, now)?,
+                        Reserve::Pending(fut) => self.state = State::Reserving(fut),
+                    }
+                }
+                State::Reserving(fut) => {
+                    let result = ready!(fut.as_mut().poll(cx));
+                    self.state = State::Idle;
+                    self.admit(result, Instant::now())?;
+                }
+                State::Waiting(reservation) => {
+                    let at = reservation.at();
+                    let sleep = self.sleep.as_mut().expect("waiting implies a timer");
+                    ready!(sleep.as_mut().poll(cx));
+                    let now = Instant::now();
+                    self.state = match self.bucket.held_until(now) {
+                        // A 429 arrived while we slept: the bucket was pushed past the hold,
+                        // so our old slot is void and we queue again behind the hold.
+                        Some(hold) if hold > at => State::Idle,
+                        _ => match std::mem::replace(&mut self.state, State::Idle) {
+                            State::Waiting(r) => State::Ready(r),
+                            _ => unreachable!("state checked above"),
+                        },
+                    };
+                }
+            }
+        }
+    }
+
+    fn admit(
+        &mut self,
+        result: Result<Reservation, ThrottleError>,
+        now: Instant,
+    ) -> Result<(), ThrottleError> {
+        let reservation = result.inspect_err(|_| {
+            // Shed callers give their concurrency permit back too.
+            self.permit = None;
+        })?;
+        if reservation.at() <= now {
+            self.state = State::Ready(reservation);
+        } else {
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(reservation.at()),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(reservation.at()))),
+            }
+            self.state = State::Waiting(reservation);
+        }
+        Ok(())
+    }
+
+    /// Consumes the slot acquired by `poll_acquire`; returns the concurrency permit to hold
+    /// for the duration of the call.
+    pub(crate) fn take(&mut self) -> Option<OwnedSemaphorePermit> {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Ready(_) => self.permit.take(),
+            _ => panic!("service called before poll_ready returned Ready"),
+        }
+    }
+}
+
+impl<B: Bucket + Clone> Clone for Gate<B> {
+    fn clone(&self) -> Self {
+        // A clone shares the bucket and the cap, never this handle's slot.
+        Gate::new(self.bucket.clone(), self.max_wait, self.semaphore.clone())
+    }
+}
+
+impl<B: Bucket> Drop for Gate<B> {
+    fn drop(&mut self) {
+        if let State::Waiting(r) | State::Ready(r) = &self.state {
+            self.bucket.cancel(r, Instant::now());
+        }
+    }
+}
+
+impl<B: Bucket> std::fmt::Debug for Gate<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Idle => "idle",
+            State::Reserving(_) => "reserving",
+            State::Waiting(_) => "waiting",
+            State::Ready(_) => "ready",
+        };
+        f.debug_struct("Gate")
+            .field("bucket", &self.bucket)
+            .field("max_wait", &self.max_wait)
+            .field("concurrency_cap", &self.semaphore.is_some())
+            .field("state", &state)
+            .finish()
+    }
+}

@@ -1,0 +1,216 @@
+use std::fmt;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::Authority;
+use tower::BoxError;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::future::KeyedResponseFuture;
+use crate::bucket::KeyedBucket;
+use crate::Limits;
+
+/// Picks the bucket a request belongs to.
+///
+/// Implemented for every `Fn(&Req) -> K`; [`ByAuthority`] is the default for HTTP requests.
+pub trait KeyFn<Req> {
+    /// The key type.
+    type Key: Hash + Eq + Clone + Send + Sync + 'static;
+
+    /// The key of `req`.
+    fn key(&self, req: &Req) -> Self::Key;
+}
+
+impl<Req, K, F> KeyFn<Req> for F
+where
+    F: Fn(&Req) -> K,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    type Key = K;
+
+    fn key(&self, req: &Req) -> K {
+        self(req)
+    }
+}
+
+/// Keys an `http::Request` by its URI authority (`host:port`); requests without one share the
+/// `None` bucket.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByAuthority;
+
+impl<B> KeyFn<http::Request<B>> for ByAuthority {
+    type Key = Option<Authority>;
+
+    fn key(&self, req: &http::Request<B>) -> Option<Authority> {
+        req.uri().authority().cloned()
+    }
+}
+
+/// One rate limit per destination (host, workspace, token), keyed by a function of the
+/// request.
+///
+/// `poll_ready` cannot see the request, so this variant is always ready and waits inside the
+/// response future instead: `call` reserves the key's slot, the future sleeps until it, then
+/// drives a clone of the inner service (`S: Clone`). Consequences: backpressure shows up as
+/// slower futures rather than a pending `poll_ready`, and a `max_wait` refusal comes back
+/// from the future. Dropping the future before its slot returns the slot.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+/// use tower_throttle::rate_limit::KeyedRateLimitLayer;
+/// use tower_throttle::Quota;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower::BoxError> {
+/// let svc = ServiceBuilder::new()
+///     .layer(KeyedRateLimitLayer::per_authority(Quota::per_second(10)?))
+///     .service(service_fn(|_req: http::Request<()>| async { Ok::<_, std::convert::Infallible>("ok") }));
+/// let req = http::Request::get("https://api.hubapi.com/crm/v3/objects").body(())?;
+/// assert_eq!(svc.oneshot(req).await?, "ok");
+/// # Ok(()) }
+/// ```
+pub struct KeyedRateLimitLayer<K, F> {
+    bucket: KeyedBucket<K>,
+    key_fn: F,
+    max_wait: Option<Duration>,
+}
+
+impl KeyedRateLimitLayer<Option<Authority>, ByAuthority> {
+    /// One bucket per URI authority, each enforcing `limits`.
+    pub fn per_authority(limits: impl Into<Limits>) -> Self {
+        KeyedRateLimitLayer::new(limits, ByAuthority)
+    }
+}
+
+impl<K: Hash + Eq + Clone, F> KeyedRateLimitLayer<K, F> {
+    /// One bucket per `key_fn(&request)`, each enforcing `limits`.
+    pub fn new(limits: impl Into<Limits>, key_fn: F) -> Self {
+        KeyedRateLimitLayer {
+            bucket: KeyedBucket::new(limits),
+            key_fn,
+            max_wait: None,
+        }
+    }
+
+    /// Refuses a request whose key's slot is more than `max_wait` away.
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// The shared per-key buckets.
+    pub fn bucket(&self) -> &KeyedBucket<K> {
+        &self.bucket
+    }
+}
+
+impl<K, F: Clone> Clone for KeyedRateLimitLayer<K, F> {
+    fn clone(&self) -> Self {
+        KeyedRateLimitLayer {
+            bucket: self.bucket.clone(),
+            key_fn: self.key_fn.clone(),
+            max_wait: self.max_wait,
+        }
+    }
+}
+
+impl<K, F> fmt::Debug for KeyedRateLimitLayer<K, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedRateLimitLayer")
+            .field("bucket", &self.bucket)
+            .field("max_wait", &self.max_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, F: Clone> Layer<S> for KeyedRateLimitLayer<K, F> {
+    type Service = KeyedRateLimit<S, K, F>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedRateLimit {
+            inner,
+            bucket: self.bucket.clone(),
+            key_fn: self.key_fn.clone(),
+            max_wait: self.max_wait,
+            _key: PhantomData,
+        }
+    }
+}
+
+/// The service built by [`KeyedRateLimitLayer`].
+pub struct KeyedRateLimit<S, K, F> {
+    inner: S,
+    bucket: KeyedBucket<K>,
+    key_fn: F,
+    max_wait: Option<Duration>,
+    _key: PhantomData<fn() -> K>,
+}
+
+impl<S: Clone, K, F: Clone> Clone for KeyedRateLimit<S, K, F> {
+    fn clone(&self) -> Self {
+        KeyedRateLimit {
+            inner: self.inner.clone(),
+            bucket: self.bucket.clone(),
+            key_fn: self.key_fn.clone(),
+            max_wait: self.max_wait,
+            _key: PhantomData,
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, F> fmt::Debug for KeyedRateLimit<S, K, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedRateLimit")
+            .field("inner", &self.inner)
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, F> KeyedRateLimit<S, K, F> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The shared per-key buckets.
+    pub fn bucket(&self) -> &KeyedBucket<K> {
+        &self.bucket
+    }
+}
+
+impl<S, K, F, Req> Service<Req> for KeyedRateLimit<S, K, F>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    F: KeyFn<Req, Key = K>,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = KeyedResponseFuture<S, Req, K>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The wait happens in the future, once the key is known; the inner service's own
+        // readiness is awaited there too, on a clone.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let key = self.key_fn.key(&req);
+        let now = tokio::time::Instant::now();
+        match self.bucket.reserve(&key, now, self.max_wait) {
+            Ok(reservation) => KeyedResponseFuture::waiting(
+                self.bucket.clone(),
+                key,
+                reservation,
+                self.inner.clone(),
+                req,
+            ),
+            Err(e) => KeyedResponseFuture::refused(e),
+        }
+    }
+}

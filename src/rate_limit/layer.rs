@@ -1,0 +1,97 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tower_layer::Layer;
+
+use super::RateLimit;
+use crate::bucket::{Bucket, LocalBucket};
+use crate::{ConfigError, Limits};
+
+/// Applies a shared rate limit (and optional concurrency cap) to a service.
+///
+/// Every service this layer builds, and every clone of those services, draws from the same
+/// bucket and the same concurrency cap: an API limit belongs to the workspace, not to one
+/// handle. See the [module docs](crate::rate_limit) for an example.
+#[derive(Clone)]
+pub struct RateLimitLayer<B = LocalBucket> {
+    bucket: B,
+    max_wait: Option<Duration>,
+    concurrency: Option<Arc<Semaphore>>,
+}
+
+impl RateLimitLayer<LocalBucket> {
+    /// A layer with an in-process bucket enforcing `limits` (and their concurrency cap, if any).
+    pub fn new(limits: impl Into<Limits>) -> Self {
+        let limits = limits.into();
+        let concurrency = limits.concurrency().map(|n| Arc::new(Semaphore::new(n)));
+        RateLimitLayer {
+            bucket: LocalBucket::new(limits),
+            max_wait: None,
+            concurrency,
+        }
+    }
+}
+
+impl<B: Bucket + Clone> RateLimitLayer<B> {
+    /// A layer over an existing bucket: share one bucket between several stacks, or use a
+    /// Redis bucket for a fleet.
+    pub fn with_bucket(bucket: B) -> Self {
+        RateLimitLayer {
+            bucket,
+            max_wait: None,
+            concurrency: None,
+        }
+    }
+
+    /// Fails at once with [`ThrottleError::WaitTooLong`](crate::ThrottleError::WaitTooLong)
+    /// instead of waiting longer than `max_wait` for a slot (load shedding). Nothing is
+    /// reserved for a refused caller.
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// Caps requests in flight across every service built by this layer.
+    pub fn with_concurrency(mut self, max_in_flight: usize) -> Result<Self, ConfigError> {
+        if max_in_flight == 0 {
+            return Err(ConfigError::Zero {
+                name: "max_in_flight",
+            });
+        }
+        self.concurrency = Some(Arc::new(Semaphore::new(max_in_flight)));
+        Ok(self)
+    }
+
+    /// The shared bucket (for snapshots, `hold_until`, `set_rate`).
+    pub fn bucket(&self) -> &B {
+        &self.bucket
+    }
+}
+
+impl<S, B: Bucket + Clone> Layer<S> for RateLimitLayer<B> {
+    type Service = RateLimit<S, B>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::from_parts(
+            inner,
+            self.bucket.clone(),
+            self.max_wait,
+            self.concurrency.clone(),
+        )
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for RateLimitLayer<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("bucket", &self.bucket)
+            .field("max_wait", &self.max_wait)
+            .field(
+                "concurrency_available",
+                &self.concurrency.as_ref().map(|s| s.available_permits()),
+            )
+            .finish()
+    }
+}

@@ -1,0 +1,90 @@
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::PollSemaphore;
+use tower::BoxError;
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::gate::Gate;
+use crate::bucket::{Bucket, LocalBucket};
+use crate::Limits;
+
+/// A service gated by a shared bucket; built by [`RateLimitLayer`](super::RateLimitLayer).
+///
+/// `poll_ready` reserves this handle's slot and resolves when it arrives; `call` uses it.
+/// Dropping a ready (or waiting) handle without calling returns the slot. Errors are boxed:
+/// the inner service's own, or a [`ThrottleError`](crate::ThrottleError).
+#[derive(Debug, Clone)]
+pub struct RateLimit<S, B: Bucket + Clone = LocalBucket> {
+    inner: S,
+    gate: Gate<B>,
+}
+
+impl<S> RateLimit<S, LocalBucket> {
+    /// Wraps `inner` in a new in-process bucket enforcing `limits`. To share one bucket
+    /// between several services, build them from one [`RateLimitLayer`](super::RateLimitLayer)
+    /// or clone this service.
+    pub fn new(inner: S, limits: impl Into<Limits>) -> Self {
+        let limits = limits.into();
+        let cap = limits.concurrency().map(|n| Arc::new(Semaphore::new(n)));
+        RateLimit::from_parts(inner, LocalBucket::new(limits), None, cap)
+    }
+}
+
+impl<S, B: Bucket + Clone> RateLimit<S, B> {
+    pub(crate) fn from_parts(
+        inner: S,
+        bucket: B,
+        max_wait: Option<Duration>,
+        concurrency: Option<Arc<Semaphore>>,
+    ) -> Self {
+        RateLimit {
+            inner,
+            gate: Gate::new(bucket, max_wait, concurrency.map(PollSemaphore::new)),
+        }
+    }
+
+    /// The shared bucket.
+    pub fn bucket(&self) -> &B {
+        self.gate.bucket()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service; a slot this handle held is returned to the bucket.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, Req> Service<Req> for RateLimit<S, B>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    B: Bucket + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        ready!(self.gate.poll_acquire(cx))?;
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let permit = self.gate.take();
+        ResponseFuture::new(self.inner.call(req), permit)
+    }
+}

@@ -64,14 +64,23 @@ pub enum ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::ZeroRate => f.write_str("a quota must allow at least one request per period"),
+            ConfigError::ZeroRate => {
+                f.write_str("a quota must allow at least one request per period")
+            }
             ConfigError::ZeroPeriod => f.write_str("a quota's period must be longer than zero"),
             ConfigError::ZeroBurst => f.write_str("a quota's burst must be at least 1"),
             ConfigError::Overflow { what } => {
-                write!(f, "{what} is out of range: the interval per request would be zero or overflow")
+                write!(
+                    f,
+                    "{what} is out of range: the interval per request would be zero or overflow"
+                )
             }
             ConfigError::NoQuota => f.write_str("limits need at least one quota"),
-            ConfigError::OutOfRange { name, value, expected } => {
+            ConfigError::OutOfRange {
+                name,
+                value,
+                expected,
+            } => {
                 write!(f, "{name} = {value} is invalid: expected {expected}")
             }
             ConfigError::MinAboveMax { name, min, max } => {

@@ -298,6 +298,7 @@ impl Shared {
             (min, max) => state.latency_rng.gen_range(min..=max),
         };
         if self.fail_ratio > 0.0 && state.fail_rng.gen::<f64>() < self.fail_ratio {
+            self.failed.fetch_add(1, Ordering::AcqRel);
             return (Outcome::Failed, latency);
         }
         let now = self.start.elapsed();
@@ -308,11 +309,14 @@ impl Shared {
         };
         let capacity = limiter.limit().capacity();
         let outcome = match limiter.check(now) {
-            Decision::Limited { retry_after, reset } => Outcome::Limited {
-                capacity,
-                retry_after,
-                reset,
-            },
+            Decision::Limited { retry_after, reset } => {
+                self.rate_limited.fetch_add(1, Ordering::AcqRel);
+                Outcome::Limited {
+                    capacity,
+                    retry_after,
+                    reset,
+                }
+            }
             Decision::Accepted { remaining, reset } => {
                 if state.accepted_times.len() < MAX_RECORDED {
                     state.accepted_times.push((now, group));
@@ -332,17 +336,12 @@ impl Shared {
                     capacity,
                     remaining,
                     reset,
-                    seq: self.accepted.load(Ordering::Relaxed) + 1,
+                    // Counted under the lock, so `seq` numbers accepts in decision order and a
+                    // snapshot never sees an accept time without its count.
+                    seq: self.accepted.fetch_add(1, Ordering::AcqRel) + 1,
                 }
             }
         };
-        // Counted under the lock so a snapshot never sees an accept time without its count.
-        match outcome {
-            Outcome::Accepted { .. } => &self.accepted,
-            Outcome::Limited { .. } => &self.rate_limited,
-            Outcome::Failed => &self.failed,
-        }
-        .fetch_add(1, Ordering::AcqRel);
         (outcome, latency)
     }
 }

@@ -55,7 +55,7 @@ impl RateHeaders {
 
 /// The seed used when [`MockServerBuilder::seed`] is not called: runs are reproducible by
 /// default.
-pub const DEFAULT_SEED: u64 = 0x5EED_0F_7A11;
+pub const DEFAULT_SEED: u64 = 0x5EED_0F7A_11ED;
 
 /// Configures and starts a [`MockServer`]; get one from [`MockServer::builder`].
 ///

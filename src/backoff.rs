@@ -151,19 +151,19 @@ impl Backoff {
     /// The delays, at most [`max_retries`](Backoff::max_retries) of them, with randomness from a
     /// small generator seeded by the thread RNG (so the iterator is `Send` and can be held across
     /// `.await`, which `rand::rngs::ThreadRng` cannot).
-    pub fn iter(&self) -> Iter {
+    pub fn iter(&self) -> BackoffIter {
         self.iter_with(
             SmallRng::from_rng(rand::thread_rng()).unwrap_or_else(|_| SmallRng::seed_from_u64(0)),
         )
     }
 
     /// The delays with a fixed seed: the same seed always gives the same sequence.
-    pub fn iter_seeded(&self, seed: u64) -> Iter {
+    pub fn iter_seeded(&self, seed: u64) -> BackoffIter {
         self.iter_with(SmallRng::seed_from_u64(seed))
     }
 
-    fn iter_with(&self, rng: SmallRng) -> Iter {
-        Iter {
+    fn iter_with(&self, rng: SmallRng) -> BackoffIter {
+        BackoffIter {
             backoff: *self,
             rng,
             attempt: 0,
@@ -311,14 +311,14 @@ impl BackoffBuilder {
 
 /// The delays of a [`Backoff`], from [`Backoff::iter`] or [`Backoff::iter_seeded`].
 #[derive(Debug, Clone)]
-pub struct Iter {
+pub struct BackoffIter {
     backoff: Backoff,
     rng: SmallRng,
     attempt: u32,
     prev: Option<Duration>,
 }
 
-impl Iterator for Iter {
+impl Iterator for BackoffIter {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
@@ -340,8 +340,8 @@ impl Iterator for Iter {
     }
 }
 
-impl ExactSizeIterator for Iter {}
-impl FusedIterator for Iter {}
+impl ExactSizeIterator for BackoffIter {}
+impl FusedIterator for BackoffIter {}
 
 #[cfg(test)]
 mod tests {

@@ -14,8 +14,12 @@ pub mod headers;
 pub mod mock;
 mod quota;
 pub mod rate_limit;
+pub mod retry;
 
+pub use backoff::{Backoff, Jitter};
 pub use bucket::{Bucket, LocalBucket};
+pub use classify::{Classify, HttpClassifier, Outcome};
 pub use error::{ConfigError, ThrottleError};
 pub use quota::{Limits, Quota};
 pub use rate_limit::{RateLimit, RateLimitLayer};
+pub use retry::{RetryLayer, RetryPolicy};

@@ -1,0 +1,69 @@
+//! Retrying with respect for the server: 429s wait out `Retry-After` for everyone, transient
+//! failures back off with jitter, other 4xx never retry.
+//!
+//! [`RetryLayer`] builds tower's own [`Retry`](tower::retry::Retry) service around a
+//! [`RetryPolicy`]: the retry loop lives in a future (no thread sleeps, no recursion), and the
+//! policy reads the whole response, so it sees `Retry-After` (delta-seconds or HTTP-date,
+//! capped) rather than only an error string (reqwest-middleware#146).
+//!
+//! # Stacking order
+//!
+//! ```text
+//! DeadLetterLayer     sees final outcomes only
+//!   RetryLayer        one logical request, several attempts
+//!     AdaptiveLayer   sees every attempt, moves the bucket's rate
+//!       RateLimitLayer  every attempt, first or retry, takes a slot from the shared bucket
+//!         client
+//! ```
+//!
+//! Retry above the gate is what makes a retry storm impossible: a retry is just another
+//! request at the gate. Attach the gate's bucket to the policy ([`RetryPolicy::with_bucket`])
+//! and a 429 with `Retry-After` holds the *shared* bucket, so every task pauses until then and
+//! resumes paced, instead of the refused task alone sleeping while the others keep hitting the
+//! server (the thundering herd of the naive sleep-on-429 loop).
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_throttle::retry::{Attempts, RetryLayer, RetryPolicy};
+//! use tower_throttle::{LocalBucket, Quota, RateLimitLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let bucket = LocalBucket::new(Quota::per_second(80)?);
+//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+//! let counter = calls.clone();
+//! // A server that refuses the first call with "429, come back in 2 s".
+//! let api = service_fn(move |_req: http::Request<Full<Bytes>>| {
+//!     let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//!     async move {
+//!         let status = if n == 0 { 429 } else { 200 };
+//!         Ok::<_, tower::BoxError>(
+//!             http::Response::builder().status(status).header("retry-after", "2").body(())?,
+//!         )
+//!     }
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(RetryPolicy::default().with_bucket(bucket.clone())))
+//!     .layer(RateLimitLayer::with_bucket(bucket))
+//!     .service(api);
+//!
+//! let start = tokio::time::Instant::now();
+//! let req = http::Request::post("https://track.customer.io/api/v1/customers/42")
+//!     .body(Full::new(Bytes::from_static(b"{}")))?;
+//! let res = client.oneshot(req).await?;
+//! assert_eq!(res.status(), 200);
+//! assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(2)));
+//! assert!(start.elapsed() >= Duration::from_secs(2));
+//! # Ok(()) }
+//! ```
+
+mod body;
+mod layer;
+mod policy;
+
+pub use body::ReplayBody;
+pub use layer::RetryLayer;
+pub use policy::{Attempts, RetryPolicy};

@@ -1,0 +1,343 @@
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::{Instant, Sleep};
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::Policy;
+use tower::BoxError;
+
+use super::body::ReplayBody;
+use crate::backoff::Backoff;
+use crate::bucket::Bucket;
+use crate::classify::{Classify, HttpClassifier, Outcome};
+use crate::{ConfigError, ThrottleError};
+
+/// How many attempts a request took; inserted into the extensions of the final response.
+///
+/// ```
+/// use tower_throttle::retry::Attempts;
+///
+/// let mut res = http::Response::new(());
+/// res.extensions_mut().insert(Attempts(3));
+/// assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(3)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Attempts(pub u32);
+
+/// Marks a request whose body could not be copied, so the policy can say why it stopped.
+#[derive(Debug, Clone, Copy)]
+struct NotCloned;
+
+/// A 429-aware [`tower::retry::Policy`] for `http::Request<B>` / `http::Response<R>`.
+///
+/// | outcome (see [`HttpClassifier`]) | what happens |
+/// |---|---|
+/// | success, or a permanent failure (other 4xx) | returned at once |
+/// | 429 with `Retry-After` | the shared bucket (if attached) is held until then, so every caller pauses; this request retries after it plus up to 10% (at most 1 s) jitter |
+/// | 429 without `Retry-After` | backoff with jitter |
+/// | 500/502/503/504/408, timeout, connection error | backoff with jitter, drawn from the retry budget |
+/// | attempts, deadline or budget exhausted | the last response or error is returned, with [`Attempts`] in its extensions |
+/// | body not replayable | no retry; a retryable failure becomes [`ThrottleError::NotReplayable`] |
+///
+/// Defaults: 4 retries (5 attempts), backoff 1 s base, factor 2, 60 s cap, 25% proportional
+/// jitter (see [`Backoff`]); `Retry-After` capped at the backoff cap; no total deadline; a
+/// budget that lets retries of transient failures add at most 20% to the request rate plus
+/// 10 per second (Finagle's and Envoy's figure), shared by every clone. Rate-limited retries
+/// do not draw from the budget: they are paced by the shared hold instead, and a budget would
+/// turn a 429 storm the server asked us to wait out into lost records.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_throttle::retry::RetryPolicy;
+/// use tower_throttle::{LocalBucket, Quota};
+///
+/// let bucket = LocalBucket::new(Quota::per_second(80)?);
+/// let policy = RetryPolicy::default()
+///     .with_bucket(bucket.clone())
+///     .with_deadline(Duration::from_secs(300));
+/// assert_eq!(policy.backoff().max_retries(), 4);
+/// # Ok::<(), tower_throttle::ConfigError>(())
+/// ```
+pub struct RetryPolicy<C = HttpClassifier> {
+    classifier: C,
+    backoff: Backoff,
+    deadline: Option<Duration>,
+    budget: Option<Arc<TpsBudget>>,
+    bucket: Option<Arc<dyn Bucket>>,
+    seeds: Arc<AtomicU64>,
+    // Per-request state: tower clones the policy for every request.
+    rng: SmallRng,
+    attempt: u32,
+    started: Option<Instant>,
+    prev_delay: Option<Duration>,
+}
+
+impl Default for RetryPolicy<HttpClassifier> {
+    fn default() -> Self {
+        RetryPolicy::new(HttpClassifier::default())
+    }
+}
+
+impl<C> RetryPolicy<C> {
+    /// A policy with the default backoff and budget, classifying with `classifier`.
+    pub fn new(classifier: C) -> Self {
+        RetryPolicy::from_seed(classifier, rand::random())
+    }
+
+    fn from_seed(classifier: C, seed: u64) -> Self {
+        RetryPolicy {
+            classifier,
+            backoff: Backoff::default(),
+            deadline: None,
+            budget: Some(Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2))),
+            bucket: None,
+            rng: SmallRng::seed_from_u64(seed),
+            seeds: Arc::new(AtomicU64::new(seed)),
+            attempt: 0,
+            started: None,
+            prev_delay: None,
+        }
+    }
+
+    /// Uses `backoff` for delays and its `max_retries` for the attempt limit.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Gives up once a retry would start more than `deadline` after the first attempt.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// A retry budget: at most `retry_percent` (0.0 to 1000.0) extra requests on top of the
+    /// recent request rate, plus `min_per_sec`, measured over `ttl` (1 to 60 s).
+    pub fn with_budget(
+        mut self,
+        ttl: Duration,
+        min_per_sec: u32,
+        retry_percent: f32,
+    ) -> Result<Self, ConfigError> {
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl) {
+            return Err(ConfigError::OutOfRange {
+                name: "budget ttl",
+                value: ttl.as_secs_f64(),
+                expected: "1 to 60 seconds",
+            });
+        }
+        if !(0.0..=1000.0).contains(&retry_percent) {
+            return Err(ConfigError::OutOfRange {
+                name: "retry_percent",
+                value: f64::from(retry_percent),
+                expected: "0.0 to 1000.0",
+            });
+        }
+        self.budget = Some(Arc::new(TpsBudget::new(ttl, min_per_sec, retry_percent)));
+        Ok(self)
+    }
+
+    /// No retry budget: only attempts and the deadline bound retries.
+    pub fn without_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// The shared bucket to hold when a 429 carries `Retry-After`, so every caller of the API
+    /// pauses, not only the one that was refused.
+    pub fn with_bucket<B: Bucket>(mut self, bucket: B) -> Self {
+        self.bucket = Some(Arc::new(bucket));
+        self
+    }
+
+    /// Seeds the jitter, for reproducible tests. Each request still draws its own sequence.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rng = SmallRng::seed_from_u64(seed);
+        self.seeds = Arc::new(AtomicU64::new(seed));
+        self
+    }
+
+    /// The backoff in use.
+    pub fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+
+    /// The classifier in use.
+    pub fn classifier(&self) -> &C {
+        &self.classifier
+    }
+
+    /// How long to wait before the next attempt, or `None` to stop.
+    fn next_delay(&mut self, outcome: Outcome, now: Instant) -> Option<Duration> {
+        if self.attempt > self.backoff.max_retries() {
+            return None;
+        }
+        let retry = self.attempt - 1;
+        let delay = match outcome {
+            Outcome::Success | Outcome::Permanent => return None,
+            Outcome::RateLimited {
+                retry_after: Some(wait),
+            } => {
+                let wait = wait.min(self.backoff.max_delay());
+                let spread = (wait / 10).min(Duration::from_secs(1));
+                if let Some(bucket) = &self.bucket {
+                    bucket.hold_until(now + wait);
+                }
+                wait + spread.mul_f64(self.rng.gen::<f64>())
+            }
+            Outcome::RateLimited { retry_after: None } => {
+                self.backoff
+                    .next_delay(retry, self.prev_delay, &mut self.rng)
+            }
+            Outcome::Transient => {
+                if let Some(budget) = &self.budget {
+                    if !budget.withdraw() {
+                        tracing::debug!(attempt = self.attempt, "retry budget empty; not retrying");
+                        return None;
+                    }
+                }
+                self.backoff
+                    .next_delay(retry, self.prev_delay, &mut self.rng)
+            }
+        };
+        if let (Some(deadline), Some(started)) = (self.deadline, self.started) {
+            if now + delay > started + deadline {
+                tracing::debug!(attempt = self.attempt, ?delay, "retry deadline reached");
+                return None;
+            }
+        }
+        self.prev_delay = Some(delay);
+        Some(delay)
+    }
+}
+
+impl<C: Clone> Clone for RetryPolicy<C> {
+    fn clone(&self) -> Self {
+        // Each clone serves one request and needs its own jitter draws: a shared sequence
+        // would send every retry of a 429 burst at the same instant.
+        let seed = self
+            .seeds
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        RetryPolicy {
+            classifier: self.classifier.clone(),
+            backoff: self.backoff,
+            deadline: self.deadline,
+            budget: self.budget.clone(),
+            bucket: self.bucket.clone(),
+            seeds: self.seeds.clone(),
+            rng: SmallRng::seed_from_u64(seed),
+            attempt: self.attempt,
+            started: self.started,
+            prev_delay: self.prev_delay,
+        }
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for RetryPolicy<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("classifier", &self.classifier)
+            .field("backoff", &self.backoff)
+            .field("deadline", &self.deadline)
+            .field("budget", &self.budget)
+            .field("bucket", &self.bucket)
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+fn describe(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::RateLimited { .. } => "rate limited (429)",
+        Outcome::Transient => "transient failure",
+        Outcome::Success => "success",
+        Outcome::Permanent => "permanent failure",
+    }
+}
+
+impl<C, B, R> Policy<http::Request<B>, http::Response<R>, BoxError> for RetryPolicy<C>
+where
+    C: Classify,
+    B: ReplayBody,
+{
+    type Future = Sleep;
+
+    fn retry(
+        &mut self,
+        req: &mut http::Request<B>,
+        result: &mut Result<http::Response<R>, BoxError>,
+    ) -> Option<Self::Future> {
+        let now = Instant::now();
+        self.attempt += 1;
+        let outcome = match result {
+            Ok(res) => self.classifier.classify(res, SystemTime::now()),
+            Err(err) => self.classifier.classify_error(&**err),
+        };
+        if self.attempt == 1 && outcome == Outcome::Success {
+            if let Some(budget) = &self.budget {
+                budget.deposit();
+            }
+        }
+        let stop = |attempts: u32, result: &mut Result<http::Response<R>, BoxError>| {
+            if let Ok(res) = result {
+                res.extensions_mut().insert(Attempts(attempts));
+            }
+            None
+        };
+        if !outcome.is_retryable() {
+            return stop(self.attempt, result);
+        }
+        if req.extensions().get::<NotCloned>().is_some() {
+            let reason = match result {
+                Ok(res) => format!("{} after attempt {}", res.status(), self.attempt),
+                Err(err) => format!("{err} after attempt {}", self.attempt),
+            };
+            tracing::warn!(%reason, "not retrying: request body cannot be replayed");
+            *result = Err(ThrottleError::NotReplayable { reason }.into());
+            return None;
+        }
+        match self.next_delay(outcome, now) {
+            Some(delay) => {
+                tracing::info!(
+                    attempt = self.attempt,
+                    max_attempts = self.backoff.max_retries() + 1,
+                    delay_ms = delay.as_millis() as u64,
+                    outcome = describe(outcome),
+                    uri = %req.uri(),
+                    "retrying request"
+                );
+                Some(tokio::time::sleep(delay))
+            }
+            None => stop(self.attempt, result),
+        }
+    }
+
+    fn clone_request(&mut self, req: &http::Request<B>) -> Option<http::Request<B>> {
+        if self.started.is_none() {
+            self.started = Some(Instant::now());
+        }
+        let body = match req.body().try_clone() {
+            Some(body) => body,
+            None => {
+                // Keep a bodiless copy so `retry` runs and can say why it stops.
+                let mut copy = http::Request::new(B::placeholder());
+                *copy.extensions_mut() = http::Extensions::new();
+                copy.extensions_mut().insert(NotCloned);
+                *copy.uri_mut() = req.uri().clone();
+                *copy.method_mut() = req.method().clone();
+                return Some(copy);
+            }
+        };
+        let mut copy = http::Request::new(body);
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+}

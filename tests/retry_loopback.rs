@@ -1,0 +1,144 @@
+//! The retry policy against the mock server over loopback: a 429 storm is waited out by the
+//! whole fleet of tasks at once, injected 503s are all delivered, exhausted budgets return.
+#![cfg(feature = "mock")]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
+use tower_throttle::retry::{Attempts, RetryLayer, RetryPolicy};
+use tower_throttle::{Backoff, Jitter, LocalBucket, Quota, RateLimitLayer};
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends `n` requests, each with a distinct `x-request-id`, from `workers` tasks; returns the
+/// final statuses and attempt counts.
+async fn send_all<S>(svc: S, uri: http::Uri, n: usize, workers: usize) -> Vec<(u16, u32)>
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<hyper::body::Incoming>>
+        + Clone
+        + Send
+        + 'static,
+    S::Error: std::fmt::Debug,
+    S::Future: Send,
+{
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let svc = svc.clone();
+        let uri = uri.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for id in (w..n).step_by(workers) {
+                let req = http::Request::post(uri.clone())
+                    .header("x-request-id", id.to_string())
+                    .body(Full::new(Bytes::from(format!("{{\"id\":{id}}}"))))
+                    .unwrap();
+                let res = svc.clone().oneshot(req).await.unwrap();
+                let attempts = res.extensions().get::<Attempts>().map_or(0, |a| a.0);
+                out.push((res.status().as_u16(), attempts));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_is_waited_out_by_everyone_and_every_request_succeeds() {
+    // The server: 40/s with a burst of 10. The client: paced at 40/s, but misconfigured with a
+    // burst of 40, so it opens with a storm of 429s.
+    let server = MockServer::builder()
+        .limit(ServerLimit::token_bucket(40.0, 10).unwrap())
+        .retry_after(RetryAfterFormat::Seconds)
+        .start()
+        .await
+        .unwrap();
+    let bucket = LocalBucket::new(Quota::per_second(40).unwrap().with_burst(40).unwrap());
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            RetryPolicy::default().with_bucket(bucket.clone()),
+        ))
+        .layer(RateLimitLayer::with_bucket(bucket))
+        .service(client());
+    let results = send_all(svc, server.uri("/v1/track"), 120, 40).await;
+
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    let stats = server.stats();
+    assert_eq!(stats.distinct_ids, 120);
+    // The opening storm is refused once; after the hold everyone resumes paced, so the storm
+    // does not repeat (a herd would earn a second round of 429s).
+    assert!(stats.rate_limited > 0);
+    assert!(stats.rate_limited <= 32, "429s after the hold: {stats:?}");
+    assert!(
+        results.iter().all(|(_, attempts)| *attempts <= 2),
+        "{results:?}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_percent_503s_are_all_delivered() {
+    let server = MockServer::builder()
+        .limit(ServerLimit::token_bucket(500.0, 50).unwrap())
+        .fail_ratio(0.1)
+        .seed(42)
+        .start()
+        .await
+        .unwrap();
+    let backoff = Backoff::builder()
+        .base(Duration::from_millis(20))
+        .jitter(Jitter::Full)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            RetryPolicy::default().with_backoff(backoff),
+        ))
+        .layer(RateLimitLayer::new(Quota::per_second(400).unwrap()))
+        .service(client());
+    let results = send_all(svc, server.uri("/v1/track"), 400, 16).await;
+    assert!(results.iter().all(|(s, _)| *s == 200));
+    let stats = server.stats();
+    assert_eq!(stats.distinct_ids, 400);
+    assert_eq!(stats.duplicate_ids, 0);
+    assert!(stats.failed > 0);
+    let attempts: u32 = results.iter().map(|(_, a)| a).sum();
+    assert_eq!(u64::from(attempts), stats.received);
+    assert!(
+        f64::from(attempts) <= 400.0 * 1.15,
+        "{attempts} attempts for 400 requests"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_budget_returns_the_last_response() {
+    let server = MockServer::builder().fail_ratio(1.0).start().await.unwrap();
+    let backoff = Backoff::builder()
+        .base(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let policy = RetryPolicy::default()
+        .with_backoff(backoff)
+        .with_budget(Duration::from_secs(10), 1, 0.0)
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy))
+        .service(client().map_err(tower::BoxError::from));
+    let results = send_all(svc, server.uri("/v1/track"), 20, 1).await;
+    assert!(results.iter().all(|(s, _)| *s == 503));
+    // Ten retries in reserve (1/s x 10 s), none earned: 20 first attempts plus at most 10.
+    let received = server.stats().received;
+    assert!((20..=30).contains(&received), "{received}");
+    server.shutdown().await;
+}

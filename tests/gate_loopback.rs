@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tower::{Service, ServiceBuilder, ServiceExt};
+mod common;
+
+use common::{client, send_all};
+use tower::ServiceBuilder;
 use tower_throttle::mock::{MockServer, ServerLimit};
 use tower_throttle::{Quota, RateLimitLayer};
 
@@ -24,47 +23,13 @@ async fn server() -> MockServer {
         .unwrap()
 }
 
-/// Sends `REQUESTS` GETs from `WORKERS` concurrent tasks, each through its own clone of `svc`.
-async fn drive<S>(svc: S, uri: http::Uri) -> Vec<u16>
-where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<hyper::body::Incoming>>
-        + Clone
-        + Send
-        + 'static,
-    S::Error: std::fmt::Debug,
-    S::Future: Send,
-{
-    let mut tasks = Vec::new();
-    for w in 0..WORKERS {
-        let svc = svc.clone();
-        let uri = uri.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut statuses = Vec::new();
-            for _ in (w..REQUESTS).step_by(WORKERS) {
-                let req = http::Request::get(uri.clone())
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
-                let resp = svc.clone().oneshot(req).await.unwrap();
-                statuses.push(resp.status().as_u16());
-            }
-            statuses
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gate_at_80_per_second_earns_no_429_from_a_100_per_second_server() {
     let server = server().await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let svc = ServiceBuilder::new()
         .layer(RateLimitLayer::new(Quota::per_second(80).unwrap()))
-        .service(client);
-    let statuses = drive(svc, server.uri("/v1/track")).await;
+        .service(client());
+    let statuses = send_all(svc, server.uri("/v1/track"), REQUESTS, WORKERS).await;
     assert_eq!(statuses.len(), REQUESTS);
     let stats = server.stats();
     assert_eq!(stats.rate_limited, 0, "{stats:?}");
@@ -78,9 +43,8 @@ async fn gate_at_80_per_second_earns_no_429_from_a_100_per_second_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_load_without_the_gate_earns_many_429s() {
     let server = server().await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let statuses = drive(client, server.uri("/v1/track")).await;
-    let rejected = statuses.iter().filter(|s| **s == 429).count();
+    let statuses = send_all(client(), server.uri("/v1/track"), REQUESTS, WORKERS).await;
+    let rejected = statuses.iter().filter(|(s, _)| *s == 429).count();
     assert!(rejected >= 100, "only {rejected} 429s");
     assert_eq!(server.stats().rate_limited, rejected as u64);
     server.shutdown().await;

@@ -4,54 +4,13 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tower::{Service, ServiceBuilder, ServiceExt};
+mod common;
+
+use common::{client, send_all};
+use tower::{ServiceBuilder, ServiceExt};
 use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
-use tower_throttle::retry::{Attempts, RetryLayer, RetryPolicy};
+use tower_throttle::retry::{RetryLayer, RetryPolicy};
 use tower_throttle::{Backoff, Jitter, LocalBucket, Quota, RateLimitLayer};
-
-fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// Sends `n` requests, each with a distinct `x-request-id`, from `workers` tasks; returns the
-/// final statuses and attempt counts.
-async fn send_all<S>(svc: S, uri: http::Uri, n: usize, workers: usize) -> Vec<(u16, u32)>
-where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<hyper::body::Incoming>>
-        + Clone
-        + Send
-        + 'static,
-    S::Error: std::fmt::Debug,
-    S::Future: Send,
-{
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let svc = svc.clone();
-        let uri = uri.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            for id in (w..n).step_by(workers) {
-                let req = http::Request::post(uri.clone())
-                    .header("x-request-id", id.to_string())
-                    .body(Full::new(Bytes::from(format!("{{\"id\":{id}}}"))))
-                    .unwrap();
-                let res = svc.clone().oneshot(req).await.unwrap();
-                let attempts = res.extensions().get::<Attempts>().map_or(0, |a| a.0);
-                out.push((res.status().as_u16(), attempts));
-            }
-            out
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_storm_is_waited_out_by_everyone_and_every_request_succeeds() {

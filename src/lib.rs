@@ -10,12 +10,16 @@ pub mod classify;
 mod clock;
 mod error;
 pub mod headers;
+pub mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;
+pub mod queue;
 mod quota;
 pub mod rate_limit;
 
 pub use bucket::{Bucket, LocalBucket};
 pub use error::{ConfigError, ThrottleError};
+pub use metrics::{Stats, StatsSnapshot};
+pub use queue::{Priority, QueueHandle, QueueLayer};
 pub use quota::{Limits, Quota};
 pub use rate_limit::{RateLimit, RateLimitLayer};

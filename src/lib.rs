@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod bucket;
 pub mod classify;
 mod clock;
+pub mod dead_letter;
 mod error;
 pub mod headers;
 pub mod metrics;
@@ -18,6 +19,10 @@ mod quota;
 pub mod rate_limit;
 
 pub use bucket::{Bucket, LocalBucket};
+pub use dead_letter::{
+    replay, Attempts, DeadLetter, DeadLetterLayer, DeadLetterStore, FileStore, MemoryStore,
+    ReplayOptions, ReplayReport,
+};
 pub use error::{ConfigError, ThrottleError};
 pub use metrics::{Stats, StatsSnapshot};
 pub use queue::{Priority, QueueHandle, QueueLayer};

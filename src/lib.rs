@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod bucket;
+pub mod bulk;
 pub mod classify;
 mod clock;
 pub mod dead_letter;
@@ -19,6 +20,7 @@ mod quota;
 pub mod rate_limit;
 
 pub use bucket::{Bucket, LocalBucket};
+pub use bulk::{run_bulk, BulkOptions, BulkReport, JobOutcome, Progress};
 pub use dead_letter::{
     replay, Attempts, DeadLetter, DeadLetterLayer, DeadLetterStore, FileStore, MemoryStore,
     ReplayOptions, ReplayReport,

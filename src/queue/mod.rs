@@ -15,7 +15,7 @@
 //! `interval`, which is what rolling-window servers enforce. p-queue's fixed windows can start
 //! `2 x interval_cap` across a window boundary; this queue cannot.
 //!
-//! Unlike [`tower::limit::ConcurrencyLimit`] plus [`tower::buffer::Buffer`], the bound is on
+//! Unlike [`tower::limit::ConcurrencyLimit`] plus `tower::buffer::Buffer`, the bound is on
 //! *waiting* requests and is shared by every clone without a background task, refusal is
 //! immediate, and the wait is in the response future (the queue must see the request to know
 //! its priority), so `poll_ready` is always ready.

@@ -10,8 +10,8 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::Policy;
 use tower::BoxError;
 
-use super::body::ReplayBody;
 use crate::backoff::Backoff;
+use crate::body::ReplayBody;
 use crate::bucket::Bucket;
 use crate::classify::{Classify, HttpClassifier, Outcome};
 use crate::{ConfigError, ThrottleError};
@@ -324,7 +324,7 @@ where
             Some(body) => body,
             None => {
                 // Keep a bodiless copy so `retry` runs and can say why it stops.
-                let mut copy = http::Request::new(B::placeholder());
+                let mut copy = http::Request::new(B::from_bytes(bytes::Bytes::new()));
                 *copy.extensions_mut() = http::Extensions::new();
                 copy.extensions_mut().insert(NotCloned);
                 *copy.uri_mut() = req.uri().clone();

@@ -1,1 +1,758 @@
-//! TODO
+//! Deciding what a response or an error means for a retry: success, rate limited, worth
+//! retrying, or final.
+//!
+//! [`Classify`] is the small trait the retry and adaptive layers call; [`HttpClassifier`] is the
+//! default implementation, with per-status overrides and custom rules for APIs that throttle
+//! with something other than 429. Unlike tower-http's classifiers, the verdict carries the
+//! server's `Retry-After`, because pacing, not just retrying, is the point of this crate.
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use http::{Response, StatusCode};
+//! use tower_throttle::classify::{Classify, HttpClassifier, Outcome};
+//!
+//! let classifier = HttpClassifier::new();
+//! let response = Response::builder().status(429).header("retry-after", "3").body(()).unwrap();
+//! assert_eq!(
+//!     classifier.classify(&response, SystemTime::now()),
+//!     Outcome::RateLimited { retry_after: Some(Duration::from_secs(3)) }
+//! );
+//!
+//! let timeout = tower::timeout::error::Elapsed::new();
+//! assert_eq!(classifier.classify_error(&timeout), Outcome::Transient);
+//! ```
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, Response, StatusCode};
+
+use crate::headers;
+use crate::ThrottleError;
+
+/// What a response or error means for the request that produced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The request succeeded (2xx, 3xx): nothing to retry.
+    Success,
+    /// The server asked us to slow down. `retry_after` is its `Retry-After`, already capped;
+    /// `None` when it gave none (back off instead).
+    RateLimited {
+        /// How long the server asked us to wait.
+        retry_after: Option<Duration>,
+    },
+    /// A failure that may pass on its own (a 503, a timeout, a reset connection): retry with
+    /// backoff, without treating it as a rate limit.
+    Transient,
+    /// A failure retrying cannot fix (a 400, a 404, local load shedding): return it at once.
+    Permanent,
+}
+
+impl Outcome {
+    /// Whether a retry could help: [`Outcome::RateLimited`] or [`Outcome::Transient`].
+    pub const fn is_retryable(&self) -> bool {
+        matches!(self, Outcome::RateLimited { .. } | Outcome::Transient)
+    }
+}
+
+/// Classifies responses and errors. Implement it to plug your own rules into the retry and
+/// adaptive layers; [`HttpClassifier`] is the default.
+///
+/// `Clone` because tower's retry machinery clones its policy per request; keep clones cheap
+/// (an `Arc` inside, as `HttpClassifier` does).
+pub trait Classify: Clone {
+    /// Classifies a response from its status and headers. `now` is only used to measure a
+    /// `Retry-After` HTTP-date when the response has no valid `Date` header.
+    fn classify_response(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Outcome;
+
+    /// Classifies an error returned instead of a response (typically a `tower::BoxError`,
+    /// passed as `&*err`).
+    fn classify_error(&self, err: &(dyn Error + 'static)) -> Outcome;
+
+    /// Classifies a whole response, whatever its body type.
+    fn classify<B>(&self, response: &Response<B>, now: SystemTime) -> Outcome {
+        self.classify_response(response.status(), response.headers(), now)
+    }
+}
+
+/// A rule consulted before the built-in table.
+type CustomRule = dyn Fn(StatusCode, &HeaderMap) -> Option<Outcome> + Send + Sync;
+
+/// Default cap on a `Retry-After`, matching the default backoff's `max_delay`.
+const DEFAULT_RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
+
+/// Errors nested deeper than this are not inspected: a guard against a `source()` chain that
+/// loops back on itself.
+const MAX_SOURCE_DEPTH: usize = 64;
+
+/// The default [`Classify`] implementation for HTTP.
+///
+/// Responses, checked in this order (the first rule that answers wins):
+///
+/// 1. custom rules added with [`HttpClassifier::custom`], in the order added;
+/// 2. per-status overrides added with [`HttpClassifier::status`];
+/// 3. the built-in table:
+///
+/// | status                          | outcome                                     |
+/// |---------------------------------|---------------------------------------------|
+/// | 2xx, 3xx                        | `Success`                                   |
+/// | 429                             | `RateLimited`, with `Retry-After` if given  |
+/// | 408, 500, 502, 503, 504         | `Transient`                                 |
+/// | any other status (incl. 1xx, 501, 505) | `Permanent`                          |
+///
+/// 408 is `Transient` because the server timed out waiting for our request, which says nothing
+/// about the request itself, and RFC 9110 §15.5.9 lets the client repeat it. 1xx cannot be a
+/// final response, so receiving one as such is a protocol error: `Permanent`.
+///
+/// A `RateLimited` verdict from any rule gets the response's `Retry-After` when the rule left
+/// `retry_after` as `None`, and every `retry_after` is capped at
+/// [`retry_after_cap`](HttpClassifier::retry_after_cap) (default 60 s), so an override such as
+/// `.status(StatusCode::FORBIDDEN, Outcome::RateLimited { retry_after: None })` still honours the
+/// server's wait.
+///
+/// Errors: the `source()` chain is walked (and the inner error of an `io::Error`), and the first
+/// error recognised decides:
+///
+/// * this crate's [`ThrottleError`] (queue full, wait too long, ...): `Permanent`, because local
+///   load shedding must not turn into retries;
+/// * `tower::timeout::error::Elapsed`, `tokio::time::error::Elapsed`: `Transient`;
+/// * `hyper::Error`: timeouts, closed channels, incomplete messages and canceled (never sent)
+///   requests are `Transient`; parse and user errors `Permanent`; anything else defers to its
+///   source;
+/// * with the `mock` feature (which brings `hyper-util`), a legacy client error that
+///   `is_connect()`: `Transient`. Without it the same error is still recognised through the
+///   `io::Error` in its chain;
+/// * `std::io::Error` of kind `ConnectionRefused`, `ConnectionReset`, `ConnectionAborted`,
+///   `TimedOut`, `BrokenPipe`, `UnexpectedEof`, `NotConnected` or `Interrupted`: `Transient`.
+///
+/// An error nothing recognises is `Permanent` by default (retrying what we do not understand
+/// could repeat a non-idempotent side effect); change it with
+/// [`HttpClassifier::unknown_errors`].
+///
+/// Cloning is one reference-count increment.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use http::{HeaderMap, StatusCode};
+/// use tower_throttle::classify::{Classify, HttpClassifier, Outcome};
+///
+/// let classifier = HttpClassifier::new()
+///     // This API throttles with 403...
+///     .status(StatusCode::FORBIDDEN, Outcome::RateLimited { retry_after: None })
+///     // ...and says so in a header even on a 400.
+///     .custom(|status, headers| {
+///         (status == StatusCode::BAD_REQUEST && headers.contains_key("x-throttled"))
+///             .then_some(Outcome::RateLimited { retry_after: None })
+///     })
+///     .retry_after_cap(Duration::from_secs(30));
+///
+/// let now = SystemTime::now();
+/// let mut headers = HeaderMap::new();
+/// headers.insert("retry-after", "120".parse().unwrap());
+/// assert_eq!(
+///     classifier.classify_response(StatusCode::FORBIDDEN, &headers, now),
+///     Outcome::RateLimited { retry_after: Some(Duration::from_secs(30)) }
+/// );
+/// assert_eq!(
+///     classifier.classify_response(StatusCode::NOT_FOUND, &headers, now),
+///     Outcome::Permanent
+/// );
+/// ```
+#[derive(Clone)]
+pub struct HttpClassifier {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    retry_after_cap: Duration,
+    statuses: Vec<(StatusCode, Outcome)>,
+    custom: Vec<Arc<CustomRule>>,
+    unknown_errors: Outcome,
+}
+
+impl fmt::Debug for HttpClassifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClassifier")
+            .field("retry_after_cap", &self.inner.retry_after_cap)
+            .field("statuses", &self.inner.statuses)
+            .field("custom_rules", &self.inner.custom.len())
+            .field("unknown_errors", &self.inner.unknown_errors)
+            .finish()
+    }
+}
+
+impl Default for HttpClassifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpClassifier {
+    /// The built-in rules, a 60 s `Retry-After` cap, unknown errors `Permanent`.
+    pub fn new() -> Self {
+        HttpClassifier {
+            inner: Arc::new(Inner {
+                retry_after_cap: DEFAULT_RETRY_AFTER_CAP,
+                statuses: Vec::new(),
+                custom: Vec::new(),
+                unknown_errors: Outcome::Permanent,
+            }),
+        }
+    }
+
+    /// Classifies `status` as `outcome`, before the built-in table. Setting the same status
+    /// twice keeps the last.
+    pub fn status(mut self, status: StatusCode, outcome: Outcome) -> Self {
+        let statuses = &mut Arc::make_mut(&mut self.inner).statuses;
+        match statuses.iter_mut().find(|(s, _)| *s == status) {
+            Some(entry) => entry.1 = outcome,
+            None => statuses.push((status, outcome)),
+        }
+        self
+    }
+
+    /// Adds a rule consulted before status overrides and the built-in table; `None` passes the
+    /// response on. Rules run in the order they were added.
+    pub fn custom<F>(mut self, rule: F) -> Self
+    where
+        F: Fn(StatusCode, &HeaderMap) -> Option<Outcome> + Send + Sync + 'static,
+    {
+        Arc::make_mut(&mut self.inner).custom.push(Arc::new(rule));
+        self
+    }
+
+    /// The longest `Retry-After` reported (default 60 s); longer or hostile values are capped.
+    pub fn retry_after_cap(mut self, cap: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).retry_after_cap = cap;
+        self
+    }
+
+    /// The outcome for errors no rule recognises (default [`Outcome::Permanent`]).
+    pub fn unknown_errors(mut self, outcome: Outcome) -> Self {
+        Arc::make_mut(&mut self.inner).unknown_errors = outcome;
+        self
+    }
+
+    /// The current `Retry-After` cap.
+    pub fn get_retry_after_cap(&self) -> Duration {
+        self.inner.retry_after_cap
+    }
+
+    fn builtin(status: StatusCode) -> Outcome {
+        match status.as_u16() {
+            200..=399 => Outcome::Success,
+            429 => Outcome::RateLimited { retry_after: None },
+            408 | 500 | 502 | 503 | 504 => Outcome::Transient,
+            _ => Outcome::Permanent,
+        }
+    }
+}
+
+impl Classify for HttpClassifier {
+    fn classify_response(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Outcome {
+        let inner = &*self.inner;
+        let outcome = inner
+            .custom
+            .iter()
+            .find_map(|rule| rule(status, headers))
+            .or_else(|| {
+                inner
+                    .statuses
+                    .iter()
+                    .find(|(s, _)| *s == status)
+                    .map(|(_, o)| *o)
+            })
+            .unwrap_or_else(|| Self::builtin(status));
+        match outcome {
+            Outcome::RateLimited { retry_after } => {
+                let cap = inner.retry_after_cap;
+                Outcome::RateLimited {
+                    retry_after: retry_after
+                        .map(|d| d.min(cap))
+                        .or_else(|| headers::retry_after(headers, now, cap)),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn classify_error(&self, err: &(dyn Error + 'static)) -> Outcome {
+        let mut current = Some(err);
+        for _ in 0..MAX_SOURCE_DEPTH {
+            let Some(e) = current else { break };
+            if let Some(outcome) = classify_one(e) {
+                return outcome;
+            }
+            current = match e.downcast_ref::<io::Error>() {
+                // `io::Error::source` skips the wrapped error itself and returns *its* source,
+                // so step into the wrapped error explicitly.
+                Some(io) => io.get_ref().map(|inner| inner as &(dyn Error + 'static)),
+                None => e.source(),
+            };
+        }
+        self.inner.unknown_errors
+    }
+}
+
+/// The verdict on one error of a chain, or `None` to look at its source.
+fn classify_one(e: &(dyn Error + 'static)) -> Option<Outcome> {
+    if e.is::<ThrottleError>() {
+        return Some(Outcome::Permanent);
+    }
+    if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
+        return Some(Outcome::Transient);
+    }
+    if let Some(h) = e.downcast_ref::<hyper::Error>() {
+        if h.is_timeout() || h.is_closed() || h.is_incomplete_message() || h.is_canceled() {
+            return Some(Outcome::Transient);
+        }
+        if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() || h.is_user() {
+            return Some(Outcome::Permanent);
+        }
+        return None;
+    }
+    #[cfg(feature = "mock")]
+    if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+        if h.is_connect() {
+            return Some(Outcome::Transient);
+        }
+        return None;
+    }
+    if let Some(io) = e.downcast_ref::<io::Error>() {
+        use io::ErrorKind::*;
+        return match io.kind() {
+            ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | BrokenPipe
+            | UnexpectedEof | NotConnected | Interrupted => Some(Outcome::Transient),
+            _ => None,
+        };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    type Pairs = &'static [(&'static str, &'static str)];
+
+    fn headers(pairs: Pairs) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    const LIMITED: Outcome = Outcome::RateLimited { retry_after: None };
+
+    fn limited(secs: u64) -> Outcome {
+        Outcome::RateLimited {
+            retry_after: Some(Duration::from_secs(secs)),
+        }
+    }
+
+    #[test]
+    fn default_status_table() {
+        use Outcome::*;
+        let cases: &[(u16, Outcome)] = &[
+            (100, Permanent),
+            (101, Permanent),
+            (200, Success),
+            (201, Success),
+            (204, Success),
+            (299, Success),
+            (301, Success),
+            (304, Success),
+            (399, Success),
+            (400, Permanent),
+            (401, Permanent),
+            (403, Permanent),
+            (404, Permanent),
+            (408, Transient),
+            (409, Permanent),
+            (422, Permanent),
+            (429, LIMITED),
+            (451, Permanent),
+            (499, Permanent),
+            (500, Transient),
+            (501, Permanent),
+            (502, Transient),
+            (503, Transient),
+            (504, Transient),
+            (505, Permanent),
+            (507, Permanent),
+            (599, Permanent),
+            (600, Permanent),
+            (999, Permanent),
+        ];
+        let c = HttpClassifier::new();
+        for (code, want) in cases {
+            let status = StatusCode::from_u16(*code).unwrap();
+            assert_eq!(
+                c.classify_response(status, &HeaderMap::new(), now()),
+                *want,
+                "status {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn rate_limited_reads_and_caps_retry_after() {
+        let c = HttpClassifier::new();
+        let cases: &[(Pairs, Outcome)] = &[
+            (&[("retry-after", "5")], limited(5)),
+            (&[("retry-after", "600")], limited(60)),
+            (&[("retry-after", "99999999999999999999999")], limited(60)),
+            (&[("retry-after", "-1")], LIMITED),
+            (&[("retry-after", "soon")], LIMITED),
+            (
+                &[("retry-after", "Tue, 14 Nov 2023 22:13:40 GMT")],
+                limited(20),
+            ),
+            (
+                &[("retry-after", "Tue, 14 Nov 2023 22:13:00 GMT")],
+                limited(0),
+            ),
+            (&[], LIMITED),
+        ];
+        for (h, want) in cases {
+            let got = c.classify_response(StatusCode::TOO_MANY_REQUESTS, &headers(h), now());
+            assert_eq!(got, *want, "{h:?}");
+        }
+        let c = c.retry_after_cap(Duration::from_secs(2));
+        assert_eq!(c.get_retry_after_cap(), Duration::from_secs(2));
+        let got = c.classify_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[("retry-after", "5")]),
+            now(),
+        );
+        assert_eq!(got, limited(2));
+    }
+
+    #[test]
+    fn transient_statuses_ignore_retry_after() {
+        let c = HttpClassifier::new();
+        let got = c.classify_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &headers(&[("retry-after", "5")]),
+            now(),
+        );
+        assert_eq!(got, Outcome::Transient);
+    }
+
+    #[test]
+    fn overrides_custom_then_status_then_defaults() {
+        let c = HttpClassifier::new()
+            .status(StatusCode::FORBIDDEN, LIMITED)
+            .status(StatusCode::CONFLICT, Outcome::Permanent)
+            .status(StatusCode::CONFLICT, LIMITED)
+            .status(StatusCode::SERVICE_UNAVAILABLE, Outcome::Permanent)
+            .custom(|status, h| {
+                (status == StatusCode::FORBIDDEN && h.contains_key("x-not-throttled"))
+                    .then_some(Outcome::Permanent)
+            })
+            .custom(|_, h| h.contains_key("x-custom-wait").then_some(limited(7)))
+            .custom(|_, h| h.contains_key("x-custom-wait").then_some(Outcome::Success));
+        let cases: &[(u16, Pairs, Outcome)] = &[
+            (403, &[], LIMITED),
+            (403, &[("retry-after", "4")], limited(4)),
+            (403, &[("x-not-throttled", "1")], Outcome::Permanent),
+            (409, &[("retry-after", "3")], limited(3)),
+            (503, &[], Outcome::Permanent),
+            (200, &[("x-custom-wait", "1")], limited(7)),
+            (
+                200,
+                &[("x-custom-wait", "1"), ("retry-after", "1")],
+                limited(7),
+            ),
+            (200, &[], Outcome::Success),
+            (404, &[], Outcome::Permanent),
+            (429, &[("retry-after", "9")], limited(9)),
+        ];
+        for (code, h, want) in cases {
+            let status = StatusCode::from_u16(*code).unwrap();
+            assert_eq!(
+                c.classify_response(status, &headers(h), now()),
+                *want,
+                "status {code} {h:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rule_supplied_retry_after_is_capped() {
+        let c = HttpClassifier::new()
+            .retry_after_cap(Duration::from_secs(10))
+            .custom(|_, _| {
+                Some(Outcome::RateLimited {
+                    retry_after: Some(Duration::MAX),
+                })
+            });
+        assert_eq!(
+            c.classify_response(StatusCode::OK, &HeaderMap::new(), now()),
+            limited(10)
+        );
+    }
+
+    #[test]
+    fn clones_share_config_and_builders_do_not_leak_into_clones() {
+        let a = HttpClassifier::new();
+        let b = a.clone().status(StatusCode::OK, Outcome::Permanent);
+        assert_eq!(
+            a.classify_response(StatusCode::OK, &HeaderMap::new(), now()),
+            Outcome::Success
+        );
+        assert_eq!(
+            b.classify_response(StatusCode::OK, &HeaderMap::new(), now()),
+            Outcome::Permanent
+        );
+        let dbg = format!("{b:?}");
+        assert!(
+            dbg.contains("HttpClassifier") && dbg.contains("custom_rules"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn classifier_is_send_sync_clone_debug() {
+        fn check<T: Send + Sync + Clone + fmt::Debug + Classify + 'static>() {}
+        check::<HttpClassifier>();
+    }
+
+    #[test]
+    fn works_for_any_body_type() {
+        let c = HttpClassifier::new();
+        let r = Response::builder()
+            .status(429)
+            .header("retry-after", "1")
+            .body(String::from("slow down"))
+            .unwrap();
+        assert_eq!(c.classify(&r, now()), limited(1));
+        let r = Response::builder().status(204).body(()).unwrap();
+        assert_eq!(c.classify(&r, now()), Outcome::Success);
+    }
+
+    /// An error with an arbitrary source, to build chains.
+    #[derive(Debug)]
+    struct Wrap(&'static str, Option<Box<dyn Error + Send + Sync>>);
+
+    impl fmt::Display for Wrap {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl Error for Wrap {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            self.1.as_deref().map(|e| e as &(dyn Error + 'static))
+        }
+    }
+
+    fn wrap(e: impl Into<tower::BoxError>) -> tower::BoxError {
+        Box::new(Wrap("wrapper", Some(e.into())))
+    }
+
+    fn io(kind: io::ErrorKind) -> io::Error {
+        io::Error::new(kind, "test")
+    }
+
+    fn classify(e: &tower::BoxError) -> Outcome {
+        HttpClassifier::new().classify_error(&**e)
+    }
+
+    #[test]
+    fn error_table() {
+        use io::ErrorKind::*;
+        use Outcome::*;
+        let throttle = || ThrottleError::QueueFull { capacity: 1 };
+        let cases: Vec<(&str, tower::BoxError, Outcome)> = vec![
+            (
+                "tower elapsed",
+                Box::new(tower::timeout::error::Elapsed::new()),
+                Transient,
+            ),
+            ("refused", Box::new(io(ConnectionRefused)), Transient),
+            ("reset", Box::new(io(ConnectionReset)), Transient),
+            ("aborted", Box::new(io(ConnectionAborted)), Transient),
+            ("timed out", Box::new(io(TimedOut)), Transient),
+            ("broken pipe", Box::new(io(BrokenPipe)), Transient),
+            ("eof", Box::new(io(UnexpectedEof)), Transient),
+            ("not connected", Box::new(io(NotConnected)), Transient),
+            ("interrupted", Box::new(io(Interrupted)), Transient),
+            ("not found", Box::new(io(NotFound)), Permanent),
+            ("permission", Box::new(io(PermissionDenied)), Permanent),
+            ("invalid data", Box::new(io(InvalidData)), Permanent),
+            ("io other", Box::new(io(Other)), Permanent),
+            ("queue full", Box::new(throttle()), Permanent),
+            (
+                "wait too long",
+                Box::new(ThrottleError::WaitTooLong {
+                    wait: Duration::from_secs(2),
+                    max_wait: Duration::from_secs(1),
+                }),
+                Permanent,
+            ),
+            (
+                "not replayable",
+                Box::new(ThrottleError::NotReplayable {
+                    reason: "stream".into(),
+                }),
+                Permanent,
+            ),
+            (
+                "bucket down",
+                Box::new(ThrottleError::BucketUnavailable {
+                    reason: "redis".into(),
+                }),
+                Permanent,
+            ),
+            ("string error", "something odd".into(), Permanent),
+            ("unknown wrapper", wrap("inner odd"), Permanent),
+            (
+                "wrapped elapsed",
+                wrap(tower::timeout::error::Elapsed::new()),
+                Transient,
+            ),
+            ("wrapped reset", wrap(io(ConnectionReset)), Transient),
+            (
+                "doubly wrapped reset",
+                wrap(wrap(io(ConnectionReset))),
+                Transient,
+            ),
+            ("wrapped throttle", wrap(throttle()), Permanent),
+            (
+                "boxed source",
+                Box::new(Wrap("x", Some(Box::new(io(ConnectionReset))))),
+                Transient,
+            ),
+            // The outermost recognised error decides.
+            (
+                "io wrapping elapsed",
+                Box::new(io::Error::other(tower::timeout::error::Elapsed::new())),
+                Transient,
+            ),
+            (
+                "io wrapping reset",
+                Box::new(io::Error::other(io(ConnectionReset))),
+                Transient,
+            ),
+            (
+                "io wrapping throttle",
+                Box::new(io::Error::new(TimedOut, throttle())),
+                Transient,
+            ),
+            (
+                "io other wrapping throttle",
+                Box::new(io::Error::other(throttle())),
+                Permanent,
+            ),
+            (
+                "wrapped io wrapping reset",
+                wrap(io::Error::other(wrap(io(ConnectionReset)))),
+                Transient,
+            ),
+        ];
+        for (name, err, want) in &cases {
+            assert_eq!(classify(err), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn unknown_errors_are_configurable() {
+        let c = HttpClassifier::new().unknown_errors(Outcome::Transient);
+        let e: tower::BoxError = "mystery".into();
+        assert_eq!(c.classify_error(&*e), Outcome::Transient);
+        let e: tower::BoxError = Box::new(ThrottleError::QueueFull { capacity: 1 });
+        assert_eq!(c.classify_error(&*e), Outcome::Permanent);
+    }
+
+    /// An error whose source is itself: the walk must stop.
+    #[derive(Debug)]
+    struct Loop;
+
+    impl fmt::Display for Loop {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("loop")
+        }
+    }
+
+    impl Error for Loop {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&Loop)
+        }
+    }
+
+    #[test]
+    fn cyclic_source_chain_terminates() {
+        assert_eq!(
+            HttpClassifier::new().classify_error(&Loop),
+            Outcome::Permanent
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_elapsed_is_transient() {
+        let err = tokio::time::timeout(Duration::from_millis(1), std::future::pending::<()>())
+            .await
+            .unwrap_err();
+        let c = HttpClassifier::new();
+        assert_eq!(c.classify_error(&err), Outcome::Transient);
+        assert_eq!(c.classify_error(&*wrap(err)), Outcome::Transient);
+    }
+
+    /// Sends one request over an in-memory connection whose server side answers `reply` (if
+    /// any) and hangs up, and returns hyper's error.
+    async fn hyper_error(reply: &'static [u8]) -> hyper::Error {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, mut server) = tokio::io::duplex(4096);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+            _,
+            http_body_util::Empty<bytes::Bytes>,
+        >(hyper_util::rt::TokioIo::new(client))
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = server.read(&mut buf).await;
+            let _ = server.write_all(reply).await;
+        });
+        let req = http::Request::get("/")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        sender.send_request(req).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn hyper_errors() {
+        let c = HttpClassifier::new();
+
+        let err = hyper_error(b"").await;
+        assert!(err.is_incomplete_message(), "{err:?}");
+        assert_eq!(c.classify_error(&err), Outcome::Transient);
+        assert_eq!(c.classify_error(&*wrap(err)), Outcome::Transient);
+
+        let err = hyper_error(b"NOT HTTP AT ALL\r\n\r\n").await;
+        assert!(err.is_parse(), "{err:?}");
+        assert_eq!(c.classify_error(&err), Outcome::Permanent);
+    }
+}

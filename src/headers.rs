@@ -1,1 +1,1165 @@
-//! TODO
+//! Parsing of the headers servers use to say "slow down": `Retry-After` and the rate-limit
+//! header families.
+//!
+//! Everything here is pure: no I/O, no clock reads. The caller passes `now`, so the same
+//! function serves the tower shells (which read the clock once per response) and unit tests.
+//!
+//! Headers arrive from servers we do not control, so every parser here treats its input as
+//! hostile: huge numbers, negative numbers, fractions, garbage, empty values, non-UTF-8 bytes and
+//! repeated fields give `None` (or a value capped by the caller), never a panic or an overflow.
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use http::HeaderMap;
+//! use tower_throttle::headers::{rate_limit_info, retry_after, HeaderFamily};
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert("retry-after", "7".parse().unwrap());
+//! headers.insert("x-ratelimit-remaining", "0".parse().unwrap());
+//!
+//! let now = SystemTime::now();
+//! assert_eq!(retry_after(&headers, now, Duration::from_secs(60)), Some(Duration::from_secs(7)));
+//! let info = rate_limit_info(&headers, now).unwrap();
+//! assert_eq!(info.source, HeaderFamily::XRateLimit);
+//! assert_eq!(info.remaining, Some(0));
+//! ```
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{HeaderMap, DATE, RETRY_AFTER};
+
+/// How long to wait according to the response's `Retry-After` header, at most `cap`.
+///
+/// Both forms of RFC 9110 §10.2.3 are understood:
+///
+/// * delta-seconds (`Retry-After: 120`): digits only. A number too large for `u64` saturates and
+///   is then capped; a sign, a fraction or anything else makes the value invalid.
+/// * an HTTP-date in any of the three formats of RFC 9110 §5.6.7 (IMF-fixdate, RFC 850,
+///   asctime). The date is measured against the response's own `Date` header when that is present
+///   and valid, because both were written by the same (server) clock and our clock may be skewed;
+///   otherwise against `now`. A date in the past gives `Some(Duration::ZERO)`.
+///
+/// `Retry-After` is a singleton field, but proxies sometimes duplicate it. The first field line
+/// that parses wins and lines that do not parse are skipped; the same rule picks the `Date` line.
+/// Returns `None` when no line parses.
+///
+/// ```
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+/// use http::HeaderMap;
+/// use tower_throttle::headers::retry_after;
+///
+/// let cap = Duration::from_secs(60);
+/// let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("retry-after", "Sun, 06 Nov 1994 08:50:07 GMT".parse().unwrap());
+/// assert_eq!(retry_after(&headers, now, cap), Some(Duration::from_secs(30)));
+///
+/// headers.insert("retry-after", "99999999999".parse().unwrap());
+/// assert_eq!(retry_after(&headers, now, cap), Some(cap));
+///
+/// headers.insert("retry-after", "-1".parse().unwrap());
+/// assert_eq!(retry_after(&headers, now, cap), None);
+/// ```
+pub fn retry_after(headers: &HeaderMap, now: SystemTime, cap: Duration) -> Option<Duration> {
+    let wait = headers
+        .get_all(RETRY_AFTER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| parse_retry_after(v, headers, now))?;
+    Some(wait.min(cap))
+}
+
+fn parse_retry_after(value: &str, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = trim_ows(value);
+    if let Some(secs) = parse_digits_saturating(value) {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let reference = headers
+        .get_all(DATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| httpdate::parse_http_date(trim_ows(v)).ok())
+        .unwrap_or(now);
+    Some(at.duration_since(reference).unwrap_or(Duration::ZERO))
+}
+
+/// Which header family a [`RateLimitInfo`] was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HeaderFamily {
+    /// The IETF structured `RateLimit` field (draft-ietf-httpapi-ratelimit-headers), in either
+    /// its dictionary form (`limit=100, remaining=50, reset=5`) or its current list form
+    /// (`"default";r=50;t=5`), with `RateLimit-Policy` for the quota and window.
+    RateLimit,
+    /// The earlier drafts' separate fields `RateLimit-Limit`, `RateLimit-Remaining`,
+    /// `RateLimit-Reset` (with `RateLimit-Policy` when present).
+    RateLimitSplit,
+    /// The de-facto `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
+    XRateLimit,
+    /// HubSpot's `X-HubSpot-RateLimit-*` fields.
+    HubSpot,
+}
+
+/// A limit and how much of it is left, for a window reported beside the main one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Usage {
+    /// Requests allowed in the window.
+    pub limit: u64,
+    /// Requests left in the current window.
+    pub remaining: u64,
+}
+
+/// What a response's rate-limit headers say about the caller's quota.
+///
+/// Fields a family does not carry (or that did not parse) are `None`. Counts that do not fit in
+/// a `u64` are dropped rather than saturated, since a made-up count would mislead a controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimitInfo {
+    /// The header family the main fields came from.
+    pub source: HeaderFamily,
+    /// Requests allowed per window.
+    pub limit: Option<u64>,
+    /// Requests left in the current window.
+    pub remaining: Option<u64>,
+    /// Time until the window resets (or the quota is restored), measured from `now`.
+    pub reset: Option<Duration>,
+    /// The window's length, where the family states it (`RateLimit-Policy`'s `w`, HubSpot's
+    /// `Interval-Milliseconds`).
+    pub window: Option<Duration>,
+    /// The policy's name in the current IETF list form (`"default"` in
+    /// `RateLimit: "default";r=50;t=5`).
+    pub policy: Option<String>,
+    /// HubSpot's per-second pair (`X-HubSpot-RateLimit-Secondly` / `-Secondly-Remaining`).
+    pub secondly: Option<Usage>,
+    /// A daily pair (`X-HubSpot-RateLimit-Daily` / `-Daily-Remaining`). Read whichever family
+    /// won, because no other family reports a daily window.
+    pub daily: Option<Usage>,
+}
+
+impl RateLimitInfo {
+    fn new(source: HeaderFamily) -> Self {
+        RateLimitInfo {
+            source,
+            limit: None,
+            remaining: None,
+            reset: None,
+            window: None,
+            policy: None,
+            secondly: None,
+            daily: None,
+        }
+    }
+
+    fn has_any(&self) -> bool {
+        self.limit.is_some()
+            || self.remaining.is_some()
+            || self.reset.is_some()
+            || self.window.is_some()
+            || self.secondly.is_some()
+            || self.daily.is_some()
+    }
+}
+
+/// Reads the rate-limit headers of a response.
+///
+/// Families are tried in this order, and the first that yields at least one usable value wins
+/// (a family whose fields are all garbage falls through to the next):
+///
+/// 1. [`HeaderFamily::RateLimit`]: standardised semantics, and the only family that can name
+///    several policies at once.
+/// 2. [`HeaderFamily::RateLimitSplit`]: the same semantics from earlier drafts.
+/// 3. [`HeaderFamily::HubSpot`]: a vendor family whose meaning is documented exactly.
+/// 4. [`HeaderFamily::XRateLimit`]: the most common and the least well defined (its reset is
+///    seconds-to-go on some APIs and a Unix timestamp on others).
+///
+/// When the list form of `RateLimit` names several policies, the one with the fewest requests
+/// remaining (then the longest reset) is reported, since that is the one that will throttle
+/// first; its quota and window come from the `RateLimit-Policy` item of the same name.
+///
+/// `X-RateLimit-Reset` values up to ten years are seconds-to-go; larger values are a Unix
+/// timestamp in seconds, and values of 10^11 or more a Unix timestamp in milliseconds (the
+/// two ranges cannot overlap for dates after 1973). Timestamps are measured against `now`; a
+/// timestamp in the past gives a reset of zero. Fractional seconds are accepted there only.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use http::HeaderMap;
+/// use tower_throttle::headers::{rate_limit_info, HeaderFamily};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("ratelimit", r#""default";r=50;t=5"#.parse().unwrap());
+/// headers.insert("ratelimit-policy", r#""default";q=100;w=10"#.parse().unwrap());
+///
+/// let info = rate_limit_info(&headers, SystemTime::now()).unwrap();
+/// assert_eq!(info.source, HeaderFamily::RateLimit);
+/// assert_eq!(info.limit, Some(100));
+/// assert_eq!(info.remaining, Some(50));
+/// assert_eq!(info.reset, Some(Duration::from_secs(5)));
+/// assert_eq!(info.window, Some(Duration::from_secs(10)));
+/// ```
+pub fn rate_limit_info(headers: &HeaderMap, now: SystemTime) -> Option<RateLimitInfo> {
+    let daily = hubspot_pair(
+        headers,
+        "x-hubspot-ratelimit-daily",
+        "x-hubspot-ratelimit-daily-remaining",
+    );
+    let mut info = ietf_structured(headers)
+        .or_else(|| ietf_split(headers))
+        .or_else(|| hubspot(headers))
+        .or_else(|| x_ratelimit(headers, now))
+        .or_else(|| {
+            // A response with nothing but HubSpot's daily pair is still worth reporting.
+            daily.map(|_| RateLimitInfo::new(HeaderFamily::HubSpot))
+        })?;
+    info.daily = info.daily.or(daily);
+    Some(info)
+}
+
+fn ietf_structured(headers: &HeaderMap) -> Option<RateLimitInfo> {
+    let members = sf_list(headers, "ratelimit");
+    let policies = sf_list(headers, "ratelimit-policy");
+    let mut info = RateLimitInfo::new(HeaderFamily::RateLimit);
+
+    if members.iter().any(|m| m.key.is_some()) {
+        // Dictionary form (drafts 06-07): `limit=100, remaining=50, reset=5`.
+        for m in &members {
+            match (m.key.as_deref(), &m.value) {
+                (Some("limit"), Bare::Int(n)) => info.limit = info.limit.or(Some(*n)),
+                (Some("remaining"), Bare::Int(n)) => info.remaining = info.remaining.or(Some(*n)),
+                (Some("reset"), Bare::Int(n)) => {
+                    info.reset = info.reset.or(Some(Duration::from_secs(*n)))
+                }
+                _ => {}
+            }
+        }
+        apply_unnamed_policy(&mut info, &policies);
+    } else {
+        // List form (draft 08 on): `"default";r=50;t=5`, one item per policy.
+        let tightest = members
+            .iter()
+            .filter(|m| m.key.is_none())
+            .filter(|m| m.param("r").is_some() || m.param("t").is_some())
+            .min_by_key(|m| {
+                (
+                    m.param("r").unwrap_or(u64::MAX),
+                    std::cmp::Reverse(m.param("t")),
+                )
+            })?;
+        info.remaining = tightest.param("r");
+        info.reset = tightest.param("t").map(Duration::from_secs);
+        info.policy = tightest.value.name().map(str::to_owned);
+        let policy = policies
+            .iter()
+            .filter(|p| p.key.is_none())
+            .find(|p| p.value.name().is_some() && p.value.name() == tightest.value.name());
+        if let Some(p) = policy {
+            info.limit = p.param("q");
+            info.window = p.param("w").map(Duration::from_secs);
+        }
+    }
+    info.has_any().then_some(info)
+}
+
+/// Fills limit and window from an unnamed `RateLimit-Policy: 100;w=10, 1000;w=3600`: the item
+/// whose quota equals the reported limit, else the first.
+fn apply_unnamed_policy(info: &mut RateLimitInfo, policies: &[Member]) {
+    let items: Vec<(u64, Option<u64>)> = policies
+        .iter()
+        .filter(|p| p.key.is_none())
+        .filter_map(|p| match p.value {
+            Bare::Int(q) => Some((q, p.param("w"))),
+            _ => None,
+        })
+        .collect();
+    let chosen = match info.limit {
+        Some(limit) => items.iter().find(|(q, _)| *q == limit).or(items.first()),
+        None => items.first(),
+    };
+    if let Some((q, w)) = chosen {
+        info.limit = info.limit.or(Some(*q));
+        info.window = w.map(Duration::from_secs);
+    }
+}
+
+fn ietf_split(headers: &HeaderMap) -> Option<RateLimitInfo> {
+    let first_int = |name: &str| {
+        sf_list(headers, name)
+            .iter()
+            .find_map(|m| match (&m.key, &m.value) {
+                (None, Bare::Int(n)) => Some(*n),
+                _ => None,
+            })
+    };
+    let mut info = RateLimitInfo::new(HeaderFamily::RateLimitSplit);
+    info.limit = first_int("ratelimit-limit");
+    info.remaining = first_int("ratelimit-remaining");
+    info.reset = first_int("ratelimit-reset").map(Duration::from_secs);
+    if info.limit.is_none() && info.remaining.is_none() && info.reset.is_none() {
+        return None;
+    }
+    apply_unnamed_policy(&mut info, &sf_list(headers, "ratelimit-policy"));
+    Some(info)
+}
+
+fn hubspot(headers: &HeaderMap) -> Option<RateLimitInfo> {
+    let mut info = RateLimitInfo::new(HeaderFamily::HubSpot);
+    info.limit = header_u64(headers, "x-hubspot-ratelimit-max");
+    info.remaining = header_u64(headers, "x-hubspot-ratelimit-remaining");
+    info.window =
+        header_u64(headers, "x-hubspot-ratelimit-interval-milliseconds").map(Duration::from_millis);
+    info.secondly = hubspot_pair(
+        headers,
+        "x-hubspot-ratelimit-secondly",
+        "x-hubspot-ratelimit-secondly-remaining",
+    );
+    // The daily pair alone does not make this family win over X-RateLimit-*: it is merged into
+    // whichever family wins by `rate_limit_info`.
+    (info.limit.is_some()
+        || info.remaining.is_some()
+        || info.window.is_some()
+        || info.secondly.is_some())
+    .then_some(info)
+}
+
+fn hubspot_pair(headers: &HeaderMap, limit: &str, remaining: &str) -> Option<Usage> {
+    Some(Usage {
+        limit: header_u64(headers, limit)?,
+        remaining: header_u64(headers, remaining)?,
+    })
+}
+
+/// Ten years in seconds: a reset this far away is not a countdown, so it must be a timestamp.
+const EPOCH_THRESHOLD_SECS: u64 = 10 * 365 * 24 * 60 * 60;
+/// From here on a timestamp is in milliseconds (10^11 s is the year 5138; 10^11 ms is 1973).
+const EPOCH_MILLIS_THRESHOLD: u64 = 100_000_000_000;
+
+fn x_ratelimit(headers: &HeaderMap, now: SystemTime) -> Option<RateLimitInfo> {
+    let mut info = RateLimitInfo::new(HeaderFamily::XRateLimit);
+    info.limit = header_u64(headers, "x-ratelimit-limit");
+    info.remaining = header_u64(headers, "x-ratelimit-remaining");
+    info.reset = first_str(headers, "x-ratelimit-reset").and_then(|v| x_reset(v, now));
+    info.has_any().then_some(info)
+}
+
+fn x_reset(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = parse_decimal(trim_ows(value))?;
+    let secs = value.as_secs();
+    if secs <= EPOCH_THRESHOLD_SECS {
+        return Some(value);
+    }
+    let at = if secs < EPOCH_MILLIS_THRESHOLD {
+        value
+    } else {
+        // Millisecond timestamps carry no meaningful fraction; reinterpret the integer part.
+        Duration::from_millis(secs)
+    };
+    // Measured on durations since the epoch, not with `SystemTime + Duration`, which panics on
+    // overflow. A clock set before 1970 counts as the epoch itself.
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    Some(at.saturating_sub(since_epoch))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small lexical helpers.
+
+fn trim_ows(s: &str) -> &str {
+    s.trim_matches(|c: char| c == ' ' || c == '\t')
+}
+
+fn first_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all(name).iter().find_map(|v| v.to_str().ok())
+}
+
+/// The first line of `name` that is a plain non-negative integer fitting in `u64`.
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| parse_digits(trim_ows(v)))
+}
+
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Digits only; `None` on anything else, including overflow.
+fn parse_digits(s: &str) -> Option<u64> {
+    if !all_digits(s) {
+        return None;
+    }
+    s.bytes().try_fold(0u64, |acc, b| {
+        acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
+/// Digits only; saturates at `u64::MAX` instead of failing, for values that are capped later.
+fn parse_digits_saturating(s: &str) -> Option<u64> {
+    if !all_digits(s) {
+        return None;
+    }
+    Some(s.bytes().fold(0u64, |acc, b| {
+        acc.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    }))
+}
+
+/// `digits [ "." digits ]` as a duration in seconds; fractions beyond nanoseconds are dropped.
+fn parse_decimal(s: &str) -> Option<Duration> {
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (s, None),
+    };
+    let secs = parse_digits(int)?;
+    let nanos = match frac {
+        None => 0,
+        Some(f) if all_digits(f) => f
+            .bytes()
+            .chain(std::iter::repeat(b'0'))
+            .take(9)
+            .fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0')),
+        Some(_) => return None,
+    };
+    Some(Duration::new(secs, nanos))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A deliberately small, forgiving reader for RFC 8941 structured-field lists and dictionaries.
+// It understands what rate-limit fields use (integers, strings, tokens, parameters) and skips a
+// malformed member instead of rejecting the whole field, which is what a client wants from a
+// server it cannot fix.
+
+#[derive(Debug, Clone, PartialEq)]
+enum Bare {
+    /// A non-negative integer that fits in `u64`.
+    Int(u64),
+    Str(String),
+    Token(String),
+    /// Anything else (negative or decimal numbers, byte sequences, booleans).
+    Other,
+}
+
+impl Bare {
+    /// A policy's name: a string, or a token for servers that forget the quotes.
+    fn name(&self) -> Option<&str> {
+        match self {
+            Bare::Str(s) | Bare::Token(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Member {
+    /// `Some` for dictionary members (`key=value`).
+    key: Option<String>,
+    value: Bare,
+    params: Vec<(String, Bare)>,
+}
+
+impl Member {
+    fn param(&self, name: &str) -> Option<u64> {
+        self.params.iter().find_map(|(k, v)| match v {
+            Bare::Int(n) if k == name => Some(*n),
+            _ => None,
+        })
+    }
+}
+
+/// All lines of `name`, joined as RFC 9110 allows for list-valued fields, then parsed.
+/// Non-UTF-8 lines are skipped.
+fn sf_list(headers: &HeaderMap, name: &str) -> Vec<Member> {
+    let mut out = Vec::new();
+    for line in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        let mut p = Parser {
+            s: line.as_bytes(),
+            i: 0,
+        };
+        loop {
+            p.skip_ws();
+            if p.at_end() {
+                break;
+            }
+            if let Some(m) = p.member() {
+                out.push(m);
+            }
+            p.skip_past_comma();
+        }
+    }
+    out
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Parser<'_> {
+    fn at_end(&self) -> bool {
+        self.i >= self.s.len()
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.i += 1;
+        }
+    }
+
+    /// Moves past the next comma outside a string, so a malformed member is skipped whole.
+    fn skip_past_comma(&mut self) {
+        let mut in_str = false;
+        while let Some(c) = self.peek() {
+            self.i += 1;
+            match c {
+                b'\\' if in_str => self.i += 1,
+                b'"' => in_str = !in_str,
+                b',' if !in_str => return,
+                _ => {}
+            }
+        }
+    }
+
+    fn member(&mut self) -> Option<Member> {
+        let first = self.bare()?;
+        let (key, value) = match first {
+            Bare::Token(ref t) if self.peek() == Some(b'=') => {
+                self.i += 1;
+                (Some(t.clone()), self.bare()?)
+            }
+            other => (None, other),
+        };
+        let mut params = Vec::new();
+        loop {
+            self.skip_ws();
+            if self.peek() != Some(b';') {
+                break;
+            }
+            self.i += 1;
+            self.skip_ws();
+            let Some(Bare::Token(k)) = self.bare() else {
+                break;
+            };
+            let v = if self.peek() == Some(b'=') {
+                self.i += 1;
+                self.bare().unwrap_or(Bare::Other)
+            } else {
+                Bare::Other
+            };
+            params.push((k, v));
+        }
+        Some(Member { key, value, params })
+    }
+
+    fn bare(&mut self) -> Option<Bare> {
+        match self.peek()? {
+            b'"' => self.string(),
+            b'-' | b'0'..=b'9' => Some(self.number()),
+            c if c.is_ascii_alphabetic() || c == b'*' => Some(self.token()),
+            b'?' | b':' => {
+                self.take_while(|c| c != b',' && c != b';');
+                Some(Bare::Other)
+            }
+            _ => None,
+        }
+    }
+
+    fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &[u8] {
+        let start = self.i;
+        while self.peek().is_some_and(&f) {
+            self.i += 1;
+        }
+        &self.s[start..self.i]
+    }
+
+    fn number(&mut self) -> Bare {
+        let raw = self.take_while(|c| c == b'-' || c == b'.' || c.is_ascii_digit());
+        std::str::from_utf8(raw)
+            .ok()
+            .and_then(parse_digits)
+            .map_or(Bare::Other, Bare::Int)
+    }
+
+    fn token(&mut self) -> Bare {
+        let raw =
+            self.take_while(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c));
+        Bare::Token(String::from_utf8_lossy(raw).to_ascii_lowercase())
+    }
+
+    fn string(&mut self) -> Option<Bare> {
+        self.i += 1; // opening quote
+        let mut out = Vec::new();
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.i += 1;
+                    return Some(Bare::Str(String::from_utf8_lossy(&out).into_owned()));
+                }
+                b'\\' => {
+                    self.i += 1;
+                    out.push(self.peek()?);
+                    self.i += 1;
+                }
+                c => {
+                    out.push(c);
+                    self.i += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderName, HeaderValue};
+
+    const CAP: Duration = Duration::from_secs(60);
+    /// Sun, 06 Nov 1994 08:49:37 GMT, the example date of RFC 9110.
+    const T0: u64 = 784_111_777;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// Header lines as (name, raw bytes), so tests can send bytes `&str` cannot hold.
+    type Pairs<'a> = &'a [(&'a str, &'a [u8])];
+
+    fn map(pairs: Pairs<'_>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            let name = HeaderName::from_bytes(k.as_bytes()).unwrap();
+            h.append(name, HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    fn secs(n: u64) -> Option<Duration> {
+        Some(Duration::from_secs(n))
+    }
+
+    #[test]
+    fn retry_after_table() {
+        let cases: &[(&str, Pairs<'_>, Option<Duration>)] = &[
+            ("delta", &[("retry-after", b"120")], Some(CAP)),
+            ("delta under cap", &[("retry-after", b"7")], secs(7)),
+            ("zero", &[("retry-after", b"0")], secs(0)),
+            ("leading zeros", &[("retry-after", b"007")], secs(7)),
+            (
+                "surrounding whitespace",
+                &[("retry-after", b" \t5\t ")],
+                secs(5),
+            ),
+            (
+                "huge fits u64",
+                &[("retry-after", b"99999999999")],
+                Some(CAP),
+            ),
+            (
+                "u64::MAX",
+                &[("retry-after", b"18446744073709551615")],
+                Some(CAP),
+            ),
+            (
+                "u64::MAX + 1",
+                &[("retry-after", b"18446744073709551616")],
+                Some(CAP),
+            ),
+            (
+                "forty digits",
+                &[("retry-after", b"9999999999999999999999999999999999999999")],
+                Some(CAP),
+            ),
+            ("negative", &[("retry-after", b"-5")], None),
+            ("plus sign", &[("retry-after", b"+5")], None),
+            ("fraction", &[("retry-after", b"1.5")], None),
+            ("exponent", &[("retry-after", b"1e3")], None),
+            ("garbage", &[("retry-after", b"soon")], None),
+            ("empty", &[("retry-after", b"")], None),
+            ("blank", &[("retry-after", b"   ")], None),
+            ("inner space", &[("retry-after", b"1 2")], None),
+            ("list", &[("retry-after", b"1, 2")], None),
+            ("non-utf8", &[("retry-after", b"\xff\xfe")], None),
+            ("missing", &[], None),
+            (
+                "first valid wins",
+                &[("retry-after", b"3"), ("retry-after", b"9")],
+                secs(3),
+            ),
+            (
+                "invalid skipped",
+                &[("retry-after", b"junk"), ("retry-after", b"9")],
+                secs(9),
+            ),
+            (
+                "non-utf8 skipped",
+                &[("retry-after", b"\xff"), ("retry-after", b"4")],
+                secs(4),
+            ),
+            (
+                "imf-fixdate",
+                &[("retry-after", b"Sun, 06 Nov 1994 08:50:07 GMT")],
+                secs(30),
+            ),
+            (
+                "rfc850",
+                &[("retry-after", b"Sunday, 06-Nov-94 08:50:07 GMT")],
+                secs(30),
+            ),
+            (
+                "asctime",
+                &[("retry-after", b"Sun Nov  6 08:50:07 1994")],
+                secs(30),
+            ),
+            (
+                "date now",
+                &[("retry-after", b"Sun, 06 Nov 1994 08:49:37 GMT")],
+                secs(0),
+            ),
+            (
+                "date in the past",
+                &[("retry-after", b"Sun, 06 Nov 1994 08:00:00 GMT")],
+                secs(0),
+            ),
+            (
+                "date far past",
+                &[("retry-after", b"Thu, 01 Jan 1970 00:00:00 GMT")],
+                secs(0),
+            ),
+            (
+                "date far future",
+                &[("retry-after", b"Fri, 31 Dec 9999 23:59:59 GMT")],
+                Some(CAP),
+            ),
+            (
+                "date impossible",
+                &[("retry-after", b"Sun, 31 Feb 1994 08:50:07 GMT")],
+                None,
+            ),
+            (
+                "date garbage",
+                &[("retry-after", b"Sun, 06 Nov 1994 99:99:99 GMT")],
+                None,
+            ),
+            (
+                "date against server Date",
+                &[
+                    ("retry-after", b"Sun, 06 Nov 1994 08:50:07 GMT"),
+                    ("date", b"Sun, 06 Nov 1994 08:49:57 GMT"),
+                ],
+                secs(10),
+            ),
+            (
+                "server Date after target",
+                &[
+                    ("retry-after", b"Sun, 06 Nov 1994 08:50:07 GMT"),
+                    ("date", b"Sun, 06 Nov 1994 09:00:00 GMT"),
+                ],
+                secs(0),
+            ),
+            (
+                "invalid Date falls back to now",
+                &[
+                    ("retry-after", b"Sun, 06 Nov 1994 08:50:07 GMT"),
+                    ("date", b"yesterday"),
+                ],
+                secs(30),
+            ),
+            (
+                "delta ignores Date",
+                &[
+                    ("retry-after", b"5"),
+                    ("date", b"Sun, 06 Nov 1994 08:00:00 GMT"),
+                ],
+                secs(5),
+            ),
+        ];
+        for (name, headers, want) in cases {
+            let got = retry_after(&map(headers), at(T0), CAP);
+            assert_eq!(got, *want, "case {name:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_respects_small_and_zero_caps() {
+        let h = map(&[("retry-after", b"120")]);
+        assert_eq!(retry_after(&h, at(T0), Duration::from_secs(1)), secs(1));
+        assert_eq!(retry_after(&h, at(T0), Duration::ZERO), secs(0));
+        assert_eq!(retry_after(&h, at(T0), Duration::MAX), secs(120));
+        let h = map(&[("retry-after", b"99999999999999999999999")]);
+        assert_eq!(retry_after(&h, at(T0), Duration::MAX), secs(u64::MAX));
+    }
+
+    #[test]
+    fn retry_after_with_now_at_extremes() {
+        let h = map(&[("retry-after", b"Sun, 06 Nov 1994 08:50:07 GMT")]);
+        assert_eq!(retry_after(&h, UNIX_EPOCH, CAP), Some(CAP));
+        assert_eq!(retry_after(&h, at(u64::from(u32::MAX) * 4), CAP), secs(0));
+        if let Some(before_epoch) = UNIX_EPOCH.checked_sub(Duration::from_secs(1_000)) {
+            assert_eq!(retry_after(&h, before_epoch, CAP), Some(CAP));
+        }
+    }
+
+    fn info(pairs: &[(&str, &[u8])], now: u64) -> Option<RateLimitInfo> {
+        rate_limit_info(&map(pairs), at(now))
+    }
+
+    /// (limit, remaining, reset seconds, window seconds)
+    type Core = (Option<u64>, Option<u64>, Option<u64>, Option<u64>);
+    type Expected = Option<(HeaderFamily, Core)>;
+
+    fn core(i: &RateLimitInfo) -> Core {
+        (
+            i.limit,
+            i.remaining,
+            i.reset.map(|d| d.as_secs()),
+            i.window.map(|d| d.as_secs()),
+        )
+    }
+
+    #[test]
+    fn rate_limit_info_table() {
+        use HeaderFamily::*;
+        let now = 1_700_000_000;
+        let cases: &[(&str, Pairs<'_>, Expected)] = &[
+            ("nothing", &[], None),
+            (
+                "ietf dictionary",
+                &[("ratelimit", b"limit=100, remaining=50, reset=5")],
+                Some((RateLimit, (Some(100), Some(50), Some(5), None))),
+            ),
+            (
+                "ietf dictionary with unnamed policy",
+                &[
+                    ("ratelimit", b"limit=100, remaining=50, reset=5"),
+                    ("ratelimit-policy", b"100;w=10"),
+                ],
+                Some((RateLimit, (Some(100), Some(50), Some(5), Some(10)))),
+            ),
+            (
+                "unnamed policy matched by quota",
+                &[
+                    ("ratelimit", b"limit=1000, remaining=3, reset=50"),
+                    ("ratelimit-policy", b"100;w=10, 1000;w=3600"),
+                ],
+                Some((RateLimit, (Some(1000), Some(3), Some(50), Some(3600)))),
+            ),
+            (
+                "ietf dictionary split over lines",
+                &[
+                    ("ratelimit", b"limit=100"),
+                    ("ratelimit", b"remaining=0, reset=9"),
+                ],
+                Some((RateLimit, (Some(100), Some(0), Some(9), None))),
+            ),
+            (
+                "ietf dictionary with a bad member",
+                &[("ratelimit", b"limit=-1, remaining=\"x\", reset=5")],
+                Some((RateLimit, (None, None, Some(5), None))),
+            ),
+            (
+                "ietf list form",
+                &[
+                    ("ratelimit", b"\"default\";r=50;t=5"),
+                    ("ratelimit-policy", b"\"default\";q=100;w=10"),
+                ],
+                Some((RateLimit, (Some(100), Some(50), Some(5), Some(10)))),
+            ),
+            (
+                "ietf list form without policy",
+                &[("ratelimit", b"\"default\";r=50;t=5")],
+                Some((RateLimit, (None, Some(50), Some(5), None))),
+            ),
+            (
+                "ietf list form, tightest policy wins",
+                &[
+                    ("ratelimit", b"\"burst\";r=40;t=1, \"daily\";r=2;t=7200"),
+                    (
+                        "ratelimit-policy",
+                        b"\"burst\";q=50;w=1, \"daily\";q=1000;w=86400",
+                    ),
+                ],
+                Some((RateLimit, (Some(1000), Some(2), Some(7200), Some(86400)))),
+            ),
+            (
+                "ietf list form, comma inside a name",
+                &[
+                    ("ratelimit", b"\"a,b\";r=1;t=2"),
+                    ("ratelimit-policy", b"\"a,b\";q=3;w=4"),
+                ],
+                Some((RateLimit, (Some(3), Some(1), Some(2), Some(4)))),
+            ),
+            (
+                "ietf garbage falls through",
+                &[
+                    ("ratelimit", b"@@garbage;;;"),
+                    ("x-ratelimit-remaining", b"4"),
+                ],
+                Some((XRateLimit, (None, Some(4), None, None))),
+            ),
+            (
+                "ietf huge integer dropped",
+                &[("ratelimit", b"limit=99999999999999999999999, remaining=1")],
+                Some((RateLimit, (None, Some(1), None, None))),
+            ),
+            (
+                "split fields",
+                &[
+                    ("ratelimit-limit", b"100"),
+                    ("ratelimit-remaining", b"99"),
+                    ("ratelimit-reset", b"30"),
+                    ("ratelimit-policy", b"100;w=60"),
+                ],
+                Some((RateLimitSplit, (Some(100), Some(99), Some(30), Some(60)))),
+            ),
+            (
+                "split limit with inline policy",
+                &[
+                    ("ratelimit-limit", b"10, 10;w=1, 50;w=60"),
+                    ("ratelimit-remaining", b"1"),
+                ],
+                Some((RateLimitSplit, (Some(10), Some(1), None, None))),
+            ),
+            (
+                "x-ratelimit delta reset",
+                &[
+                    ("x-ratelimit-limit", b"60"),
+                    ("x-ratelimit-remaining", b"0"),
+                    ("x-ratelimit-reset", b"42"),
+                ],
+                Some((XRateLimit, (Some(60), Some(0), Some(42), None))),
+            ),
+            (
+                "x-ratelimit ten years is still a delta",
+                &[("x-ratelimit-reset", b"315360000")],
+                Some((XRateLimit, (None, None, Some(315_360_000), None))),
+            ),
+            (
+                "x-ratelimit epoch reset",
+                &[("x-ratelimit-reset", b"1700000090")],
+                Some((XRateLimit, (None, None, Some(90), None))),
+            ),
+            (
+                "x-ratelimit fractional epoch reset",
+                &[("x-ratelimit-reset", b"1700000090.750")],
+                Some((XRateLimit, (None, None, Some(90), None))),
+            ),
+            (
+                "x-ratelimit epoch millis reset",
+                &[("x-ratelimit-reset", b"1700000012000")],
+                Some((XRateLimit, (None, None, Some(12), None))),
+            ),
+            (
+                "x-ratelimit epoch in the past",
+                &[("x-ratelimit-reset", b"1600000000")],
+                Some((XRateLimit, (None, None, Some(0), None))),
+            ),
+            (
+                "x-ratelimit u64::MAX reset",
+                &[
+                    ("x-ratelimit-reset", b"18446744073709551615"),
+                    ("x-ratelimit-limit", b"1"),
+                ],
+                Some((
+                    XRateLimit,
+                    (Some(1), None, Some(u64::MAX / 1000 - now), None),
+                )),
+            ),
+            (
+                "x-ratelimit hostile values",
+                &[
+                    ("x-ratelimit-limit", b"-1"),
+                    ("x-ratelimit-remaining", b"99999999999999999999999"),
+                    ("x-ratelimit-reset", b"1.2.3"),
+                ],
+                None,
+            ),
+            (
+                "x-ratelimit non-utf8 then valid",
+                &[
+                    ("x-ratelimit-remaining", b"\xff"),
+                    ("x-ratelimit-remaining", b"8"),
+                ],
+                Some((XRateLimit, (None, Some(8), None, None))),
+            ),
+            (
+                "x-ratelimit empty and fraction",
+                &[
+                    ("x-ratelimit-limit", b""),
+                    ("x-ratelimit-remaining", b"2.5"),
+                ],
+                None,
+            ),
+            (
+                "hubspot",
+                &[
+                    ("x-hubspot-ratelimit-max", b"100"),
+                    ("x-hubspot-ratelimit-remaining", b"97"),
+                    ("x-hubspot-ratelimit-interval-milliseconds", b"10000"),
+                ],
+                Some((HubSpot, (Some(100), Some(97), None, Some(10)))),
+            ),
+            (
+                "hubspot beats x-ratelimit",
+                &[
+                    ("x-hubspot-ratelimit-max", b"100"),
+                    ("x-ratelimit-limit", b"5"),
+                ],
+                Some((HubSpot, (Some(100), None, None, None))),
+            ),
+            (
+                "ietf beats split beats everything",
+                &[
+                    ("ratelimit", b"limit=1"),
+                    ("ratelimit-limit", b"2"),
+                    ("x-hubspot-ratelimit-max", b"3"),
+                    ("x-ratelimit-limit", b"4"),
+                ],
+                Some((RateLimit, (Some(1), None, None, None))),
+            ),
+            (
+                "split beats hubspot",
+                &[("ratelimit-limit", b"2"), ("x-hubspot-ratelimit-max", b"3")],
+                Some((RateLimitSplit, (Some(2), None, None, None))),
+            ),
+        ];
+        for (name, headers, want) in cases {
+            let got = info(headers, now);
+            let got = got.as_ref().map(|i| (i.source, core(i)));
+            assert_eq!(got, *want, "case {name:?}");
+        }
+    }
+
+    #[test]
+    fn ietf_list_reports_policy_name() {
+        let i = info(&[("ratelimit", b"\"default\";r=50;t=5")], T0).unwrap();
+        assert_eq!(i.policy.as_deref(), Some("default"));
+        let i = info(&[("ratelimit", b"limit=1")], T0).unwrap();
+        assert_eq!(i.policy, None);
+    }
+
+    #[test]
+    fn hubspot_secondly_and_daily() {
+        let h: &[(&str, &[u8])] = &[
+            ("x-hubspot-ratelimit-max", b"190"),
+            ("x-hubspot-ratelimit-remaining", b"189"),
+            ("x-hubspot-ratelimit-interval-milliseconds", b"10000"),
+            ("x-hubspot-ratelimit-secondly", b"19"),
+            ("x-hubspot-ratelimit-secondly-remaining", b"18"),
+            ("x-hubspot-ratelimit-daily", b"250000"),
+            ("x-hubspot-ratelimit-daily-remaining", b"249900"),
+        ];
+        let i = info(h, T0).unwrap();
+        assert_eq!(i.source, HeaderFamily::HubSpot);
+        assert_eq!(
+            i.secondly,
+            Some(Usage {
+                limit: 19,
+                remaining: 18
+            })
+        );
+        assert_eq!(
+            i.daily,
+            Some(Usage {
+                limit: 250_000,
+                remaining: 249_900
+            })
+        );
+        assert_eq!(i.window, Some(Duration::from_millis(10_000)));
+    }
+
+    #[test]
+    fn hubspot_daily_is_merged_and_needs_both_halves() {
+        let i = info(
+            &[
+                ("x-ratelimit-remaining", b"3"),
+                ("x-hubspot-ratelimit-daily", b"500"),
+                ("x-hubspot-ratelimit-daily-remaining", b"1"),
+            ],
+            T0,
+        )
+        .unwrap();
+        assert_eq!(i.source, HeaderFamily::XRateLimit);
+        assert_eq!(
+            i.daily,
+            Some(Usage {
+                limit: 500,
+                remaining: 1
+            })
+        );
+
+        let i = info(
+            &[
+                ("x-hubspot-ratelimit-daily", b"500"),
+                ("x-hubspot-ratelimit-daily-remaining", b"1"),
+            ],
+            T0,
+        )
+        .unwrap();
+        assert_eq!(i.source, HeaderFamily::HubSpot);
+        assert_eq!(
+            i.daily,
+            Some(Usage {
+                limit: 500,
+                remaining: 1
+            })
+        );
+
+        assert_eq!(info(&[("x-hubspot-ratelimit-daily", b"500")], T0), None);
+        assert_eq!(
+            info(
+                &[
+                    ("x-hubspot-ratelimit-daily", b"500"),
+                    ("x-hubspot-ratelimit-daily-remaining", b"-1")
+                ],
+                T0
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn structured_field_reader_never_panics_on_odd_input() {
+        let inputs: &[&[u8]] = &[
+            b"",
+            b",,,,",
+            b"\"",
+            b"\"unterminated;r=1",
+            b"\"esc\\",
+            b"a=",
+            b"a=;b",
+            b";;;;",
+            b"=1",
+            b"-",
+            b"--1",
+            b"1.",
+            b"?1;r=2",
+            b":YWJj:;r=2",
+            b"limit=1;w",
+            b"x;r=99999999999999999999999;t=1",
+            b"\t limit = 1",
+        ];
+        for input in inputs {
+            let h = map(&[("ratelimit", input), ("ratelimit-policy", input)]);
+            let _ = rate_limit_info(&h, at(T0));
+            let _ = retry_after(&map(&[("retry-after", input)]), at(T0), CAP);
+        }
+        let h = map(&[("ratelimit", b"x;r=99999999999999999999999;t=1")]);
+        assert_eq!(rate_limit_info(&h, at(T0)).and_then(|i| i.reset), secs(1));
+    }
+
+    #[test]
+    fn decimal_parser() {
+        assert_eq!(parse_decimal("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_decimal("2"), secs(2));
+        assert_eq!(parse_decimal("0.0000000019"), Some(Duration::from_nanos(1)));
+        assert_eq!(parse_decimal("1."), None);
+        assert_eq!(parse_decimal(".5"), None);
+        assert_eq!(parse_decimal("-1.5"), None);
+    }
+}

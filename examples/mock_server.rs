@@ -1,1 +1,128 @@
-fn main() {}
+//! Runs the mock rate-limited API on its own, for trying clients by hand.
+//!
+//! ```text
+//! cargo run --example mock_server --features mock -- --port 8080 --rate 10 --burst 20
+//! cargo run --example mock_server --features mock -- --rate 100 --window 10 --fail-ratio 0.1
+//! ```
+//!
+//! `--rate R --burst B`: token bucket, R per second, burst B.
+//! `--rate N --window S`: sliding window, at most N in any S seconds.
+//! `--rate` alone: sliding window of R per 1 s. No `--rate`: unlimited.
+//! Prints the URL, then the counters every second; Ctrl-C stops it gracefully.
+
+use std::time::Duration;
+
+use tower_throttle::mock::{MockServer, RateHeaders, ServerLimit};
+
+const USAGE: &str = "usage: mock_server [--port P] [--rate R [--burst B | --window SECS]] \
+                     [--fail-ratio F] [--latency-ms MS] [--seed N]";
+
+#[derive(Debug, Default)]
+struct Args {
+    port: u16,
+    rate: Option<f64>,
+    burst: Option<u32>,
+    window_secs: Option<f64>,
+    fail_ratio: f64,
+    latency_ms: u64,
+    seed: Option<u64>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(USAGE.to_owned());
+        }
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}\n{USAGE}");
+        match flag.as_str() {
+            "--port" => args.port = value.parse().map_err(|e| bad(&e))?,
+            "--rate" => args.rate = Some(value.parse().map_err(|e| bad(&e))?),
+            "--burst" => args.burst = Some(value.parse().map_err(|e| bad(&e))?),
+            "--window" => args.window_secs = Some(value.parse().map_err(|e| bad(&e))?),
+            "--fail-ratio" => args.fail_ratio = value.parse().map_err(|e| bad(&e))?,
+            "--latency-ms" => args.latency_ms = value.parse().map_err(|e| bad(&e))?,
+            "--seed" => args.seed = Some(value.parse().map_err(|e| bad(&e))?),
+            _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+fn limit(args: &Args) -> Result<ServerLimit, Box<dyn std::error::Error>> {
+    Ok(match (args.rate, args.burst, args.window_secs) {
+        (None, None, None) => ServerLimit::unlimited(),
+        (Some(rate), Some(burst), None) => ServerLimit::token_bucket(rate, burst)?,
+        (Some(rate), None, window) => {
+            // A window counts whole requests; a fractional count would be silently floored.
+            if rate.fract() != 0.0 || rate < 1.0 || rate > f64::from(u32::MAX) {
+                return Err(format!("a window needs a whole --rate, got {rate}").into());
+            }
+            let secs = window.unwrap_or(1.0);
+            let period =
+                Duration::try_from_secs_f64(secs).map_err(|e| format!("--window {secs}: {e}"))?;
+            ServerLimit::sliding_window(rate as u32, period)?
+        }
+        (None, _, _) => return Err("--burst and --window need --rate".into()),
+        (Some(_), Some(_), Some(_)) => return Err("give --burst or --window, not both".into()),
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
+    let limit = limit(&args)?;
+    let mut builder = MockServer::builder()
+        .port(args.port)
+        .limit(limit.clone())
+        .rate_headers(RateHeaders::Both)
+        .fail_ratio(args.fail_ratio)
+        .latency(Duration::from_millis(args.latency_ms));
+    if let Some(seed) = args.seed {
+        builder = builder.seed(seed);
+    }
+    let server = builder.start().await?;
+    println!("mock API at {} ({limit})", server.url("/"));
+
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_accepted = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let s = server.stats();
+                println!(
+                    "received {:>8}  accepted {:>8} (+{:>5}/s)  429 {:>8}  503 {:>8}  in flight {:>4}",
+                    s.received,
+                    s.accepted,
+                    s.accepted - last_accepted,
+                    s.rate_limited,
+                    s.failed,
+                    s.in_flight,
+                );
+                last_accepted = s.accepted;
+            }
+            res = tokio::signal::ctrl_c() => {
+                res?;
+                break;
+            }
+        }
+    }
+    println!("shutting down");
+    server.shutdown().await;
+    let s = server.stats();
+    println!(
+        "done: received {}, accepted {}, rate limited {}, failed {}",
+        s.received, s.accepted, s.rate_limited, s.failed
+    );
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! The builder: every knob of the mock server, checked before anything is bound.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use super::limiter::ServerLimit;
+use super::server::MockServer;
+use crate::ConfigError;
+
+/// How a 429 says when to come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RetryAfterFormat {
+    /// `Retry-After: <delta-seconds>`, the wait rounded *up* to whole seconds so a client that
+    /// obeys it is not refused again (unless another client took the slot). The default.
+    #[default]
+    Seconds,
+    /// `Retry-After: <HTTP-date>`, rounded up to the next whole second, together with a
+    /// `Date` header (the server's wall clock, truncated), so a client can compute the wait
+    /// from the pair without trusting its own clock.
+    HttpDate,
+    /// No `Retry-After` at all, like servers that leave clients to back off on their own.
+    Omit,
+}
+
+/// Which rate-limit headers accompany 200 and 429 responses of limited routes.
+///
+/// All families carry the same three values: `Limit` (the limit's
+/// [`capacity`](ServerLimit::capacity)), `Remaining` (requests that would still be accepted at
+/// this instant) and `Reset` (whole seconds, rounded up, until the limit is back to full
+/// capacity; a delta, not an epoch time). Unlimited routes never send them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateHeaders {
+    /// No rate headers (Customer.io style). The default.
+    #[default]
+    None,
+    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (IETF draft
+    /// `ratelimit-headers`).
+    Ietf,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
+    XRateLimit,
+    /// Both families.
+    Both,
+}
+
+impl RateHeaders {
+    pub(crate) fn ietf(self) -> bool {
+        matches!(self, RateHeaders::Ietf | RateHeaders::Both)
+    }
+
+    pub(crate) fn x_rate_limit(self) -> bool {
+        matches!(self, RateHeaders::XRateLimit | RateHeaders::Both)
+    }
+}
+
+/// The seed used when [`MockServerBuilder::seed`] is not called: runs are reproducible by
+/// default.
+pub const DEFAULT_SEED: u64 = 0x5EED_0F7A_11ED;
+
+/// Configures and starts a [`MockServer`]; get one from [`MockServer::builder`].
+///
+/// Defaults: bound to `127.0.0.1:0` (a free port), [`ServerLimit::unlimited`], no route
+/// overrides, [`RetryAfterFormat::Seconds`], [`RateHeaders::None`], no injected failures,
+/// no latency, seed [`DEFAULT_SEED`].
+///
+/// Setters never fail so they chain; the values are checked by
+/// [`check`](MockServerBuilder::check) and again by [`start`](MockServerBuilder::start).
+#[derive(Debug, Clone)]
+pub struct MockServerBuilder {
+    pub(crate) addr: SocketAddr,
+    pub(crate) limit: ServerLimit,
+    pub(crate) routes: Vec<(String, ServerLimit)>,
+    pub(crate) retry_after: RetryAfterFormat,
+    pub(crate) rate_headers: RateHeaders,
+    pub(crate) fail_ratio: f64,
+    pub(crate) seed: u64,
+    pub(crate) latency: (Duration, Duration),
+}
+
+impl Default for MockServerBuilder {
+    fn default() -> Self {
+        MockServerBuilder {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            limit: ServerLimit::unlimited(),
+            routes: Vec::new(),
+            retry_after: RetryAfterFormat::Seconds,
+            rate_headers: RateHeaders::None,
+            fail_ratio: 0.0,
+            seed: DEFAULT_SEED,
+            latency: (Duration::ZERO, Duration::ZERO),
+        }
+    }
+}
+
+impl MockServerBuilder {
+    /// The defaults listed on the type.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The limit shared by every route without its own override: all such paths draw from
+    /// *one* limiter, as a per-workspace API limit does.
+    pub fn limit(mut self, limit: ServerLimit) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Gives requests whose path is exactly `path` (no prefix matching, query ignored) their
+    /// own limiter, independent of the default one. Calling it twice for one path keeps the
+    /// last limit.
+    pub fn route_limit(mut self, path: impl Into<String>, limit: ServerLimit) -> Self {
+        let path = path.into();
+        self.routes.retain(|(p, _)| *p != path);
+        self.routes.push((path, limit));
+        self
+    }
+
+    /// How 429 responses carry `Retry-After`.
+    pub fn retry_after(mut self, format: RetryAfterFormat) -> Self {
+        self.retry_after = format;
+        self
+    }
+
+    /// Which rate-limit headers to send.
+    pub fn rate_headers(mut self, headers: RateHeaders) -> Self {
+        self.rate_headers = headers;
+        self
+    }
+
+    /// Answers this share of requests (0.0 to 1.0) with `503 Service Unavailable`, drawn from
+    /// the seeded RNG in arrival order.
+    ///
+    /// The draw happens *before* the limit is consulted, and a 503 consumes nothing: it
+    /// stands for a server that failed before doing the work, so a client retrying it does
+    /// not pay twice against the limit. A request that draws a failure gets 503 even if it
+    /// would also have been rate limited.
+    pub fn fail_ratio(mut self, ratio: f64) -> Self {
+        self.fail_ratio = ratio;
+        self
+    }
+
+    /// Seeds the RNGs of failure injection and random latency (two independent streams, so
+    /// adding latency does not change which requests fail). The same seed and the same
+    /// arrival order give the same outcomes.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Delays every response by `latency` (after the decision; the limit sees arrival time).
+    pub fn latency(mut self, latency: Duration) -> Self {
+        self.latency = (latency, latency);
+        self
+    }
+
+    /// Delays every response by a uniformly random time in `min..=max`.
+    pub fn latency_range(mut self, min: Duration, max: Duration) -> Self {
+        self.latency = (min, max);
+        self
+    }
+
+    /// Binds to this address instead of `127.0.0.1:0`.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Binds to `127.0.0.1:port` (0 picks a free port).
+    pub fn port(mut self, port: u16) -> Self {
+        self.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        self
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// [`ConfigError::OutOfRange`] for a fail ratio outside `0.0..=1.0` (or NaN),
+    /// [`ConfigError::MinAboveMax`] for a latency range whose minimum is above its maximum,
+    /// [`ConfigError::Invalid`] for a route that does not start with `/`.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.fail_ratio) {
+            return Err(ConfigError::OutOfRange {
+                name: "fail_ratio",
+                value: self.fail_ratio,
+                expected: "a number from 0.0 to 1.0",
+            });
+        }
+        let (min, max) = self.latency;
+        if min > max {
+            return Err(ConfigError::MinAboveMax {
+                name: "latency",
+                min: min.as_secs_f64(),
+                max: max.as_secs_f64(),
+            });
+        }
+        if let Some((path, _)) = self.routes.iter().find(|(p, _)| !p.starts_with('/')) {
+            return Err(ConfigError::Invalid(format!(
+                "route {path:?} must be an absolute path starting with '/'"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Binds the listener and starts serving on the current tokio runtime.
+    ///
+    /// # Errors
+    /// An [`io::ErrorKind::InvalidInput`] error wrapping the [`ConfigError`] from
+    /// [`check`](MockServerBuilder::check) (get it back with
+    /// `err.get_ref().and_then(|e| e.downcast_ref::<ConfigError>())`), or the error from
+    /// binding the socket.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub async fn start(self) -> io::Result<MockServer> {
+        self.check()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        MockServer::start(self).await
+    }
+}

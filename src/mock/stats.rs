@@ -1,0 +1,96 @@
+//! What the server saw: counters and the helpers tests assert with.
+
+use std::time::Duration;
+
+/// How many accept times and distinct request ids the server keeps (per kind). Beyond this,
+/// counters keep counting but new times and ids are not recorded, and
+/// [`MockStats::records_dropped`] says how many were skipped.
+pub const MAX_RECORDED: usize = 1_000_000;
+
+/// A snapshot of the server's counters, from [`MockServer::stats`](super::MockServer::stats).
+///
+/// Once every response has been received, `received == accepted + rate_limited + failed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MockStats {
+    /// Requests whose body was read completely (the ones that got a decision).
+    pub received: u64,
+    /// Requests answered `200 OK`.
+    pub accepted: u64,
+    /// Requests answered `429 Too Many Requests`.
+    pub rate_limited: u64,
+    /// Requests answered `503 Service Unavailable` by failure injection.
+    pub failed: u64,
+    /// Requests being handled right now (body read, decision or latency pending).
+    pub in_flight: u64,
+    /// The most requests ever handled at once since start or the last reset.
+    pub max_in_flight: u64,
+    /// Distinct `x-request-id` values among accepted requests.
+    pub distinct_ids: u64,
+    /// Accepted requests whose `x-request-id` had already been accepted before (a record
+    /// delivered twice).
+    pub duplicate_ids: u64,
+    /// Accept times or ids not recorded because [`MAX_RECORDED`] was reached.
+    pub records_dropped: u64,
+}
+
+/// The largest number of `times` inside any half-open interval `[t, t + window)`.
+///
+/// This is the same convention the sliding-window limit enforces, so for a server limited to
+/// `n` per `period`, `max_in_any_window(&server.accepted_times(), period) <= n` always holds.
+/// `times` need not be sorted (a sorted slice is not copied).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_throttle::mock::max_in_any_window;
+///
+/// let ms = Duration::from_millis;
+/// let times = [ms(0), ms(5), ms(10), ms(100)];
+/// assert_eq!(max_in_any_window(&times, ms(10)), 2); // 10 ms is outside [0, 10)
+/// assert_eq!(max_in_any_window(&times, ms(11)), 3);
+/// assert_eq!(max_in_any_window(&times, Duration::ZERO), 0);
+/// ```
+pub fn max_in_any_window(times: &[Duration], window: Duration) -> usize {
+    if window.is_zero() {
+        return 0;
+    }
+    let sorted;
+    let times = if times.windows(2).all(|w| w[0] <= w[1]) {
+        times
+    } else {
+        let mut copy = times.to_vec();
+        copy.sort_unstable();
+        sorted = copy;
+        &sorted[..]
+    };
+    // Two pointers: for each right end, the left end is the first time still inside.
+    let mut best = 0;
+    let mut left = 0;
+    for (right, &t) in times.iter().enumerate() {
+        while t - times[left] >= window {
+            left += 1;
+        }
+        best = best.max(right - left + 1);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_count_handles_unsorted_and_ties() {
+        let ms = Duration::from_millis;
+        assert_eq!(max_in_any_window(&[], ms(10)), 0);
+        assert_eq!(max_in_any_window(&[ms(3), ms(3), ms(3)], ms(1)), 3);
+        assert_eq!(
+            max_in_any_window(&[ms(20), ms(0), ms(9), ms(10)], ms(10)),
+            2
+        );
+        assert_eq!(
+            max_in_any_window(&[ms(20), ms(0), ms(9), ms(10)], ms(11)),
+            3
+        );
+    }
+}

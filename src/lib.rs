@@ -4,6 +4,7 @@
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod adaptive;
 pub mod backoff;
 pub mod bucket;
 pub mod classify;
@@ -15,6 +16,7 @@ pub mod mock;
 mod quota;
 pub mod rate_limit;
 
+pub use adaptive::AdaptiveLayer;
 pub use bucket::{Bucket, LocalBucket};
 pub use error::{ConfigError, ThrottleError};
 pub use quota::{Limits, Quota};

@@ -7,8 +7,6 @@
 //! Every run is 60 s of paused tokio time with 8 closed-loop workers and 20 ms latency, so
 //! the whole table takes well under a second and is the same on every machine.
 
-use std::time::Duration;
-
 use tower_throttle::adaptive::sim::{self, secs, Report};
 use tower_throttle::adaptive::{Aimd, Cubic, HeaderDriven, RateController};
 
@@ -16,23 +14,20 @@ const START: f64 = 5.0;
 const MIN: f64 = 0.5;
 const MAX: f64 = 1000.0;
 
-fn controllers() -> Vec<(&'static str, bool, Box<dyn Fn() -> Box<dyn RateController>>)> {
-    vec![
-        (
-            "AIMD",
-            false,
-            Box::new(|| Box::new(Aimd::new(START, MIN, MAX).unwrap())),
-        ),
-        (
-            "header-driven",
-            true,
-            Box::new(|| Box::new(HeaderDriven::new(START, MIN, MAX).unwrap())),
-        ),
-        (
-            "cubic",
-            false,
-            Box::new(|| Box::new(Cubic::new(START, MIN, MAX).unwrap())),
-        ),
+/// A controller to compare, whether the server sends rate headers for it, and its factory.
+type Entry = (&'static str, bool, fn() -> Box<dyn RateController>);
+
+fn controllers() -> [Entry; 3] {
+    [
+        ("AIMD", false, || {
+            Box::new(Aimd::new(START, MIN, MAX).unwrap())
+        }),
+        ("header-driven", true, || {
+            Box::new(HeaderDriven::new(START, MIN, MAX).unwrap())
+        }),
+        ("cubic", false, || {
+            Box::new(Cubic::new(START, MIN, MAX).unwrap())
+        }),
     ]
 }
 
@@ -64,33 +59,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for scenario in sim::standard_scenarios(headers)? {
             let report = rt.block_on(async {
                 let c = make();
-                sim::run(&scenario, BoxedController(c)).await
+                sim::run(&scenario, c).await
             })?;
             row(name, &report);
         }
     }
-    let _ = Duration::ZERO;
     Ok(())
-}
-
-#[derive(Debug)]
-struct BoxedController(Box<dyn RateController>);
-
-impl RateController for BoxedController {
-    fn on_outcome(
-        &mut self,
-        now: tokio::time::Instant,
-        s: &tower_throttle::adaptive::Signal,
-    ) -> Option<f64> {
-        self.0.on_outcome(now, s)
-    }
-    fn rate(&self) -> f64 {
-        self.0.rate()
-    }
-    fn bounds(&self) -> (f64, f64) {
-        self.0.bounds()
-    }
-    fn reset(&mut self, now: tokio::time::Instant, rate: f64) {
-        self.0.reset(now, rate)
-    }
 }

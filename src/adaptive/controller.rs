@@ -97,6 +97,22 @@ pub trait RateController: Send + fmt::Debug {
     fn reset(&mut self, now: Instant, rate: f64);
 }
 
+/// A boxed controller is a controller, so a choice made at run time plugs in anywhere.
+impl<C: RateController + ?Sized> RateController for Box<C> {
+    fn on_outcome(&mut self, now: Instant, signal: &Signal) -> Option<f64> {
+        (**self).on_outcome(now, signal)
+    }
+    fn rate(&self) -> f64 {
+        (**self).rate()
+    }
+    fn bounds(&self) -> (f64, f64) {
+        (**self).bounds()
+    }
+    fn reset(&mut self, now: Instant, rate: f64) {
+        (**self).reset(now, rate)
+    }
+}
+
 fn clamp(rate: f64, min: f64, max: f64) -> f64 {
     if rate.is_nan() {
         min
@@ -384,7 +400,7 @@ impl HeaderDriven {
         self.fresh
     }
 
-    fn from_headers(&mut self, h: &HeaderInfo) -> Option<f64> {
+    fn rate_from_headers(&mut self, h: &HeaderInfo) -> Option<f64> {
         let positive = |x: f64| x.is_finite() && x > 0.0;
         let secs = |d: Duration| d.as_secs_f64();
         if let Some(limit) = h.limit.filter(|&l| positive(l)) {
@@ -489,7 +505,7 @@ impl RateController for HeaderDriven {
         if let Signal::Transient = signal {
             return None;
         }
-        let from_headers = signal.headers().and_then(|h| self.from_headers(h));
+        let from_headers = signal.headers().and_then(|h| self.rate_from_headers(h));
         match from_headers {
             Some(header_rate) => {
                 self.missing = 0;

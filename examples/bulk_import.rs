@@ -26,7 +26,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
 use tower_throttle::{
     run_bulk, Backoff, BulkOptions, DeadLetterLayer, DeadLetterStore, FileStore, LocalBucket,
-    Quota, QueueLayer, RateLimitLayer, RetryLayer, RetryPolicy, Stats,
+    QueueLayer, Quota, RateLimitLayer, RetryLayer, RetryPolicy, Stats,
 };
 
 struct Args {
@@ -104,7 +104,11 @@ async fn main() -> Result<(), tower::BoxError> {
         args.count,
         args.rate,
         args.fail_ratio * 100.0,
-        if args.naive { "naive sleep-on-429 loop" } else { "tower-throttle stack" }
+        if args.naive {
+            "naive sleep-on-429 loop"
+        } else {
+            "tower-throttle stack"
+        }
     );
     let started = std::time::Instant::now();
     let (delivered, lost, dead_lettered, retries) = if args.naive {
@@ -156,7 +160,11 @@ async fn throttled(
         .layer(DeadLetterLayer::new(store.clone()).with_stats(stats.clone()))
         .layer(RetryLayer::new(
             RetryPolicy::default()
-                .with_backoff(Backoff::builder().base(Duration::from_millis(250)).build()?)
+                .with_backoff(
+                    Backoff::builder()
+                        .base(Duration::from_millis(250))
+                        .build()?,
+                )
                 .with_bucket(bucket.clone())
                 .with_stats(stats.clone()),
         ))
@@ -222,8 +230,12 @@ async fn naive(server: &MockServer, client: HttpClient, count: u64) -> (u64, u64
     let bar = progress_bar(count);
     let mut tasks = Vec::new();
     for _ in 0..WORKERS {
-        let (next, delivered, lost, retries) =
-            (next.clone(), delivered.clone(), lost.clone(), retries.clone());
+        let (next, delivered, lost, retries) = (
+            next.clone(),
+            delivered.clone(),
+            lost.clone(),
+            retries.clone(),
+        );
         let (client, bar) = (client.clone(), bar.clone());
         let server_req = {
             let base = server.uri("/");
@@ -232,8 +244,10 @@ async fn naive(server: &MockServer, client: HttpClient, count: u64) -> (u64, u64
                     .header("x-request-id", id.to_string())
                     .body(Full::new(Bytes::from(format!("{{\"id\":{id}}}"))))
                     .expect("valid request");
-                req.headers_mut()
-                    .insert("content-type", http::HeaderValue::from_static("application/json"));
+                req.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static("application/json"),
+                );
                 req
             }
         };

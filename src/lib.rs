@@ -4,6 +4,7 @@
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod adaptive;
 pub mod backoff;
 mod body;
 pub mod bucket;
@@ -21,6 +22,7 @@ mod quota;
 pub mod rate_limit;
 pub mod retry;
 
+pub use adaptive::AdaptiveLayer;
 pub use backoff::{Backoff, Jitter};
 pub use body::ReplayBody;
 pub use bucket::{Bucket, LocalBucket};

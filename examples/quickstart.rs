@@ -34,7 +34,9 @@ async fn main() -> Result<(), tower::BoxError> {
 
     // 45/s paced, but with a burst of 45 a rolling-window server will refuse part of the opening.
     let bucket = LocalBucket::new(Quota::per_second(45)?.with_burst(45)?);
-    let backoff = Backoff::builder().base(Duration::from_millis(200)).build()?;
+    let backoff = Backoff::builder()
+        .base(Duration::from_millis(200))
+        .build()?;
     let client = ServiceBuilder::new()
         .layer(RetryLayer::new(
             RetryPolicy::default()

@@ -12,6 +12,7 @@ mod error;
 pub mod headers;
 #[cfg(feature = "mock")]
 pub mod mock;
+pub mod presets;
 mod quota;
 pub mod rate_limit;
 pub mod retry;

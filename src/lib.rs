@@ -15,6 +15,8 @@ pub mod mock;
 pub mod presets;
 mod quota;
 pub mod rate_limit;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
 pub mod retry;
 
 pub use backoff::{Backoff, Jitter};

@@ -66,4 +66,6 @@ mod policy;
 
 pub use body::ReplayBody;
 pub use layer::RetryLayer;
+#[cfg(feature = "reqwest")]
+pub(crate) use policy::Step;
 pub use policy::{Attempts, RetryPolicy};

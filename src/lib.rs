@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod bucket;
+pub mod builder;
 pub mod classify;
 mod clock;
 mod error;
@@ -21,6 +22,7 @@ pub mod retry;
 
 pub use backoff::{Backoff, Jitter};
 pub use bucket::{Bucket, LocalBucket};
+pub use builder::{ServiceBuilderExt, Throttle, ThrottleBuilder};
 pub use classify::{Classify, HttpClassifier, Outcome};
 pub use error::{ConfigError, ThrottleError};
 pub use quota::{Limits, Quota};

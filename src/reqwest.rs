@@ -4,7 +4,7 @@
 //! [`ThrottleMiddleware`] does, inside one middleware, what the tower stack does with two
 //! layers: every attempt (first or retry) takes a slot from the shared bucket and waits for it
 //! with a `tokio` timer, then goes down the middleware chain; the response is classified by
-//! the same [`Classify`](crate::Classify) rules, a 429 with `Retry-After` holds the *shared*
+//! the same [`Classify`] rules, a 429 with `Retry-After` holds the *shared*
 //! bucket so every request of the client pauses, and transient failures back off with jitter
 //! under the same attempt limit, deadline and budget as [`RetryPolicy`]. Requests are replayed
 //! with [`reqwest::Request::try_clone`]; a streaming body cannot be, and a request that needed

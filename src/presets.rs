@@ -205,9 +205,10 @@ pub fn hubspot_with(per_ten_seconds: u32, per_day: u32) -> Result<Limits, Config
 /// 24 hours as a [`daily_allowance`].
 ///
 /// Published figures: 25 concurrent *long-running* requests (those lasting over 20 s) per
-/// production org, and a daily allowance that depends on the edition and licences (for
-/// example 15,000 plus 1,000 or more per licence, or 1,000,000 and up on larger editions),
-/// measured over a rolling 24 hours. Capping every request at 25 in flight is conservative:
+/// production org, and a daily allowance that depends on the edition and the number of
+/// licences (from 15,000 plus an amount per licence on smaller editions to 1,000,000 or more
+/// on larger ones; read yours in Setup, "Company Information"), measured over a rolling
+/// 24 hours. Capping every request at 25 in flight is conservative:
 /// short requests do not count against the vendor's cap. Salesforce refuses over-limit calls
 /// with `403 REQUEST_LIMIT_EXCEEDED` rather than 429; pair this preset with
 /// [`salesforce_classifier`] so those are treated as rate limits.

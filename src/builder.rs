@@ -47,12 +47,16 @@ use pin_project_lite::pin_project;
 use tower::layer::util::Stack;
 use tower::retry::Retry;
 use tower::timeout::Timeout;
+use tower::util::Either;
 use tower::{BoxError, ServiceBuilder};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::adaptive::{Adaptive, AdaptiveLayer, RateController};
 use crate::bucket::{Bucket, LocalBucket};
 use crate::classify::{Classify, HttpClassifier};
+use crate::dead_letter::{DeadLetterLayer, DeadLetterStore, DeadLetters};
+use crate::metrics::Stats;
 use crate::retry::{ReplayBody, RetryLayer, RetryPolicy};
 use crate::{ConfigError, Limits, RateLimit, RateLimitLayer};
 
@@ -99,6 +103,17 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
     /// use [`throttle`](ServiceBuilderExt::throttle). See [`crate::retry`].
     fn retry_429<C>(self, policy: RetryPolicy<C>) -> ServiceBuilder<Stack<RetryLayer<C>, L>>;
 
+    /// Adds an [`AdaptiveLayer`]: put it between the retry layer and the rate limit whose
+    /// bucket it drives, so it sees every attempt. See [`crate::adaptive`].
+    fn adaptive<B: Bucket + Clone>(
+        self,
+        layer: AdaptiveLayer<B>,
+    ) -> ServiceBuilder<Stack<AdaptiveLayer<B>, L>>;
+
+    /// Adds a [`DeadLetterLayer`]: outermost, so it keeps only final failures. See
+    /// [`crate::dead_letter`].
+    fn dead_letters(self, layer: DeadLetterLayer) -> ServiceBuilder<Stack<DeadLetterLayer, L>>;
+
     /// Adds both, in the right order and sharing one bucket: a [`RetryLayer`] whose policy
     /// holds the bucket of the [`RateLimitLayer`] below it. See [`crate::retry`] for why the
     /// order matters.
@@ -126,6 +141,17 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
 
     fn retry_429<C>(self, policy: RetryPolicy<C>) -> ServiceBuilder<Stack<RetryLayer<C>, L>> {
         self.layer(RetryLayer::new(policy))
+    }
+
+    fn adaptive<B: Bucket + Clone>(
+        self,
+        layer: AdaptiveLayer<B>,
+    ) -> ServiceBuilder<Stack<AdaptiveLayer<B>, L>> {
+        self.layer(layer)
+    }
+
+    fn dead_letters(self, layer: DeadLetterLayer) -> ServiceBuilder<Stack<DeadLetterLayer, L>> {
+        self.layer(layer)
     }
 
     fn throttle<C>(
@@ -174,9 +200,15 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
 /// # Ok(()) }
 /// ```
 pub struct Throttle<S, C = HttpClassifier> {
-    inner: Retry<RetryPolicy<C>, RateLimit<Attempt<S>>>,
+    inner: Outer<S, C>,
     bucket: LocalBucket,
 }
+
+/// The gate, with the adaptive layer above it when configured.
+type Gated<S> = Either<Adaptive<RateLimit<Attempt<S>>, LocalBucket>, RateLimit<Attempt<S>>>;
+/// Retry above the gate, with the dead-letter layer outermost when configured.
+type Outer<S, C> =
+    Either<DeadLetters<Retry<RetryPolicy<C>, Gated<S>>>, Retry<RetryPolicy<C>, Gated<S>>>;
 
 impl Throttle<(), HttpClassifier> {
     /// A builder with no limits yet, the default [`RetryPolicy`], no timeout and no
@@ -187,6 +219,9 @@ impl Throttle<(), HttpClassifier> {
             retry: RetryPolicy::default(),
             timeout: None,
             max_wait: None,
+            adaptive: None,
+            dead_letters: None,
+            stats: None,
         }
     }
 }
@@ -240,15 +275,19 @@ where
 
 /// Builds a [`Throttle`]; start from [`Throttle::builder`].
 ///
-/// Only [`limits`](ThrottleBuilder::limits) is required. Settings for adaptive control and
-/// dead letters will be added as methods here, so code written against this builder keeps
-/// compiling.
+/// Only [`limits`](ThrottleBuilder::limits) is required; adaptive control, dead letters,
+/// a timeout, load shedding and stats are optional, and the built type is the same whichever
+/// are chosen.
 #[must_use = "call .build(client) to get the service"]
 pub struct ThrottleBuilder<C = HttpClassifier> {
     limits: Option<Limits>,
     retry: RetryPolicy<C>,
     timeout: Option<Duration>,
     max_wait: Option<Duration>,
+    // A mutex only to make the builder `Sync`; it is never contended.
+    adaptive: Option<std::sync::Mutex<Box<dyn RateController>>>,
+    dead_letters: Option<DeadLetterLayer>,
+    stats: Option<Stats>,
 }
 
 impl<C> ThrottleBuilder<C> {
@@ -266,6 +305,9 @@ impl<C> ThrottleBuilder<C> {
             retry: policy,
             timeout: self.timeout,
             max_wait: self.max_wait,
+            adaptive: self.adaptive,
+            dead_letters: self.dead_letters,
+            stats: self.stats,
         }
     }
 
@@ -280,6 +322,27 @@ impl<C> ThrottleBuilder<C> {
     /// a request whose slot is more than `max_wait` away (load shedding).
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// Lets `controller` move the shared bucket's rate from what the server answers (see
+    /// [`adaptive`](crate::adaptive)); it sees every attempt, retries included.
+    pub fn adaptive(mut self, controller: impl RateController + 'static) -> Self {
+        self.adaptive = Some(std::sync::Mutex::new(Box::new(controller)));
+        self
+    }
+
+    /// Keeps every request whose final outcome is a failure in `store`, credentials
+    /// redacted (see [`dead_letter`](crate::dead_letter)); outermost, so it sees final
+    /// outcomes only.
+    pub fn dead_letters(mut self, store: impl DeadLetterStore) -> Self {
+        self.dead_letters = Some(DeadLetterLayer::new(store));
+        self
+    }
+
+    /// Records gate waits, attempt outcomes, retries and dead letters into `stats`.
+    pub fn stats(mut self, stats: Stats) -> Self {
+        self.stats = Some(stats);
         self
     }
 
@@ -306,16 +369,35 @@ impl<C> ThrottleBuilder<C> {
         if let Some(max_wait) = self.max_wait {
             gate = gate.with_max_wait(max_wait);
         }
+        let mut policy = self.retry;
+        let mut dead_letters = self.dead_letters;
+        if let Some(stats) = self.stats {
+            gate = gate.with_stats(stats.clone());
+            policy = policy.with_stats(stats.clone());
+            dead_letters = dead_letters.map(|d| d.with_stats(stats));
+        }
         let bucket = gate.bucket().clone();
         let attempt = match self.timeout {
             Some(d) => Attempt::Timed(Timeout::new(client, d)),
             None => Attempt::Plain(client),
         };
-        let policy = self.retry.with_bucket(bucket.clone());
-        Ok(Throttle {
-            inner: Retry::new(policy, gate.layer(attempt)),
-            bucket,
-        })
+        let gated = match self.adaptive {
+            Some(controller) => {
+                let controller = controller
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                Either::Left(
+                    AdaptiveLayer::new(bucket.clone(), controller)?.layer(gate.layer(attempt)),
+                )
+            }
+            None => Either::Right(gate.layer(attempt)),
+        };
+        let retry = Retry::new(policy.with_bucket(bucket.clone()), gated);
+        let inner = match dead_letters {
+            Some(layer) => Either::Left(layer.layer(retry)),
+            None => Either::Right(retry),
+        };
+        Ok(Throttle { inner, bucket })
     }
 }
 
@@ -326,6 +408,9 @@ impl<C: fmt::Debug> fmt::Debug for ThrottleBuilder<C> {
             .field("retry", &self.retry)
             .field("timeout", &self.timeout)
             .field("max_wait", &self.max_wait)
+            .field("adaptive", &self.adaptive)
+            .field("dead_letters", &self.dead_letters)
+            .field("stats", &self.stats.is_some())
             .finish()
     }
 }

@@ -184,3 +184,75 @@ async fn throttle_builder_max_wait_sheds_with_a_typed_error() {
     );
     pending.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn throttle_builder_wires_adaptive_control_dead_letters_and_stats() {
+    use tower_throttle::adaptive::Aimd;
+    use tower_throttle::{DeadLetterStore, MemoryStore, Stats};
+
+    // The API throttles the first call without Retry-After, then answers 404 to id 2.
+    let calls = Arc::new(Mutex::new(0u32));
+    let api = {
+        let calls = calls.clone();
+        service_fn(move |req: http::Request<Full<Bytes>>| {
+            let n = {
+                let mut c = calls.lock().unwrap();
+                *c += 1;
+                *c
+            };
+            async move {
+                let status = match (n, req.uri().path()) {
+                    (1, _) => 429,
+                    (_, "/2") => 404,
+                    _ => 200,
+                };
+                Ok::<_, tower::BoxError>(http::Response::builder().status(status).body(())?)
+            }
+        })
+    };
+    let store = Arc::new(MemoryStore::new());
+    let stats = Stats::new();
+    let client = Throttle::builder()
+        .limits(Quota::per_second(100).unwrap())
+        .retry(
+            RetryPolicy::default().with_backoff(
+                Backoff::builder()
+                    .base(Duration::from_millis(10))
+                    .build()
+                    .unwrap(),
+            ),
+        )
+        .adaptive(Aimd::new(100.0, 1.0, 200.0).unwrap())
+        .dead_letters(store.clone())
+        .stats(stats.clone())
+        .build(api)
+        .unwrap();
+    let ok = client
+        .clone()
+        .oneshot(
+            http::Request::put("http://api.example/1")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    // The 429 went through the adaptive layer: AIMD halved the shared bucket's rate.
+    assert_eq!(client.bucket().rate(), 50.0);
+    let missing = client
+        .clone()
+        .oneshot(
+            http::Request::put("http://api.example/2")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let letters = store.list().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].uri, "http://api.example/2");
+    let snap = stats.snapshot();
+    assert_eq!(snap.requests(), 3);
+    assert_eq!(snap.retries(), 1);
+}

@@ -1,75 +1,5 @@
-//! One limit shared by a fleet of processes through Redis (feature `redis`).
-//!
-//! [`RedisBucket`] keeps the [`Bucket`] contract of [`LocalBucket`] across processes and
-//! machines: the admit decision is a Lua script run atomically on the Redis server, so every
-//! worker that uses the same key draws from the same GCRA state.
-//!
-//! # How a slot is decided
-//!
-//! The script reads the server's clock (`TIME`), never a worker's, so clock skew between
-//! workers does not matter. State is one hash per key: a theoretical arrival time (TAT) per
-//! quota of the [`Limits`], the end of the current hold, and the run-time rate of the
-//! shortest window. A caller gets `slot = max over quotas of max(now, TAT - tolerance)`, and
-//! every quota's TAT moves past that slot, exactly like [`LocalBucket`]: several windows are
-//! admitted together, and a caller refused by one consumes nothing from the others. Slots may
-//! lie in the future (reserve-ahead): the local gate sleeps until then, so waiting callers
-//! across the whole fleet are spread one interval apart. A refusal because of `max_wait`
-//! reserves nothing. The hash gets a `PEXPIRE` of "until its state no longer matters" plus
-//! [`idle_ttl`](RedisBucketBuilder::idle_ttl), so idle keys vanish.
-//!
-//! A slot comes back in server time and becomes a local [`Instant`] as
-//! `reply_instant + (slot - server_now)`. `server_now` was read between sending and receiving,
-//! so using the instant the reply *arrived* maps every slot to a local instant no earlier than
-//! the true one: a worker may go up to one round trip late, never early.
-//!
-//! # Token leasing, and why it cannot break the limit
-//!
-//! With [`lease_size`](RedisBucketBuilder::lease_size) `k > 1` one round trip reserves `k`
-//! consecutive slots (the same arithmetic as `k` callers arriving at once) and the worker hands
-//! them out locally, earliest first, behind a short mutex. The fleet's granted slots are still
-//! exactly the slots a single GCRA would grant, so for a quota of `n` per `P` (interval
-//! `I = P / n`) with burst `B`, any `m` granted slots inside a span shorter than `P` satisfy
-//! `(m - B) * I < P`, i.e. at most `n + B - 1` slots per window.
-//!
-//! Leasing only changes *when* a granted slot is used. A leased slot at `s` is used at
-//! `max(s, taken)`, and it is discarded, never used, once it is older than a grace of half the
-//! smallest interval of all quotas (`I / 2`). So every request goes at a time in `[s, s + g]`
-//! with `g < I`. The requests inside any window `[t, t + P)` then hold slots inside
-//! `(t - g, t + P)`, a span shorter than `P + I = (n + 1) * I`, so `(m - B) * I < (n + 1) * I`
-//! and `m <= n + B`: **never more than limit + burst in any window**, whatever the lease size,
-//! the number of workers or how they interleave. The other half of the interval is the margin
-//! for what the argument cannot see: the round-trip error of the conversion above, timer
-//! lateness and network jitter to the API. A stale slot is counted in
-//! [`RedisStats::expired`]; it is capacity lost to the fleet, never capacity used twice.
-//!
-//! An unused slot handed back with [`Bucket::cancel`] returns to the local lease (it is still
-//! this worker's), and is used by the next local caller or expires.
-//!
-//! # Holds and the adaptive rate
-//!
-//! [`Bucket::hold_until`] voids this worker's leased slots before the hold and writes the hold
-//! to the server, where it pushes every TAT past it; every worker's next round trip lands after
-//! it and brings the hold back, so [`Bucket::held_until`] (answered from that cached value) makes
-//! sleeping callers elsewhere in the fleet queue again. Slots a worker already leased before
-//! the hold was set may still be used by that worker (at most `lease_size - 1`); use
-//! `lease_size(1)` where holds must take effect on the very next request. Until the server
-//! has acknowledged a hold, every reservation of this worker re-asserts it.
-//!
-//! [`Bucket::set_rate`] stores the shortest window's interval on the server too, so the fleet
-//! follows one adaptive rate; it is re-sent with each reservation until acknowledged, and
-//! every reply refreshes [`Bucket::rate`].
-//!
-//! # Faults
-//!
-//! Every server call has a [`timeout`](RedisBucketBuilder::timeout), so a dead or stalled
-//! server never hangs callers. A failed call is counted, logged with `tracing::warn!`, and the
-//! bucket stops asking Redis for [`retry_interval`](RedisBucketBuilder::retry_interval); in the
-//! meantime reservations follow the [`FailMode`]: a [`LocalBucket`] at a safe share of the
-//! limit ([`FailMode::open_share`]), or [`ThrottleError::BucketUnavailable`]. After the interval
-//! one caller probes Redis (the others keep falling back) and the bucket recovers on its
-//! first success; the `redis` crate's `ConnectionManager` reconnects underneath, without a
-//! restart. A restarted Redis has forgotten the state, so the first instants after recovery
-//! may add one burst on top of what the fallback admitted.
+//! One limit shared by a fleet of processes through Redis (feature `redis`); see
+//! [`RedisBucket`].
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -269,8 +199,8 @@ pub struct RedisBucketBuilder {
 
 impl RedisBucketBuilder {
     /// Slots taken per round trip and handed out locally (default 1: no leasing). Larger
-    /// values cut round trips about `k` times; see the [module docs](self) for why the fleet
-    /// still never exceeds limit + burst.
+    /// values cut round trips about `k` times; see [`RedisBucket`] ("Token
+    /// leasing") for why the fleet still never exceeds limit + burst.
     pub fn lease_size(mut self, k: u32) -> Self {
         self.lease_size = k;
         self
@@ -390,8 +320,8 @@ impl RedisBucketBuilder {
 /// A [`Bucket`] shared by every process that uses the same Redis key (feature `redis`).
 ///
 /// Clones share one handle (one lease, one set of counters); separate handles, in this process
-/// or others, share the limit through the server. See the [module docs](self) for the
-/// algorithm, the leasing argument and fault handling.
+/// or others, share the limit through the server. The sections after the example describe
+/// the algorithm, why token leasing cannot break the limit, and fault handling.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -416,6 +346,75 @@ impl RedisBucketBuilder {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # How a slot is decided
+///
+/// The script reads the server's clock (`TIME`), never a worker's, so clock skew between
+/// workers does not matter. State is one hash per key: a theoretical arrival time (TAT) per
+/// quota of the [`Limits`], the end of the current hold, and the run-time rate of the
+/// shortest window. A caller gets `slot = max over quotas of max(now, TAT - tolerance)`, and
+/// every quota's TAT moves past that slot, exactly like [`LocalBucket`]: several windows are
+/// admitted together, and a caller refused by one consumes nothing from the others. Slots may
+/// lie in the future (reserve-ahead): the local gate sleeps until then, so waiting callers
+/// across the whole fleet are spread one interval apart. A refusal because of `max_wait`
+/// reserves nothing. The hash gets a `PEXPIRE` of "until its state no longer matters" plus
+/// [`idle_ttl`](RedisBucketBuilder::idle_ttl), so idle keys vanish.
+///
+/// A slot comes back in server time and becomes a local [`Instant`] as
+/// `reply_instant + (slot - server_now)`. `server_now` was read between sending and receiving,
+/// so using the instant the reply *arrived* maps every slot to a local instant no earlier than
+/// the true one: a worker may go up to one round trip late, never early. A reservation's
+/// [`token`](Reservation::token) is its slot on the server's clock, in microseconds since the
+/// Unix epoch (for fallback reservations it is the local bucket's own value).
+///
+/// # Token leasing, and why it cannot break the limit
+///
+/// With [`lease_size`](RedisBucketBuilder::lease_size) `k > 1` one round trip reserves `k`
+/// consecutive slots (the same arithmetic as `k` callers arriving at once) and the worker hands
+/// them out locally, earliest first, behind a short mutex. The fleet's granted slots are still
+/// exactly the slots a single GCRA would grant, so for a quota of `n` per `P` (interval
+/// `I = P / n`) with burst `B`, any `m` granted slots inside a span shorter than `P` satisfy
+/// `(m - B) * I < P`, i.e. at most `n + B - 1` slots per window.
+///
+/// Leasing only changes *when* a granted slot is used. A leased slot at `s` is used at
+/// `max(s, taken)`, and it is discarded, never used, once it is older than a grace of half the
+/// smallest interval of all quotas (`I / 2`). So every request goes at a time in `[s, s + g]`
+/// with `g < I`. The requests inside any window `[t, t + P)` then hold slots inside
+/// `(t - g, t + P)`, a span shorter than `P + I = (n + 1) * I`, so `(m - B) * I < (n + 1) * I`
+/// and `m <= n + B`: **never more than limit + burst in any window**, whatever the lease size,
+/// the number of workers or how they interleave. The other half of the interval is the margin
+/// for what the argument cannot see: the round-trip error of the conversion above, timer
+/// lateness and network jitter to the API. A stale slot is counted in
+/// [`RedisStats::expired`]; it is capacity lost to the fleet, never capacity used twice.
+///
+/// An unused slot handed back with [`Bucket::cancel`] returns to the local lease (it is still
+/// this worker's), and is used by the next local caller or expires.
+///
+/// # Holds and the adaptive rate
+///
+/// [`Bucket::hold_until`] voids this worker's leased slots before the hold and writes the hold
+/// to the server, where it pushes every TAT past it; every worker's next round trip lands after
+/// it and brings the hold back, so [`Bucket::held_until`] (answered from that cached value) makes
+/// sleeping callers elsewhere in the fleet queue again. Slots a worker already leased before
+/// the hold was set may still be used by that worker (at most `lease_size - 1`); use
+/// `lease_size(1)` where holds must take effect on the very next request. Until the server
+/// has acknowledged a hold, every reservation of this worker re-asserts it.
+///
+/// [`Bucket::set_rate`] stores the shortest window's interval on the server too, so the fleet
+/// follows one adaptive rate; it is re-sent with each reservation until acknowledged, and
+/// every reply refreshes [`Bucket::rate`].
+///
+/// # Faults
+///
+/// Every server call has a [`timeout`](RedisBucketBuilder::timeout), so a dead or stalled
+/// server never hangs callers. A failed call is counted, logged with `tracing::warn!`, and the
+/// bucket stops asking Redis for [`retry_interval`](RedisBucketBuilder::retry_interval); in the
+/// meantime reservations follow the [`FailMode`]: a [`LocalBucket`] at a safe share of the
+/// limit ([`FailMode::open_share`]), or [`ThrottleError::BucketUnavailable`]. After the interval
+/// one caller probes Redis (the others keep falling back) and the bucket recovers on its
+/// first success; the `redis` crate's `ConnectionManager` reconnects underneath, without a
+/// restart. A restarted Redis has forgotten the state, so the first instants after recovery
+/// may add one burst on top of what the fallback admitted.
 #[derive(Clone)]
 pub struct RedisBucket {
     inner: Arc<Inner>,
@@ -634,7 +633,7 @@ impl RedisBucket {
 }
 
 impl Inner {
-    /// How late a leased slot may still be used: half the smallest interval (module docs).
+    /// How late a leased slot may still be used: half the smallest interval (see `RedisBucket`).
     fn grace(&self) -> Duration {
         let smallest = self
             .primary_interval

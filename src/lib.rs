@@ -6,16 +6,27 @@
 
 pub mod backoff;
 pub mod bucket;
+pub mod bulk;
 pub mod classify;
 mod clock;
+pub mod dead_letter;
 mod error;
 pub mod headers;
+pub mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;
+pub mod queue;
 mod quota;
 pub mod rate_limit;
 
 pub use bucket::{Bucket, LocalBucket};
+pub use bulk::{run_bulk, BulkOptions, BulkReport, JobOutcome, Progress};
+pub use dead_letter::{
+    replay, Attempts, DeadLetter, DeadLetterLayer, DeadLetterStore, FileStore, MemoryStore,
+    ReplayOptions, ReplayReport,
+};
 pub use error::{ConfigError, ThrottleError};
+pub use metrics::{Stats, StatsSnapshot};
+pub use queue::{Priority, QueueHandle, QueueLayer};
 pub use quota::{Limits, Quota};
 pub use rate_limit::{RateLimit, RateLimitLayer};

@@ -20,6 +20,10 @@ use tower_throttle::bucket::{FailMode, RedisBucket, RedisStats, Reservation, Res
 use tower_throttle::mock::{max_in_any_window, MockServer, ServerLimit};
 use tower_throttle::{Bucket, Limits, Quota, RateLimitLayer, ThrottleError};
 
+/// The timing-sensitive tests take turns: on a small CI machine, several fleets at once
+/// would measure each other's scheduling jitter rather than the bucket.
+static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A `redis-server` child process on its own port, killed on drop.
 struct RedisServer {
     port: u16,
@@ -196,6 +200,7 @@ struct FleetResult {
 }
 
 async fn four_clients_share_50_per_second(lease: u32) {
+    let _turn = TIMED.lock().await;
     let Some(server) = RedisServer::start("four_clients_share_50_per_second") else {
         return;
     };
@@ -220,6 +225,7 @@ async fn four_clients_share_50_per_second_with_leasing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leasing_needs_fewer_round_trips_per_request() {
+    let _turn = TIMED.lock().await;
     let Some(server) = RedisServer::start("leasing_needs_fewer_round_trips_per_request") else {
         return;
     };
@@ -242,6 +248,7 @@ async fn leasing_needs_fewer_round_trips_per_request() {
 /// window of one second holds more than limit + burst uses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leased_slots_never_exceed_limit_plus_burst_in_any_window() {
+    let _turn = TIMED.lock().await;
     let Some(server) = RedisServer::start("leased_slots_never_exceed_limit_plus_burst") else {
         return;
     };
@@ -409,6 +416,7 @@ async fn set_rate_on_one_client_paces_the_fleet() {
 /// its share, fail-closed refuses with a typed error, and both recover without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_mid_run_falls_back_and_recovers() {
+    let _turn = TIMED.lock().await;
     let Some(mut server) = RedisServer::start("redis_killed_and_restarted") else {
         return;
     };
@@ -481,4 +489,117 @@ async fn redis_killed_and_restarted_mid_run_falls_back_and_recovers() {
     assert_eq!(open.stats().fallbacks, before.0.fallbacks);
     assert_eq!(closed.stats().fallbacks, before.1.fallbacks);
     assert!(open.stats().round_trips > before.0.round_trips);
+}
+
+mod dead_letters {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use http::{Request, Response, StatusCode};
+    use tower::service_fn;
+    use tower_throttle::bucket::RedisBucket;
+    use tower_throttle::dead_letter::{
+        replay, DeadLetter, DeadLetterStore, RedisStore, ReplayOptions, StoredBody,
+    };
+    use tower_throttle::Quota;
+
+    use super::RedisServer;
+
+    fn letter(path: &str) -> DeadLetter {
+        // Whole milliseconds: the stored form keeps millisecond precision.
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        DeadLetter {
+            id: 0,
+            method: "POST".into(),
+            uri: format!("https://api.example.com{path}"),
+            headers: vec![("authorization".into(), "[REDACTED]".into())],
+            body: StoredBody::from_bytes(br#"{"id":1}"#),
+            status: Some(503),
+            error: None,
+            attempts: 3,
+            first_attempt: t,
+            last_attempt: t + Duration::from_millis(250),
+        }
+    }
+
+    async fn store(server: &RedisServer, prefix: &str) -> RedisStore {
+        let conn = RedisBucket::connection_manager(&server.url(), Duration::from_millis(300))
+            .await
+            .unwrap();
+        RedisStore::new(conn, prefix).with_timeout(Duration::from_millis(500))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_store_keeps_the_dead_letter_contract_across_handles() {
+        let Some(server) = RedisServer::start("redis_store_keeps_the_contract") else {
+            return;
+        };
+        let a = store(&server, "dl").await;
+        let b = store(&server, "dl").await;
+        let ids = [
+            a.append(letter("/v1/one")).await.unwrap(),
+            b.append(letter("/v1/two")).await.unwrap(),
+            a.append(letter("/v1/three")).await.unwrap(),
+        ];
+        assert_eq!(ids, [1, 2, 3]);
+        let listed = b.list().await.unwrap();
+        assert_eq!(listed.iter().map(|l| l.id).collect::<Vec<_>>(), ids);
+        let mut expected = letter("/v1/two");
+        expected.id = 2;
+        assert_eq!(listed[1], expected);
+        assert!(a.remove(2).await.unwrap());
+        assert!(!b.remove(2).await.unwrap());
+        assert_eq!(b.len().await.unwrap(), 2);
+        // Ids are never reused after a removal.
+        assert_eq!(b.append(letter("/v1/four")).await.unwrap(), 4);
+        // Listing pages through long streams.
+        for _ in 0..600 {
+            a.append(letter("/v1/bulk")).await.unwrap();
+        }
+        let all = a.list().await.unwrap();
+        assert_eq!(all.len(), 603);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+        assert_eq!(a.len().await.unwrap(), 603);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replay_from_redis_removes_only_delivered_letters() {
+        let Some(server) = RedisServer::start("replay_from_redis") else {
+            return;
+        };
+        let store = store(&server, "replay").await;
+        for path in ["/v1/ok-1", "/v1/fail", "/v1/ok-2"] {
+            store.append(letter(path)).await.unwrap();
+        }
+        let api = service_fn(|req: Request<String>| async move {
+            let mut resp = Response::new(());
+            if req.uri().path().contains("fail") {
+                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let report = replay(
+            &store,
+            api,
+            ReplayOptions::new(Quota::per_second(100).unwrap()),
+        )
+        .await
+        .unwrap();
+        assert_eq!((report.delivered, report.remaining), (2, 1));
+        let left = store.list().await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert!(left[0].uri.ends_with("/v1/fail"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_redis_store_fails_fast_with_an_io_error() {
+        let Some(mut server) = RedisServer::start("unreachable_redis_store") else {
+            return;
+        };
+        let store = store(&server, "down").await;
+        server.kill();
+        let start = tokio::time::Instant::now();
+        let err = store.append(letter("/v1/x")).await.unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(2), "{err}");
+        assert!(err.to_string().contains("redis dead-letter store"), "{err}");
+    }
 }

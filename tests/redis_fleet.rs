@@ -472,6 +472,14 @@ async fn redis_killed_and_restarted_mid_run_falls_back_and_recovers() {
     assert!(down_open.2 < Duration::from_secs(1) && down_closed.2 < Duration::from_secs(1));
 
     server.spawn();
+    // A probe whose caller gives up (its future dropped) must not stop later probes.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    for b in [&open, &closed] {
+        assert!(matches!(
+            b.reserve(Instant::now(), None),
+            Reserve::Pending(_)
+        ));
+    }
     let deadline = Instant::now() + Duration::from_secs(8);
     while open.is_degraded() || closed.is_degraded() {
         assert!(Instant::now() < deadline, "no recovery after restart");

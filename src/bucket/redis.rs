@@ -451,7 +451,9 @@ struct State {
     rate_pending: Option<u64>,
     /// Set while Redis is considered down: no call before this instant.
     down_until: Option<Instant>,
-    probing: bool,
+    /// While one caller probes a Redis believed down: when that probe counts as lost (its
+    /// future may be dropped before it answers, so the mark must expire on its own).
+    probe_until: Option<Instant>,
     last_error: String,
 }
 
@@ -718,7 +720,7 @@ impl Inner {
             "redis rate-limit bucket unreachable; {mode}"
         );
         st.down_until = Some(now + self.retry_interval);
-        st.probing = false;
+        st.probe_until = None;
         st.last_error = error;
     }
 
@@ -736,7 +738,7 @@ impl Inner {
         if st.down_until.take().is_some() {
             tracing::info!(key = %self.key, "redis rate-limit bucket reachable again");
         }
-        st.probing = false;
+        st.probe_until = None;
         if sent_hold.is_some() && st.hold_pending == sent_hold {
             st.hold_pending = None;
         }
@@ -873,12 +875,12 @@ impl Bucket for RedisBucket {
             Take::Empty => {}
         }
         match st.down_until {
-            Some(until) if now < until || st.probing => {
+            Some(until) if now < until || st.probe_until.is_some_and(|p| now < p) => {
                 drop(st);
                 return Reserve::Ready(inner.fallback(now, max_wait));
             }
             // This caller probes; the others keep falling back until it answers.
-            Some(_) => st.probing = true,
+            Some(_) => st.probe_until = Some(now + inner.timeout),
             None => {}
         }
         let hold = st.hold_pending.filter(|h| *h > now);

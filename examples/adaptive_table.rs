@@ -8,7 +8,7 @@
 //! the whole table takes well under a second and is the same on every machine.
 
 use tower_throttle::adaptive::sim::{self, secs, Report};
-use tower_throttle::adaptive::{Aimd, Cubic, HeaderDriven, RateController};
+use tower_throttle::adaptive::{Aimd, Cubic, HeaderDriven, Probe, RateController};
 
 const START: f64 = 5.0;
 const MIN: f64 = 0.5;
@@ -17,7 +17,7 @@ const MAX: f64 = 1000.0;
 /// A controller to compare, whether the server sends rate headers for it, and its factory.
 type Entry = (&'static str, bool, fn() -> Box<dyn RateController>);
 
-fn controllers() -> [Entry; 3] {
+fn controllers() -> [Entry; 4] {
     [
         ("AIMD", false, || {
             Box::new(Aimd::new(START, MIN, MAX).unwrap())
@@ -27,6 +27,9 @@ fn controllers() -> [Entry; 3] {
         }),
         ("cubic", false, || {
             Box::new(Cubic::new(START, MIN, MAX).unwrap())
+        }),
+        ("probe", false, || {
+            Box::new(Probe::new(START, MIN, MAX).unwrap())
         }),
     ]
 }

@@ -113,7 +113,7 @@ impl<C: RateController + ?Sized> RateController for Box<C> {
     }
 }
 
-fn clamp(rate: f64, min: f64, max: f64) -> f64 {
+pub(super) fn clamp(rate: f64, min: f64, max: f64) -> f64 {
     if rate.is_nan() {
         min
     } else {
@@ -121,7 +121,7 @@ fn clamp(rate: f64, min: f64, max: f64) -> f64 {
     }
 }
 
-fn check_bounds(start: f64, min: f64, max: f64) -> Result<(), ConfigError> {
+pub(super) fn check_bounds(start: f64, min: f64, max: f64) -> Result<(), ConfigError> {
     for (name, value) in [("min", min), ("max", max), ("start", start)] {
         if !value.is_finite() || value <= 0.0 {
             return Err(ConfigError::OutOfRange {
@@ -148,7 +148,12 @@ fn check_bounds(start: f64, min: f64, max: f64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_open(name: &'static str, value: f64, lo: f64, hi: f64) -> Result<(), ConfigError> {
+pub(super) fn check_open(
+    name: &'static str,
+    value: f64,
+    lo: f64,
+    hi: f64,
+) -> Result<(), ConfigError> {
     if value.is_finite() && value > lo && value < hi {
         Ok(())
     } else {
@@ -160,7 +165,7 @@ fn check_open(name: &'static str, value: f64, lo: f64, hi: f64) -> Result<(), Co
     }
 }
 
-fn check_duration(name: &'static str, d: Duration) -> Result<(), ConfigError> {
+pub(super) fn check_duration(name: &'static str, d: Duration) -> Result<(), ConfigError> {
     if d.is_zero() {
         Err(ConfigError::Zero { name })
     } else {
@@ -914,7 +919,7 @@ impl RateController for Cubic {
 
 /// Events in the last `span`, counted in ten buckets so memory stays fixed at any rate.
 #[derive(Debug, Clone)]
-struct Window {
+pub(super) struct Window {
     span: Duration,
     buckets: VecDeque<(Instant, u32)>,
     first: Option<Instant>,
@@ -923,7 +928,7 @@ struct Window {
 const BUCKETS: u32 = 10;
 
 impl Window {
-    fn new(span: Duration) -> Window {
+    pub(super) fn new(span: Duration) -> Window {
         Window {
             span,
             buckets: VecDeque::with_capacity(BUCKETS as usize + 1),
@@ -941,7 +946,7 @@ impl Window {
         }
     }
 
-    fn record(&mut self, now: Instant) {
+    pub(super) fn record(&mut self, now: Instant) {
         self.first.get_or_insert(now);
         self.expire(now);
         let width = self.span / BUCKETS;
@@ -953,7 +958,7 @@ impl Window {
 
     /// Events per second since `since` (at most the span), or `None` when that is under
     /// half the span: too short to mean anything.
-    fn rate_since(&mut self, now: Instant, since: Option<Instant>) -> Option<f64> {
+    pub(super) fn rate_since(&mut self, now: Instant, since: Option<Instant>) -> Option<f64> {
         self.expire(now);
         let from = match (self.first, since) {
             (Some(f), Some(s)) => f.max(s),
@@ -974,7 +979,7 @@ impl Window {
     }
 
     /// Events per second over the span (or since the first event, if that is shorter).
-    fn rate(&mut self, now: Instant) -> f64 {
+    pub(super) fn rate(&mut self, now: Instant) -> f64 {
         self.expire(now);
         let count: u32 = self.buckets.iter().map(|(_, n)| n).sum();
         let observed = self
@@ -1052,6 +1057,7 @@ mod tests {
             Box::new(Aimd::new(8.0, 1.0, 10.0).unwrap()),
             Box::new(Cubic::new(8.0, 1.0, 10.0).unwrap()),
             Box::new(HeaderDriven::new(8.0, 1.0, 10.0).unwrap()),
+            Box::new(super::super::Probe::new(8.0, 1.0, 10.0).unwrap()),
         ];
         for c in &mut controllers {
             for i in 0..1000 {

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tower_layer::Layer;
 
 use super::controller::{Aimd, Cubic, HeaderDriven, RateController};
+use super::probe::Probe;
 use super::service::Adaptive;
 use crate::bucket::Bucket;
 use crate::classify::HttpClassifier;
@@ -49,7 +50,13 @@ impl<B: Bucket + Clone> AdaptiveLayer<B> {
         AdaptiveLayer::new(bucket, Aimd::new(start, min, max)?)
     }
 
-    /// [`Cubic`] with default parameters: the controller this crate recommends.
+    /// [`Probe`] with default parameters: the controller this crate recommends when the
+    /// server sends no rate-limit headers.
+    pub fn probe(bucket: B, start: f64, min: f64, max: f64) -> Result<Self, ConfigError> {
+        AdaptiveLayer::new(bucket, Probe::new(start, min, max)?)
+    }
+
+    /// [`Cubic`] with default parameters.
     pub fn cubic(bucket: B, start: f64, min: f64, max: f64) -> Result<Self, ConfigError> {
         AdaptiveLayer::new(bucket, Cubic::new(start, min, max)?)
     }

@@ -1,0 +1,565 @@
+//! [`Probe`]: the header-less controller that meets the targets in the module docs.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::controller::{
+    check_bounds, check_duration, check_open, clamp, RateController, Signal, Window,
+};
+use crate::ConfigError;
+
+/// Finds a limit the server never states, from its 429s alone, and holds just under it.
+///
+/// Every 429 with `Retry-After` holds the whole bucket (here or in the retry layer above), and
+/// servers round `Retry-After` up to whole seconds, so each throttle event costs about a second
+/// of traffic whatever the controller does next. `Probe` is built to spend as few of them as it
+/// can, and to learn as much as possible from each:
+///
+/// * **Slow start.** Until the first 429 the rate doubles every `slow_start` (1 s). The first
+///   429 brackets the limit: it lies between the accepted rate over the last second (which
+///   lags the doubling) and the rate being sent (which overshoots it). The level is
+///   `max(accepted, beta x sending)`.
+/// * **A fresh level that is refused steps down by how far over it is**, read from how long it
+///   survived once sending resumed (the hold drained the server): a one-second window accepts
+///   `level` for `limit / level` seconds, a token bucket for `burst / excess` seconds. The step
+///   is the larger of `1 - survived` and `margin / survived` (in seconds), between `margin / 2`
+///   and `1 - beta`.
+/// * **Cruise, then climb slowly.** After a cruise of `cruise` (15 s) the rate climbs by
+///   `climb` (2%) per second, so that when the 429 comes the rate being sent — known exactly,
+///   it is the bucket's own — is only just over the limit. The level becomes `(1 - margin) x`
+///   that rate (5% under) but never less than the level the climb started from, and the rate
+///   returns to it straight after the hold: the hold has already drained the server, so there
+///   is no need to dip below it. A climb that finds the same limit again (within 10%) keeps
+///   the level that worked, and the next cruise is twice as long, up to `max_cruise` (30 s), so
+///   a stable limit costs fewer and fewer holds.
+/// * **A refused level that worked means the limit moved.** A 429 at a level held for `prove`
+///   (10 s) cuts it by `beta` (0.7), and so does every 429 after that until a level holds
+///   again: each hold is one event, so a halved limit is under after two events, a couple of
+///   seconds. A limit that moved down is most likely shared with someone else or a new plan,
+///   so the next climb waits `max_cruise`.
+/// * **One event per hold.** 429s within `event_hold` (1 s) or the server's `Retry-After` of a
+///   cut are the requests that were already in flight: one event.
+/// * Growth time only advances while successes arrive and the rate never grows past twice what
+///   is actually sent, so an outage of 503s ([`Signal::Transient`]) neither cuts the rate nor
+///   lets a climb run away.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokio::time::Instant;
+/// use tower_throttle::adaptive::{Probe, RateController, Signal};
+///
+/// let mut probe = Probe::new(20.0, 0.5, 500.0)?;
+/// let t0 = Instant::now();
+/// let ok = Signal::Success { headers: None };
+/// for ms in (0..2000).step_by(25) {
+///     probe.on_outcome(t0 + Duration::from_millis(ms), &ok);
+/// }
+/// let sending = probe.rate();
+/// let throttled = Signal::Throttled { retry_after: Some(Duration::from_secs(1)), headers: None };
+/// probe.on_outcome(t0 + Duration::from_secs(2), &throttled);
+/// // The first 429 ends slow start at beta x the rate it was sending at (the accepted rate,
+/// // 40/s, is lower here).
+/// assert!((probe.rate() - 0.7 * sending).abs() < 1e-9);
+/// # Ok::<(), tower_throttle::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Probe {
+    cfg: ProbeConfig,
+    rate: f64,
+    phase: Phase,
+    /// Growth time: advances only while successes arrive.
+    growth: Duration,
+    last_seen: Option<Instant>,
+    ignore_until: Option<Instant>,
+    resumed_at: Option<Instant>,
+    /// The rate to cruise at.
+    level: f64,
+    /// Whether `level` has been held for `prove` without a 429.
+    proven: bool,
+    /// The last level that was proven, since the limit last moved down.
+    floor: Option<f64>,
+    /// Whether the level was cut by beta and no level has been proven since.
+    cutting: bool,
+    /// The rate at which the last climb was refused.
+    ceiling: Option<f64>,
+    cruise: Duration,
+    accepted: Window,
+    sent: Window,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ProbeConfig {
+    start: f64,
+    min: f64,
+    max: f64,
+    beta: f64,
+    margin: f64,
+    climb: f64,
+    slow_start: Duration,
+    cruise: Duration,
+    max_cruise: Duration,
+    prove: Duration,
+    event_hold: Duration,
+    measure_window: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Before the first 429: doubling from `from` every `slow_start`, from growth time `at`.
+    SlowStart { at: Duration, from: f64 },
+    /// At `level` since growth time `since`; climbs from `until`.
+    Cruise { since: Duration, until: Duration },
+    /// Growing by `climb` per second from `from`, since growth time `at`.
+    Climb { at: Duration, from: f64 },
+}
+
+/// Checked builder for [`Probe`]. Defaults: start 1/s, min 0.1/s, max 1000/s, beta 0.7,
+/// margin 0.05, climb 0.02 per second, slow start doubling every 1 s, cruise 15 s doubling up
+/// to 30 s, prove 10 s, event hold 1 s, measure window 1 s.
+#[derive(Debug, Clone)]
+pub struct ProbeBuilder {
+    cfg: ProbeConfig,
+}
+
+impl Probe {
+    /// Probe with the defaults, starting at `start` and clamped to `[min, max]`.
+    pub fn new(start: f64, min: f64, max: f64) -> Result<Probe, ConfigError> {
+        Probe::builder().start(start).min(min).max(max).build()
+    }
+
+    /// A builder with the defaults listed on [`ProbeBuilder`].
+    pub fn builder() -> ProbeBuilder {
+        ProbeBuilder {
+            cfg: ProbeConfig {
+                start: 1.0,
+                min: 0.1,
+                max: 1000.0,
+                beta: 0.7,
+                margin: 0.05,
+                climb: 0.02,
+                slow_start: Duration::from_secs(1),
+                cruise: Duration::from_secs(15),
+                max_cruise: Duration::from_secs(30),
+                prove: Duration::from_secs(10),
+                event_hold: Duration::from_secs(1),
+                measure_window: Duration::from_secs(1),
+            },
+        }
+    }
+
+    /// The level the controller cruises at (and returns to after a climb), once slow start
+    /// has ended.
+    pub fn level(&self) -> Option<f64> {
+        (!matches!(self.phase, Phase::SlowStart { .. })).then_some(self.level)
+    }
+
+    fn target(&self) -> f64 {
+        let since = |at: Duration| self.growth.saturating_sub(at).as_secs_f64();
+        match self.phase {
+            Phase::SlowStart { at, from } => {
+                // Capped so the power cannot overflow to infinity before the clamp.
+                let doublings = (since(at) / self.cfg.slow_start.as_secs_f64()).min(64.0);
+                from * 2f64.powf(doublings)
+            }
+            Phase::Cruise { .. } => self.level,
+            Phase::Climb { at, from } => from * (1.0 + self.cfg.climb).powf(since(at).min(1e4)),
+        }
+    }
+
+    fn advance_phase(&mut self) {
+        let g = self.growth;
+        if let Phase::Cruise { since, until } = self.phase {
+            if !self.proven && g >= since + self.cfg.prove {
+                self.proven = true;
+                self.floor = Some(self.level);
+                self.cutting = false;
+            }
+            if g >= until {
+                self.phase = Phase::Climb {
+                    at: g,
+                    from: self.level,
+                };
+            }
+        }
+    }
+
+    fn cruise_at(&mut self, level: f64) {
+        self.level = clamp(level, self.cfg.min, self.cfg.max);
+        // Returning to the floor is returning to a level that already worked.
+        self.proven = self.floor == Some(self.level);
+        self.phase = Phase::Cruise {
+            since: self.growth,
+            until: self.growth + self.cruise,
+        };
+    }
+
+    fn on_throttle(&mut self, now: Instant, retry_after: Option<Duration>) {
+        if self.ignore_until.is_some_and(|t| now < t) {
+            return;
+        }
+        let sending = self.rate;
+        match self.phase {
+            Phase::SlowStart { .. } => {
+                // The limit lies between what was accepted over the last second (which lags
+                // the doubling) and what was being sent (which overshoots it). Cruise at the
+                // higher of the accepted rate and beta x sent: if that is still too high, how
+                // soon it is refused says by how much.
+                let cut = self.cfg.beta * sending;
+                let accepted = self.accepted.rate_since(now, self.resumed_at);
+                self.cruise = self.cfg.cruise;
+                self.cruise_at(accepted.map_or(cut, |a| a.min(sending).max(cut)));
+            }
+            Phase::Climb { from, .. } => {
+                // The rate being sent is the bucket's own and the climb is slow, so it is only
+                // just over the limit (by the server's burst, at most).
+                let candidate = (1.0 - self.cfg.margin) * sending;
+                let stable = self.ceiling.is_some_and(|c| (sending - c).abs() <= 0.1 * c);
+                self.ceiling = Some(sending);
+                let level = if stable {
+                    // The same limit again: keep the level that worked.
+                    self.cruise = (self.cruise * 2).min(self.cfg.max_cruise);
+                    from
+                } else {
+                    self.cruise = self.cfg.cruise;
+                    candidate.max(from)
+                };
+                self.cruise_at(level.max(self.floor.unwrap_or(0.0)));
+            }
+            Phase::Cruise { .. } => {
+                let step = if self.proven || self.cutting {
+                    // A level that worked was refused, or the first cut was: the limit moved.
+                    1.0 - self.cfg.beta
+                } else {
+                    // A fresh estimate was refused: how long it survived once sending resumed
+                    // (the hold drained the server) says by how much it is over. A window
+                    // of one second accepts `level` for `limit / level` seconds; a token bucket
+                    // with a burst of about `margin x level`, for `margin / excess` seconds.
+                    let survived = self
+                        .resumed_at
+                        .map_or(f64::MAX, |t| now.saturating_duration_since(t).as_secs_f64());
+                    let survived = survived.max(1e-3);
+                    (self.cfg.margin / survived)
+                        .max(1.0 - survived)
+                        .clamp(self.cfg.margin / 2.0, 1.0 - self.cfg.beta)
+                };
+                if step >= 1.0 - self.cfg.beta {
+                    // The limit moved down: most likely a new plan or someone else sharing
+                    // it, so do not climb again soon.
+                    self.cutting = true;
+                    self.cruise = self.cfg.max_cruise;
+                }
+                let floor = match self.floor {
+                    Some(f) if f < self.level => f,
+                    // The level that worked was refused: it no longer holds.
+                    _ => {
+                        self.floor = None;
+                        0.0
+                    }
+                };
+                self.cruise_at(((1.0 - step) * self.level).max(floor));
+            }
+        }
+        self.rate = self.level;
+        let wait = retry_after.unwrap_or(Duration::ZERO);
+        self.resumed_at = now.checked_add(wait);
+        self.ignore_until = now.checked_add(wait.max(self.cfg.event_hold));
+    }
+}
+
+impl ProbeBuilder {
+    /// The first rate.
+    pub fn start(mut self, rate: f64) -> Self {
+        self.cfg.start = rate;
+        self
+    }
+    /// The lowest rate.
+    pub fn min(mut self, rate: f64) -> Self {
+        self.cfg.min = rate;
+        self
+    }
+    /// The highest rate.
+    pub fn max(mut self, rate: f64) -> Self {
+        self.cfg.max = rate;
+        self
+    }
+    /// Factor applied to the level when the limit moved down, in (0, 1).
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.cfg.beta = beta;
+        self
+    }
+    /// Fraction kept below the rate at which a climb was refused, in (0, 0.5).
+    pub fn margin(mut self, margin: f64) -> Self {
+        self.cfg.margin = margin;
+        self
+    }
+    /// Relative growth per second while climbing above the level, in (0, 1).
+    pub fn climb(mut self, per_second: f64) -> Self {
+        self.cfg.climb = per_second;
+        self
+    }
+    /// Doubling time before the first 429.
+    pub fn slow_start(mut self, doubling: Duration) -> Self {
+        self.cfg.slow_start = doubling;
+        self
+    }
+    /// First cruise time before a climb; it doubles while climbs find the same limit, up to
+    /// `max_cruise`, which is also the wait after the limit moved down.
+    pub fn cruise(mut self, first: Duration, max_cruise: Duration) -> Self {
+        self.cfg.cruise = first;
+        self.cfg.max_cruise = max_cruise;
+        self
+    }
+    /// How long a level must hold without a 429 to count as proven.
+    pub fn prove(mut self, d: Duration) -> Self {
+        self.cfg.prove = d;
+        self
+    }
+    /// 429s within this time of a cut (or the server's `Retry-After`, if longer) are one event.
+    pub fn event_hold(mut self, d: Duration) -> Self {
+        self.cfg.event_hold = d;
+        self
+    }
+    /// Window over which the accepted and sent rates are measured.
+    pub fn measure_window(mut self, d: Duration) -> Self {
+        self.cfg.measure_window = d;
+        self
+    }
+    /// Checks every value.
+    pub fn build(self) -> Result<Probe, ConfigError> {
+        let c = self.cfg;
+        check_bounds(c.start, c.min, c.max)?;
+        check_open("beta", c.beta, 0.0, 1.0)?;
+        check_open("margin", c.margin, 0.0, 0.5)?;
+        check_open("climb", c.climb, 0.0, 1.0)?;
+        check_duration("slow_start", c.slow_start)?;
+        check_duration("cruise", c.cruise)?;
+        check_duration("prove", c.prove)?;
+        check_duration("measure_window", c.measure_window)?;
+        if c.max_cruise < c.cruise {
+            return Err(ConfigError::MinAboveMax {
+                name: "cruise (seconds)",
+                min: c.cruise.as_secs_f64(),
+                max: c.max_cruise.as_secs_f64(),
+            });
+        }
+        Ok(Probe {
+            cfg: c,
+            rate: c.start,
+            phase: Phase::SlowStart {
+                at: Duration::ZERO,
+                from: c.start,
+            },
+            growth: Duration::ZERO,
+            last_seen: None,
+            ignore_until: None,
+            resumed_at: None,
+            level: c.start,
+            proven: false,
+            floor: None,
+            cutting: false,
+            ceiling: None,
+            cruise: c.cruise,
+            accepted: Window::new(c.measure_window),
+            sent: Window::new(c.measure_window),
+        })
+    }
+}
+
+impl RateController for Probe {
+    fn on_outcome(&mut self, now: Instant, signal: &Signal) -> Option<f64> {
+        let old = self.rate;
+        let dt = self
+            .last_seen
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.last_seen = Some(now);
+        match signal {
+            Signal::Transient => return None,
+            Signal::Throttled { retry_after, .. } => {
+                self.sent.record(now);
+                self.on_throttle(now, *retry_after);
+            }
+            Signal::Success { .. } => {
+                self.sent.record(now);
+                self.accepted.record(now);
+                // Growth time only runs while the server is accepting, so an outage pauses a
+                // climb instead of letting it run away.
+                self.growth += dt;
+                self.advance_phase();
+                let target = clamp(self.target(), self.cfg.min, self.cfg.max);
+                // Never grow past twice what is actually sent: a rate nobody uses proves
+                // nothing.
+                let cap = (2.0 * self.sent.rate(now)).max(self.rate);
+                self.rate = clamp(target.min(cap), self.cfg.min, self.cfg.max);
+            }
+        }
+        (self.rate != old).then_some(self.rate)
+    }
+
+    fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    fn bounds(&self) -> (f64, f64) {
+        (self.cfg.min, self.cfg.max)
+    }
+
+    fn reset(&mut self, _now: Instant, rate: f64) {
+        self.rate = clamp(rate, self.cfg.min, self.cfg.max);
+        self.floor = None;
+        self.cutting = false;
+        self.ceiling = None;
+        self.cruise = self.cfg.cruise;
+        self.cruise_at(self.rate);
+        self.ignore_until = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> Signal {
+        Signal::Success { headers: None }
+    }
+    fn throttled() -> Signal {
+        Signal::Throttled {
+            retry_after: Some(Duration::from_secs(1)),
+            headers: None,
+        }
+    }
+
+    /// Feeds successes every `step` from `t` for `d`; returns the end time.
+    fn succeed(c: &mut Probe, mut t: Instant, d: Duration, step: Duration) -> Instant {
+        let end = t + d;
+        while t < end {
+            t += step;
+            c.on_outcome(t, &ok());
+        }
+        t
+    }
+
+    #[test]
+    fn builder_rejects_bad_values() {
+        assert!(Probe::new(f64::NAN, 1.0, 2.0).is_err());
+        assert!(Probe::new(5.0, 1.0, 2.0).is_err());
+        assert!(Probe::builder().beta(1.0).build().is_err());
+        assert!(Probe::builder().margin(0.0).build().is_err());
+        assert!(Probe::builder().climb(f64::INFINITY).build().is_err());
+        assert!(Probe::builder().prove(Duration::ZERO).build().is_err());
+        assert!(Probe::builder()
+            .cruise(Duration::from_secs(8), Duration::from_secs(4))
+            .build()
+            .is_err());
+    }
+
+    #[test]
+    fn a_burst_of_429s_is_one_event_and_a_refused_level_is_cut_by_beta_twice() {
+        let t0 = Instant::now();
+        let mut c = Probe::new(40.0, 1.0, 500.0).unwrap();
+        let step = Duration::from_millis(25);
+        let t = succeed(&mut c, t0, Duration::from_millis(500), step);
+        // First 429: slow start ends at max(accepted, beta x sending).
+        let sending = c.rate();
+        c.on_outcome(t, &throttled());
+        let level = c.level().unwrap();
+        assert!(level >= 0.7 * sending - 1e-9 && level <= sending, "{level}");
+        for i in 1..10 {
+            c.on_outcome(t + Duration::from_millis(i), &throttled());
+        }
+        assert_eq!(c.level(), Some(level));
+        // Held for the prove time, the level is the floor; a 429 there means the limit moved.
+        let t = succeed(
+            &mut c,
+            t + Duration::from_secs(1),
+            Duration::from_secs(11),
+            step,
+        );
+        assert_eq!(c.rate(), level);
+        c.on_outcome(t, &throttled());
+        assert!((c.rate() - 0.7 * level).abs() < 1e-9);
+        // Refused again right after the hold: cut again.
+        let t = succeed(&mut c, t + Duration::from_secs(1), step, step);
+        c.on_outcome(t, &throttled());
+        assert!((c.rate() - 0.49 * level).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_fresh_estimate_refused_late_only_steps_down_by_the_margin() {
+        let t0 = Instant::now();
+        let mut c = Probe::new(40.0, 1.0, 500.0).unwrap();
+        let step = Duration::from_millis(25);
+        let t = succeed(&mut c, t0, Duration::from_millis(500), step);
+        c.on_outcome(t, &throttled());
+        let level = c.level().unwrap();
+        // Survived 4 s after the hold: over by about margin / 4 s, cut by margin / 2.
+        let t = succeed(
+            &mut c,
+            t + Duration::from_secs(1),
+            Duration::from_secs(4),
+            step,
+        );
+        c.on_outcome(t, &throttled());
+        assert!((c.rate() - 0.975 * level).abs() < 1e-6, "{}", c.rate());
+    }
+
+    #[test]
+    fn climbs_are_slow_and_a_stable_limit_keeps_the_level_that_worked() {
+        let t0 = Instant::now();
+        let mut c = Probe::new(40.0, 1.0, 500.0).unwrap();
+        let step = Duration::from_millis(10);
+        let t = succeed(&mut c, t0, Duration::from_millis(500), step);
+        c.on_outcome(t, &throttled());
+        let level = c.level().unwrap();
+        // Cruise (15 s, counting the hold), then climb at 2% per second.
+        let t = succeed(
+            &mut c,
+            t + Duration::from_secs(1),
+            Duration::from_secs(13),
+            step,
+        );
+        assert_eq!(c.rate(), level);
+        let t = succeed(&mut c, t, Duration::from_secs(4), step);
+        let climbed = c.rate() / level;
+        assert!((1.03..=1.07).contains(&climbed), "{climbed}");
+        let sending = c.rate();
+        c.on_outcome(t, &throttled());
+        let level = c.rate();
+        assert_eq!(level, (0.95 * sending).max(sending / climbed));
+        // The next climb comes after another cruise and finds the same limit: level kept.
+        let t = succeed(
+            &mut c,
+            t + Duration::from_secs(1),
+            Duration::from_secs(17),
+            step,
+        );
+        assert!(c.rate() > level && (c.rate() - sending).abs() < 0.1 * sending);
+        c.on_outcome(t, &throttled());
+        assert_eq!(c.rate(), level);
+    }
+
+    #[test]
+    fn never_leaves_bounds_on_hostile_input() {
+        let t0 = Instant::now();
+        let mut c = Probe::new(2.0, 2.0, 45.0).unwrap();
+        let mut t = t0;
+        for round in 0..20_000u32 {
+            t += Duration::from_millis(u64::from(round % 7));
+            let s = match round % 97 {
+                0 => Signal::Throttled {
+                    retry_after: Some(Duration::MAX),
+                    headers: None,
+                },
+                13 => Signal::Throttled {
+                    retry_after: None,
+                    headers: None,
+                },
+                50 => Signal::Transient,
+                _ => ok(),
+            };
+            c.on_outcome(t, &s);
+            let r = c.rate();
+            assert!(r.is_finite() && (2.0..=45.0).contains(&r), "{r}");
+        }
+    }
+}

@@ -15,6 +15,7 @@ pub mod mock;
 mod quota;
 pub mod rate_limit;
 pub mod retry;
+mod sync;
 
 pub use backoff::{Backoff, Jitter};
 pub use bucket::{Bucket, LocalBucket};

@@ -320,7 +320,7 @@ fn classify_one(e: &(dyn Error + 'static)) -> Option<Outcome> {
         if h.is_timeout() || h.is_closed() || h.is_incomplete_message() || h.is_canceled() {
             return Some(Outcome::Transient);
         }
-        if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() || h.is_user() {
+        if h.is_parse() || h.is_parse_status() || h.is_user() {
             return Some(Outcome::Permanent);
         }
         return None;

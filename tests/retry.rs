@@ -312,11 +312,11 @@ async fn the_budget_is_shared_by_every_request() {
 struct OneShotBody;
 
 impl ReplayBody for OneShotBody {
-    fn try_clone(&self) -> Option<Self> {
+    fn to_bytes(&self) -> Option<Bytes> {
         None
     }
 
-    fn placeholder() -> Self {
+    fn from_bytes(_: Bytes) -> Self {
         OneShotBody
     }
 }

@@ -15,6 +15,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::PollSemaphore;
 
 use crate::bucket::{Bucket, Reservation, Reserve, ReserveFuture};
+use crate::metrics::Stats;
 use crate::ThrottleError;
 
 pub(crate) struct Gate<B: Bucket> {
@@ -22,6 +23,7 @@ pub(crate) struct Gate<B: Bucket> {
     max_wait: Option<Duration>,
     semaphore: Option<PollSemaphore>,
     permit: Option<OwnedSemaphorePermit>,
+    stats: Option<Stats>,
     state: State,
     // Allocated the first time this handle has to wait, then reset in place.
     sleep: Option<Pin<Box<Sleep>>>,
@@ -39,11 +41,13 @@ impl<B: Bucket + Clone> Gate<B> {
         bucket: B,
         max_wait: Option<Duration>,
         semaphore: Option<PollSemaphore>,
+        stats: Option<Stats>,
     ) -> Self {
         Gate {
             bucket,
             max_wait,
             semaphore,
+            stats,
             permit: None,
             state: State::Idle,
             sleep: None,
@@ -109,6 +113,10 @@ impl<B: Bucket + Clone> Gate<B> {
         if reservation.at() <= now {
             self.state = State::Ready(reservation);
         } else {
+            // Only waits are recorded: an immediate admit stays free of shared writes.
+            if let Some(stats) = &self.stats {
+                stats.record_gate_wait(reservation.at() - now);
+            }
             match &mut self.sleep {
                 Some(sleep) => sleep.as_mut().reset(reservation.at()),
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(reservation.at()))),
@@ -131,7 +139,12 @@ impl<B: Bucket + Clone> Gate<B> {
 impl<B: Bucket + Clone> Clone for Gate<B> {
     fn clone(&self) -> Self {
         // A clone shares the bucket and the cap, never this handle's slot.
-        Gate::new(self.bucket.clone(), self.max_wait, self.semaphore.clone())
+        Gate::new(
+            self.bucket.clone(),
+            self.max_wait,
+            self.semaphore.clone(),
+            self.stats.clone(),
+        )
     }
 }
 

@@ -7,6 +7,7 @@ use tower_layer::Layer;
 
 use super::RateLimit;
 use crate::bucket::{Bucket, LocalBucket};
+use crate::metrics::Stats;
 use crate::{ConfigError, Limits};
 
 /// Applies a shared rate limit (and optional concurrency cap) to a service.
@@ -19,6 +20,7 @@ pub struct RateLimitLayer<B = LocalBucket> {
     bucket: B,
     max_wait: Option<Duration>,
     concurrency: Option<Arc<Semaphore>>,
+    stats: Option<Stats>,
 }
 
 impl RateLimitLayer<LocalBucket> {
@@ -30,6 +32,7 @@ impl RateLimitLayer<LocalBucket> {
             bucket: LocalBucket::new(limits),
             max_wait: None,
             concurrency,
+            stats: None,
         }
     }
 }
@@ -42,6 +45,7 @@ impl<B: Bucket + Clone> RateLimitLayer<B> {
             bucket,
             max_wait: None,
             concurrency: None,
+            stats: None,
         }
     }
 
@@ -64,6 +68,12 @@ impl<B: Bucket + Clone> RateLimitLayer<B> {
         Ok(self)
     }
 
+    /// Records every wait in the gate (count, total, longest) into `stats`.
+    pub fn with_stats(mut self, stats: Stats) -> Self {
+        self.stats = Some(stats);
+        self
+    }
+
     /// The shared bucket (for snapshots, `hold_until`, `set_rate`).
     pub fn bucket(&self) -> &B {
         &self.bucket
@@ -79,6 +89,7 @@ impl<S, B: Bucket + Clone> Layer<S> for RateLimitLayer<B> {
             self.bucket.clone(),
             self.max_wait,
             self.concurrency.clone(),
+            self.stats.clone(),
         )
     }
 }

@@ -10,6 +10,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::gate::Gate;
 use crate::bucket::{Bucket, LocalBucket};
+use crate::metrics::Stats;
 use crate::Limits;
 
 /// A service gated by a shared bucket; built by [`RateLimitLayer`](super::RateLimitLayer).
@@ -30,7 +31,7 @@ impl<S> RateLimit<S, LocalBucket> {
     pub fn new(inner: S, limits: impl Into<Limits>) -> Self {
         let limits = limits.into();
         let cap = limits.concurrency().map(|n| Arc::new(Semaphore::new(n)));
-        RateLimit::from_parts(inner, LocalBucket::new(limits), None, cap)
+        RateLimit::from_parts(inner, LocalBucket::new(limits), None, cap, None)
     }
 }
 
@@ -40,10 +41,11 @@ impl<S, B: Bucket + Clone> RateLimit<S, B> {
         bucket: B,
         max_wait: Option<Duration>,
         concurrency: Option<Arc<Semaphore>>,
+        stats: Option<Stats>,
     ) -> Self {
         RateLimit {
             inner,
-            gate: Gate::new(bucket, max_wait, concurrency.map(PollSemaphore::new)),
+            gate: Gate::new(bucket, max_wait, concurrency.map(PollSemaphore::new), stats),
         }
     }
 

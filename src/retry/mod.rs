@@ -60,10 +60,9 @@
 //! # Ok(()) }
 //! ```
 
-mod body;
 mod layer;
 mod policy;
 
-pub use body::ReplayBody;
+pub use crate::body::ReplayBody;
 pub use layer::RetryLayer;
 pub use policy::{Attempts, RetryPolicy};

@@ -10,10 +10,11 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::Policy;
 use tower::BoxError;
 
-use super::body::ReplayBody;
 use crate::backoff::Backoff;
+use crate::body::ReplayBody;
 use crate::bucket::Bucket;
 use crate::classify::{Classify, HttpClassifier, Outcome};
+use crate::metrics::Stats;
 use crate::{ConfigError, ThrottleError};
 
 /// How many attempts a request took; inserted into the extensions of the final response.
@@ -69,6 +70,7 @@ pub struct RetryPolicy<C = HttpClassifier> {
     budget: Option<Arc<TpsBudget>>,
     bucket: Option<Arc<dyn Bucket>>,
     seeds: Arc<AtomicU64>,
+    stats: Option<Stats>,
     // Per-request state: tower clones the policy for every request.
     rng: SmallRng,
     attempt: u32,
@@ -97,6 +99,7 @@ impl<C> RetryPolicy<C> {
             bucket: None,
             rng: SmallRng::seed_from_u64(seed),
             seeds: Arc::new(AtomicU64::new(seed)),
+            stats: None,
             attempt: 0,
             started: None,
             prev_delay: None,
@@ -158,6 +161,13 @@ impl<C> RetryPolicy<C> {
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.rng = SmallRng::seed_from_u64(seed);
         self.seeds = Arc::new(AtomicU64::new(seed));
+        self
+    }
+
+    /// Records every attempt's outcome and every retry into `stats` (this is where the
+    /// 429 ratio of [`StatsSnapshot::health`](crate::StatsSnapshot::health) comes from).
+    pub fn with_stats(mut self, stats: Stats) -> Self {
+        self.stats = Some(stats);
         self
     }
 
@@ -229,6 +239,7 @@ impl<C: Clone> Clone for RetryPolicy<C> {
             budget: self.budget.clone(),
             bucket: self.bucket.clone(),
             seeds: self.seeds.clone(),
+            stats: self.stats.clone(),
             rng: SmallRng::seed_from_u64(seed),
             attempt: self.attempt,
             started: self.started,
@@ -277,6 +288,12 @@ where
             Ok(res) => self.classifier.classify(res, SystemTime::now()),
             Err(err) => self.classifier.classify_error(&**err),
         };
+        if let Some(stats) = &self.stats {
+            match result {
+                Ok(res) => stats.record_response(res.status()),
+                Err(_) => stats.record_error(),
+            }
+        }
         if self.attempt == 1 && outcome == Outcome::Success {
             if let Some(budget) = &self.budget {
                 budget.deposit();
@@ -302,6 +319,9 @@ where
         }
         match self.next_delay(outcome, now) {
             Some(delay) => {
+                if let Some(stats) = &self.stats {
+                    stats.record_retry(self.attempt + 1);
+                }
                 tracing::info!(
                     attempt = self.attempt,
                     max_attempts = self.backoff.max_retries() + 1,
@@ -324,7 +344,7 @@ where
             Some(body) => body,
             None => {
                 // Keep a bodiless copy so `retry` runs and can say why it stops.
-                let mut copy = http::Request::new(B::placeholder());
+                let mut copy = http::Request::new(B::from_bytes(bytes::Bytes::new()));
                 *copy.extensions_mut() = http::Extensions::new();
                 copy.extensions_mut().insert(NotCloned);
                 *copy.uri_mut() = req.uri().clone();

@@ -1,0 +1,59 @@
+//! The response future of [`Adaptive`](super::Adaptive).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use super::layer::AdaptiveLayer;
+use crate::bucket::Bucket;
+
+pin_project! {
+    /// Resolves to the inner response, after feeding it to the controller.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        inner: F,
+        layer: AdaptiveLayer<B>,
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    pub(crate) fn new(inner: F, layer: AdaptiveLayer<B>) -> Self {
+        ResponseFuture { inner, layer }
+    }
+}
+
+impl<F, B, T, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<T>, E>>,
+    E: Into<tower::BoxError>,
+    B: Bucket + Clone,
+{
+    type Output = Result<Response<T>, tower::BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match ready!(this.inner.poll(cx)) {
+            Ok(response) => {
+                this.layer.observe_response(&response);
+                Poll::Ready(Ok(response))
+            }
+            Err(e) => {
+                let e: tower::BoxError = e.into();
+                this.layer.observe_error(&*e);
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+}
+
+impl<F, B: fmt::Debug> fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,119 @@
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use http::Response;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::controller::{HeaderInfo, Signal};
+use super::future::ResponseFuture;
+use super::layer::{lock, AdaptiveLayer};
+use crate::bucket::Bucket;
+use crate::classify::{Classify, Outcome};
+use crate::headers::rate_limit_info;
+
+/// A service whose every response (or error) feeds a shared rate controller that sets the
+/// shared bucket's rate; built by [`AdaptiveLayer`].
+#[derive(Clone, Debug)]
+pub struct Adaptive<S, B> {
+    inner: S,
+    cfg: AdaptiveLayer<B>,
+}
+
+impl<S, B: Bucket + Clone> Adaptive<S, B> {
+    /// Wraps `inner`, sharing `layer`'s controller and bucket.
+    pub fn new(inner: S, layer: AdaptiveLayer<B>) -> Self {
+        Adaptive { inner, cfg: layer }
+    }
+
+    /// The current rate, requests per second.
+    pub fn rate(&self) -> f64 {
+        self.cfg.rate()
+    }
+
+    /// The shared bucket.
+    pub fn bucket(&self) -> &B {
+        &self.cfg.bucket
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<B: Bucket + Clone> AdaptiveLayer<B> {
+    pub(crate) fn observe_response<T>(&self, response: &Response<T>) {
+        let wall = SystemTime::now();
+        let headers = rate_limit_info(response.headers(), wall).map(|i| HeaderInfo::from(&i));
+        let signal = match self.classifier.classify(response, wall) {
+            Outcome::Success => Signal::Success { headers },
+            Outcome::RateLimited { retry_after } => Signal::Throttled {
+                retry_after,
+                headers,
+            },
+            Outcome::Transient => Signal::Transient,
+            // A 400 or 404 says nothing about the rate.
+            Outcome::Permanent => return,
+        };
+        self.feed(&signal);
+    }
+
+    pub(crate) fn observe_error(&self, err: &(dyn std::error::Error + 'static)) {
+        if self.classifier.classify_error(err) == Outcome::Transient {
+            self.feed(&Signal::Transient);
+        }
+    }
+
+    fn feed(&self, signal: &Signal) {
+        let now = Instant::now();
+        let new_rate = lock(&self.controller).on_outcome(now, signal);
+        if let Some(rate) = new_rate {
+            // A controller keeps its rate finite and positive, so this cannot fail; if a
+            // custom one breaks that promise, the bucket keeps its last good rate.
+            if let Err(e) = self.bucket.set_rate(rate) {
+                tracing::warn!(rate, error = %e, "adaptive controller returned an invalid rate");
+            }
+        }
+        if let Signal::Throttled {
+            retry_after: Some(wait),
+            ..
+        } = signal
+        {
+            if self.hold_on_retry_after && !wait.is_zero() {
+                if let Some(until) = now.checked_add(*wait) {
+                    self.bucket.hold_until(until);
+                }
+            }
+        }
+    }
+}
+
+impl<S, B, Req, T> Service<Req> for Adaptive<S, B>
+where
+    S: Service<Req, Response = Response<T>>,
+    S::Error: Into<tower::BoxError>,
+    B: Bucket + Clone,
+{
+    type Response = Response<T>;
+    type Error = tower::BoxError;
+    type Future = ResponseFuture<S::Future, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        ResponseFuture::new(self.inner.call(req), self.cfg.clone())
+    }
+}

@@ -1,0 +1,294 @@
+//! Push a stream of jobs through any service stack with bounded concurrency, progress
+//! reports and a final count where every job is accounted for.
+//!
+//! [`run_bulk`] pulls requests from a [`Stream`] only as fast as `concurrency` slots free up
+//! (so a stream of a million records never sits in memory), sends each through a clone of the
+//! service (the shared gate, queue and dead-letter layers see them all), and decides each
+//! job's outcome with a classifier. `succeeded + failed + dead_lettered == processed` holds in
+//! every [`Progress`] and in the [`BulkReport`].
+//!
+//! The default classifier for HTTP ([`classify_http`]): a response or error marked by the
+//! [`DeadLetterLayer`](crate::DeadLetterLayer) is *dead-lettered*, a 2xx response *succeeded*,
+//! anything else *failed*.
+//!
+//! ```
+//! use std::time::Duration;
+//! use futures_util::stream;
+//! use http::{Request, Response};
+//! use tower::service_fn;
+//! use tower_throttle::bulk::{run_bulk, BulkOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let api = service_fn(|_req: Request<String>| async {
+//!     tokio::time::sleep(Duration::from_millis(100)).await;
+//!     Ok::<_, std::convert::Infallible>(Response::new(()))
+//! });
+//! let jobs = stream::iter((0..100).map(|i| Request::new(format!("user-{i}"))));
+//! let options = BulkOptions::default()
+//!     .concurrency(10)
+//!     .on_progress(|p| println!("{}/{:?} at {:.0}/s", p.processed, p.total, p.rate_per_sec));
+//! let report = run_bulk(jobs, api, options).await;
+//! assert_eq!((report.processed, report.succeeded), (100, 100));
+//! assert_eq!(report.elapsed, Duration::from_secs(1));
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt as _};
+use tokio::time::Instant;
+use tower::{BoxError, ServiceExt as _};
+use tower_service::Service;
+
+use crate::dead_letter::{DeadLettered, DeadLetteredError};
+
+/// How one job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobOutcome {
+    /// Delivered.
+    Succeeded,
+    /// Not delivered and not kept anywhere: the caller must act on it.
+    Failed,
+    /// Not delivered, but kept in a dead-letter store for replay.
+    DeadLettered,
+}
+
+/// The default classifier for HTTP stacks: dead-lettered when marked by the
+/// [`DeadLetterLayer`](crate::DeadLetterLayer), succeeded on 2xx, failed otherwise.
+pub fn classify_http<B>(result: &Result<http::Response<B>, BoxError>) -> JobOutcome {
+    match result {
+        Ok(resp) if resp.extensions().get::<DeadLettered>().is_some() => JobOutcome::DeadLettered,
+        Ok(resp) if resp.status().is_success() => JobOutcome::Succeeded,
+        Ok(_) => JobOutcome::Failed,
+        Err(e) if DeadLetteredError::find(e).is_some() => JobOutcome::DeadLettered,
+        Err(_) => JobOutcome::Failed,
+    }
+}
+
+/// Counts so far, handed to the progress callback.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Jobs finished (`succeeded + failed + dead_lettered`).
+    pub processed: u64,
+    /// Jobs delivered.
+    pub succeeded: u64,
+    /// Jobs failed and not kept.
+    pub failed: u64,
+    /// Jobs kept as dead letters.
+    pub dead_lettered: u64,
+    /// Jobs expected in all, when known ([`BulkOptions::total`] or an exact `size_hint`).
+    pub total: Option<u64>,
+    /// Time since the run started.
+    pub elapsed: Duration,
+    /// Jobs finished per second since the start.
+    pub rate_per_sec: f64,
+    /// Time left at the current rate, when the total is known and the rate is not zero.
+    pub eta: Option<Duration>,
+}
+
+/// The result of [`run_bulk`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct BulkReport {
+    /// Jobs taken from the stream; all of them finished.
+    pub processed: u64,
+    /// Jobs delivered.
+    pub succeeded: u64,
+    /// Jobs failed and not kept.
+    pub failed: u64,
+    /// Jobs kept as dead letters.
+    pub dead_lettered: u64,
+    /// Wall time (tokio clock).
+    pub elapsed: Duration,
+    /// Achieved rate: jobs processed per second.
+    pub rate_per_sec: f64,
+}
+
+type Classifier<R> = Arc<dyn Fn(&Result<R, BoxError>) -> JobOutcome + Send + Sync>;
+type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Default [`BulkOptions::concurrency`].
+pub const DEFAULT_CONCURRENCY: usize = 16;
+/// Default [`BulkOptions::progress_interval`].
+pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How [`run_bulk`] runs; `R` is the service's response type.
+///
+/// Defaults: [`DEFAULT_CONCURRENCY`] jobs in flight, progress at most every
+/// [`DEFAULT_PROGRESS_INTERVAL`] (and once at the end), no callback, total from the stream's
+/// `size_hint` when exact. `BulkOptions::default()` (HTTP responses) classifies with
+/// [`classify_http`]; [`BulkOptions::new`] takes any classifier.
+pub struct BulkOptions<R> {
+    concurrency: usize,
+    progress_interval: Duration,
+    progress_every: Option<u64>,
+    on_progress: Option<ProgressFn>,
+    classify: Classifier<R>,
+    total: Option<u64>,
+}
+
+impl<B: 'static> Default for BulkOptions<http::Response<B>> {
+    fn default() -> Self {
+        BulkOptions::new(classify_http::<B>)
+    }
+}
+
+impl<R> BulkOptions<R> {
+    /// Options deciding each job's outcome with `classify`.
+    pub fn new(
+        classify: impl Fn(&Result<R, BoxError>) -> JobOutcome + Send + Sync + 'static,
+    ) -> Self {
+        BulkOptions {
+            concurrency: DEFAULT_CONCURRENCY,
+            progress_interval: DEFAULT_PROGRESS_INTERVAL,
+            progress_every: None,
+            on_progress: None,
+            classify: Arc::new(classify),
+            total: None,
+        }
+    }
+
+    /// Jobs in flight at once (0 counts as 1).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Reports progress at most this often (checked as jobs finish).
+    pub fn progress_interval(mut self, every: Duration) -> Self {
+        self.progress_interval = every;
+        self
+    }
+
+    /// Also reports progress every `n` finished jobs (0 disables).
+    pub fn progress_every(mut self, n: u64) -> Self {
+        self.progress_every = (n > 0).then_some(n);
+        self
+    }
+
+    /// Called with the counts as the run progresses, and once at the end.
+    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.on_progress = Some(Arc::new(f));
+        self
+    }
+
+    /// The number of jobs, for the ETA (when the stream's `size_hint` cannot tell).
+    pub fn total(mut self, total: u64) -> Self {
+        self.total = Some(total);
+        self
+    }
+}
+
+impl<R> fmt::Debug for BulkOptions<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkOptions")
+            .field("concurrency", &self.concurrency)
+            .field("progress_interval", &self.progress_interval)
+            .field("progress_every", &self.progress_every)
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    succeeded: u64,
+    failed: u64,
+    dead_lettered: u64,
+}
+
+impl Counts {
+    fn processed(&self) -> u64 {
+        self.succeeded + self.failed + self.dead_lettered
+    }
+
+    fn progress(&self, total: Option<u64>, elapsed: Duration) -> Progress {
+        let processed = self.processed();
+        let rate = rate(processed, elapsed);
+        let eta = match total {
+            Some(t) if rate > 0.0 => {
+                Duration::try_from_secs_f64(t.saturating_sub(processed) as f64 / rate).ok()
+            }
+            _ => None,
+        };
+        Progress {
+            processed,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            dead_lettered: self.dead_lettered,
+            total,
+            elapsed,
+            rate_per_sec: rate,
+            eta,
+        }
+    }
+}
+
+fn rate(n: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// Sends every request of `jobs` through a clone of `service`, at most
+/// [`concurrency`](BulkOptions::concurrency) at a time, and returns the counts once the
+/// stream is exhausted and every job has finished. See the [module docs](self).
+pub async fn run_bulk<St, S, Req>(
+    jobs: St,
+    service: S,
+    options: BulkOptions<S::Response>,
+) -> BulkReport
+where
+    St: Stream<Item = Req>,
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+{
+    let start = Instant::now();
+    let total = options.total.or_else(|| match jobs.size_hint() {
+        (lo, Some(hi)) if lo == hi => Some(lo as u64),
+        _ => None,
+    });
+    let mut counts = Counts::default();
+    let mut last_report = start;
+    let results = jobs
+        .map(|req| service.clone().oneshot(req))
+        .buffer_unordered(options.concurrency);
+    let mut results = std::pin::pin!(results);
+    while let Some(result) = results.next().await {
+        let result = result.map_err(Into::into);
+        match (options.classify)(&result) {
+            JobOutcome::Succeeded => counts.succeeded += 1,
+            JobOutcome::Failed => counts.failed += 1,
+            JobOutcome::DeadLettered => counts.dead_lettered += 1,
+        }
+        if let Some(report) = &options.on_progress {
+            let now = Instant::now();
+            let by_count = options
+                .progress_every
+                .is_some_and(|n| counts.processed() % n == 0);
+            if by_count || now.duration_since(last_report) >= options.progress_interval {
+                last_report = now;
+                report(&counts.progress(total, now.duration_since(start)));
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    if let Some(report) = &options.on_progress {
+        report(&counts.progress(total, elapsed));
+    }
+    BulkReport {
+        processed: counts.processed(),
+        succeeded: counts.succeeded,
+        failed: counts.failed,
+        dead_lettered: counts.dead_lettered,
+        elapsed,
+        rate_per_sec: rate(counts.processed(), elapsed),
+    }
+}

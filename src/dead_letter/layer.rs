@@ -1,0 +1,91 @@
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::HeaderName;
+use http::StatusCode;
+use tower_layer::Layer;
+
+use super::record::DEFAULT_REDACTED;
+use super::{DeadLetterStore, DeadLetters};
+use crate::metrics::Stats;
+
+pub(crate) type FailureFn = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) store: Arc<dyn DeadLetterStore>,
+    pub(crate) redact: Arc<[HeaderName]>,
+    pub(crate) is_failure: FailureFn,
+    pub(crate) stats: Option<Stats>,
+}
+
+/// Keeps every request whose final outcome is a failure in a [`DeadLetterStore`]. Put it
+/// outermost, so it sees only final outcomes (after retries). See the
+/// [module docs](crate::dead_letter) for an example.
+///
+/// Defaults: a response is a failure when its status is not 2xx; every error is a failure;
+/// `Authorization`, `Proxy-Authorization`, `Cookie` and `Set-Cookie` are redacted.
+#[derive(Clone)]
+pub struct DeadLetterLayer {
+    config: Config,
+}
+
+impl DeadLetterLayer {
+    /// A layer writing to `store` (pass a clone, or an `Arc`, to keep a handle for
+    /// [`replay`](super::replay)).
+    pub fn new(store: impl DeadLetterStore) -> DeadLetterLayer {
+        DeadLetterLayer {
+            config: Config {
+                store: Arc::new(store),
+                redact: DEFAULT_REDACTED
+                    .iter()
+                    .map(|n| HeaderName::from_static(n))
+                    .collect(),
+                is_failure: Arc::new(|s: StatusCode| !s.is_success()),
+                stats: None,
+            },
+        }
+    }
+
+    /// Also redacts `name` (e.g. `x-api-key`) before anything is written.
+    pub fn redact_header(mut self, name: HeaderName) -> DeadLetterLayer {
+        let mut names = self.config.redact.to_vec();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+        self.config.redact = names.into();
+        self
+    }
+
+    /// Decides which response statuses are failures (default: not 2xx). For example, keep
+    /// `404`s out of the store with `|s| !s.is_success() && s != StatusCode::NOT_FOUND`.
+    pub fn failure_if(
+        mut self,
+        is_failure: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
+    ) -> DeadLetterLayer {
+        self.config.is_failure = Arc::new(is_failure);
+        self
+    }
+
+    /// Counts written (and failed) dead letters in `stats`.
+    pub fn with_stats(mut self, stats: Stats) -> DeadLetterLayer {
+        self.config.stats = Some(stats);
+        self
+    }
+}
+
+impl fmt::Debug for DeadLetterLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetterLayer")
+            .field("redact", &self.config.redact)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for DeadLetterLayer {
+    type Service = DeadLetters<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadLetters::from_parts(inner, self.config.clone())
+    }
+}

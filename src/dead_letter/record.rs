@@ -1,0 +1,283 @@
+//! The stored form of a failed request, its body, redaction and timestamps.
+
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Uri};
+use serde::{Deserialize, Serialize};
+
+use crate::ReplayBody;
+
+/// The value that replaces a redacted header.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// One request whose final outcome was a failure, as kept by a
+/// [`DeadLetterStore`](super::DeadLetterStore).
+///
+/// Serialized as one JSON object (one line in a [`FileStore`](super::FileStore)); the body is
+/// text when it is valid UTF-8, base64 otherwise; times are RFC 3339 UTC with milliseconds.
+/// Credential headers are already redacted (see [`DeadLetterLayer`](super::DeadLetterLayer)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Assigned by the store on [`append`](super::DeadLetterStore::append); unique within it.
+    pub id: u64,
+    /// HTTP method.
+    pub method: String,
+    /// Full request URI.
+    pub uri: String,
+    /// Request headers in order, `[name, value]`; credentials read `[REDACTED]`.
+    pub headers: Vec<(String, String)>,
+    /// Request body.
+    pub body: StoredBody,
+    /// Status of the last response, when the failure was a response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Text of the last error (with its sources), when the failure was an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Attempts made (from the [`Attempts`](super::Attempts) extension; 1 without one).
+    pub attempts: u32,
+    /// When the request entered the dead-letter layer.
+    #[serde(with = "rfc3339")]
+    pub first_attempt: SystemTime,
+    /// When its final outcome came back.
+    #[serde(with = "rfc3339")]
+    pub last_attempt: SystemTime,
+}
+
+impl DeadLetter {
+    /// Rebuilds the request to send it again. Headers whose value is `[REDACTED]` are left
+    /// out: credentials must be added back by the service stack (an auth layer) or by
+    /// [`ReplayOptions::prepare`](super::ReplayOptions::prepare).
+    ///
+    /// Fails with [`io::ErrorKind::InvalidData`] when a stored field is not a valid method,
+    /// URI, header or base64 text (a hand-edited file).
+    pub fn to_request<B: ReplayBody>(&self) -> io::Result<http::Request<B>> {
+        let invalid = |what: &str, e: &dyn std::fmt::Display| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("dead letter {}: invalid {what}: {e}", self.id),
+            )
+        };
+        let method =
+            Method::from_bytes(self.method.as_bytes()).map_err(|e| invalid("method", &e))?;
+        let uri: Uri = self.uri.parse().map_err(|e| invalid("uri", &e))?;
+        let mut req = http::Request::new(B::from_bytes(self.body.to_bytes()?));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        for (name, value) in &self.headers {
+            if value == REDACTED {
+                continue;
+            }
+            let name =
+                HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid("header", &e))?;
+            let value = HeaderValue::from_str(value).map_err(|e| invalid("header", &e))?;
+            req.headers_mut().append(name, value);
+        }
+        Ok(req)
+    }
+}
+
+/// A stored request body: text when valid UTF-8 (readable in the file), base64 otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredBody {
+    /// The body as UTF-8 text.
+    Text(String),
+    /// The body's bytes, standard base64 with padding.
+    Base64(String),
+}
+
+impl StoredBody {
+    /// Text when `bytes` are UTF-8, base64 otherwise.
+    pub fn from_bytes(bytes: &[u8]) -> StoredBody {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => StoredBody::Text(text.to_owned()),
+            Err(_) => StoredBody::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        }
+    }
+
+    /// The original bytes.
+    pub fn to_bytes(&self) -> io::Result<Bytes> {
+        match self {
+            StoredBody::Text(t) => Ok(Bytes::from(t.clone())),
+            StoredBody::Base64(b) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map(Bytes::from)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+}
+
+/// Header names whose values never reach a store, lower case.
+pub(crate) const DEFAULT_REDACTED: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// Headers as stored: in order, credentials replaced by `[REDACTED]`, values that are not
+/// visible ASCII kept lossily as UTF-8.
+pub(crate) fn redacted_headers(
+    headers: &HeaderMap,
+    redact: &[HeaderName],
+) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let value = if redact.contains(name) {
+                REDACTED.to_owned()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            (name.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
+/// RFC 3339 UTC timestamps with milliseconds (`2026-11-23T18:15:42.123Z`), written and read
+/// without a date library.
+pub(crate) mod rfc3339 {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub(crate) fn format(t: SystemTime) -> String {
+        let ms = t
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis().min(u128::from(u64::MAX)) as u64);
+        let (secs, milli) = (ms / 1000, ms % 1000);
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        let (y, m, d) = civil_from_days(days as i64);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60
+        )
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<SystemTime> {
+        let b = s.as_bytes();
+        let num = |r: std::ops::Range<usize>| -> Option<u64> {
+            let part = s.get(r)?;
+            part.bytes()
+                .all(|c| c.is_ascii_digit())
+                .then(|| part.parse().ok())?
+        };
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+        {
+            return None;
+        }
+        let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        let milli = match (b.get(19), b.last()) {
+            (Some(b'Z'), _) if b.len() == 20 => 0,
+            (Some(b'.'), Some(b'Z')) if b.len() == 24 => num(20..23)?,
+            _ => return None,
+        };
+        if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+            return None;
+        }
+        let days = days_from_civil(y as i64, mo as u32, d as u32);
+        let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + mi * 60 + sec;
+        UNIX_EPOCH.checked_add(Duration::from_millis(secs.checked_mul(1000)? + milli))
+    }
+
+    // Howard Hinnant's algorithms for the proleptic Gregorian calendar.
+    fn civil_from_days(z: i64) -> (i64, u32, u32) {
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        (y, m, d)
+    }
+
+    fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y.rem_euclid(400);
+        let mp = i64::from((m + 9) % 12);
+        let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
+    }
+
+    pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*t))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 UTC time: {s}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips_at_millisecond_precision() {
+        for ms in [
+            0u64,
+            1,
+            999,
+            86_399_999,
+            951_782_400_000,
+            1_795_461_342_123,
+            4_102_444_800_000,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_millis(ms);
+            let s = rfc3339::format(t);
+            assert_eq!(rfc3339::parse(&s), Some(t), "{s}");
+        }
+        assert_eq!(rfc3339::format(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        // 2000-02-29 (a leap day in a century leap year).
+        assert_eq!(
+            rfc3339::format(UNIX_EPOCH + Duration::from_millis(951_782_400_000)),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339::parse("2026-11-23T18:15:42Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_795_457_742))
+        );
+        for bad in [
+            "",
+            "2026-11-23",
+            "2026-13-01T00:00:00Z",
+            "2026-11-23T18:15:42.12Z",
+            "2026-11-23T18:15:42+01:00",
+            "2026-1a-23T18:15:42Z",
+        ] {
+            assert_eq!(rfc3339::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bodies_are_text_when_utf8_else_base64() {
+        assert_eq!(
+            StoredBody::from_bytes(b"{\"a\":1}"),
+            StoredBody::Text("{\"a\":1}".into())
+        );
+        let raw = [0xff, 0x00, 0x10];
+        let stored = StoredBody::from_bytes(&raw);
+        assert_eq!(stored, StoredBody::Base64("/wAQ".into()));
+        assert_eq!(stored.to_bytes().unwrap(), Bytes::copy_from_slice(&raw));
+        assert!(StoredBody::Base64("***".into()).to_bytes().is_err());
+    }
+}

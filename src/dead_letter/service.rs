@@ -1,0 +1,117 @@
+use std::fmt;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use http::{HeaderMap, Method, Uri};
+use tower::BoxError;
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::layer::Config;
+use super::record::redacted_headers;
+use super::{Attempts, DeadLetter, ReplayBody, StoredBody};
+
+/// The service built by [`DeadLetterLayer`](super::DeadLetterLayer).
+///
+/// `call` copies the request (method, URI, headers, body bytes) before sending it; when the
+/// outcome is a failure, the copy is redacted and appended to the store *before* the
+/// response future resolves, and the outcome is marked: a response gets a
+/// [`DeadLettered`](super::DeadLettered) extension, an error is wrapped in
+/// [`DeadLetteredError`](super::DeadLetteredError). If the store itself fails, the outcome is
+/// returned unmarked and the failure is logged (and counted in [`Stats`](crate::Stats)).
+#[derive(Clone)]
+pub struct DeadLetters<S> {
+    inner: S,
+    config: Config,
+}
+
+impl<S> DeadLetters<S> {
+    pub(crate) fn from_parts(inner: S, config: Config) -> Self {
+        DeadLetters { inner, config }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for DeadLetters<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The copy of a request kept until its outcome is known. Headers are redacted only on
+/// failure, so the success path pays for a clone of the header map and the body handle.
+pub(crate) struct Captured {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+    attempts: Option<u32>,
+    first_attempt: SystemTime,
+}
+
+impl Captured {
+    pub(crate) fn into_letter(
+        self,
+        config: &Config,
+        status: Option<u16>,
+        error: Option<String>,
+        attempts: Option<u32>,
+    ) -> DeadLetter {
+        DeadLetter {
+            id: 0,
+            method: self.method.to_string(),
+            uri: self.uri.to_string(),
+            headers: redacted_headers(&self.headers, &config.redact),
+            body: StoredBody::from_bytes(&self.body),
+            status,
+            error,
+            attempts: attempts.or(self.attempts).unwrap_or(1),
+            first_attempt: self.first_attempt,
+            last_attempt: SystemTime::now(),
+        }
+    }
+}
+
+impl<S, B, RB> Service<http::Request<B>> for DeadLetters<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+{
+    type Response = http::Response<RB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, RB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let captured = Captured {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+            // A body that can be read only once is stored empty: it is gone once sent.
+            body: req.body().to_bytes().unwrap_or_default(),
+            attempts: req.extensions().get::<Attempts>().map(|a| a.0),
+            first_attempt: SystemTime::now(),
+        };
+        ResponseFuture::new(self.inner.call(req), captured, self.config.clone())
+    }
+}

@@ -1,0 +1,210 @@
+//! The queue's shared state: waiting tickets in priority order, the running count and the
+//! start times of the rolling interval window. One short mutex; nothing awaits under it.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::metrics::Stats;
+
+/// Higher priority first, then arrival order.
+pub(crate) type Key = (Reverse<i32>, u64);
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) capacity: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) interval: Option<(Duration, usize)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) stats: Option<Stats>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    waiting: BTreeMap<Key, Option<Waker>>,
+    /// Tickets started by `dispatch` whose futures have not yet noticed, with their start.
+    granted: HashMap<u64, Instant>,
+    running: usize,
+    /// The last `interval_cap` start times, oldest first.
+    starts: VecDeque<Instant>,
+    next_seq: u64,
+}
+
+/// What `poll_ticket` found.
+pub(crate) enum TicketState {
+    Started,
+    /// Still waiting; `Some(t)` when this ticket is first in line and only the interval cap
+    /// holds it back until `t` (the caller arms a timer; nobody else does, so no herd).
+    Waiting(Option<Instant>),
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config, stats: Option<Stats>) -> Arc<Shared> {
+        Arc::new(Shared {
+            config,
+            stats,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is consistent after every statement that could panic, so a poisoned lock
+        // is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.lock().running
+    }
+
+    /// Enqueues a ticket, or refuses it when `capacity` tickets already wait. Returns the key
+    /// and whether it started at once.
+    pub(crate) fn enqueue(&self, priority: i32, now: Instant) -> Result<(Key, bool), usize> {
+        let mut wake = Vec::new();
+        let result = {
+            let mut st = self.lock();
+            // Start whatever can start first, so that a queue that only looks full because its
+            // timer has not fired yet does not refuse.
+            self.dispatch(&mut st, now, false, &mut wake);
+            if st.waiting.len() >= self.config.capacity {
+                Err(self.config.capacity)
+            } else {
+                let key = (Reverse(priority), st.next_seq);
+                st.next_seq += 1;
+                st.waiting.insert(key, None);
+                self.dispatch(&mut st, now, false, &mut wake);
+                let started = st.granted.remove(&key.1).is_some();
+                self.publish(&st);
+                Ok((key, started))
+            }
+        };
+        wake.into_iter().for_each(Waker::wake);
+        result
+    }
+
+    pub(crate) fn poll_ticket(&self, key: Key, waker: &Waker, now: Instant) -> TicketState {
+        let mut wake = Vec::new();
+        let state = {
+            let mut st = self.lock();
+            self.dispatch(&mut st, now, false, &mut wake);
+            if st.granted.remove(&key.1).is_some() {
+                self.publish(&st);
+                TicketState::Started
+            } else {
+                let is_head = st.waiting.keys().next() == Some(&key);
+                let reopen = if is_head && st.running < self.config.concurrency {
+                    self.interval_reopens(&st, now)
+                } else {
+                    None
+                };
+                if let Some(slot) = st.waiting.get_mut(&key) {
+                    match slot {
+                        Some(w) if w.will_wake(waker) => {}
+                        _ => *slot = Some(waker.clone()),
+                    }
+                }
+                TicketState::Waiting(reopen)
+            }
+        };
+        wake.into_iter().for_each(Waker::wake);
+        state
+    }
+
+    /// A waiting or started-but-unnoticed ticket is dropped: its place (and, if it had been
+    /// started, its concurrency slot and its interval start) goes to the next one.
+    pub(crate) fn cancel(&self, key: Key) {
+        let mut wake = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.waiting.remove(&key).is_none() {
+                if let Some(at) = st.granted.remove(&key.1) {
+                    st.running -= 1;
+                    if let Some(pos) = st.starts.iter().rposition(|t| *t == at) {
+                        st.starts.remove(pos);
+                    }
+                }
+            }
+            self.dispatch(&mut st, Instant::now(), true, &mut wake);
+            self.publish(&st);
+        }
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// A started request finished (or its future was dropped).
+    pub(crate) fn finish(&self) {
+        let mut wake = Vec::new();
+        {
+            let mut st = self.lock();
+            st.running -= 1;
+            self.dispatch(&mut st, Instant::now(), true, &mut wake);
+            self.publish(&st);
+        }
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// When the interval window lets the next start happen, if it is full now.
+    fn interval_reopens(&self, st: &State, now: Instant) -> Option<Instant> {
+        let (interval, cap) = self.config.interval?;
+        if st.starts.len() < cap {
+            return None;
+        }
+        let reopen = st.starts.front().map(|t| *t + interval)?;
+        (reopen > now).then_some(reopen)
+    }
+
+    /// Starts waiting tickets in order while concurrency and the interval window allow.
+    ///
+    /// `wake_head`: when the window is full, wake the first waiter so it arms the timer. Off
+    /// when the caller is a waiter's own poll (it arms its timer itself; waking it would spin).
+    fn dispatch(&self, st: &mut State, now: Instant, wake_head: bool, wake: &mut Vec<Waker>) {
+        while st.running < self.config.concurrency {
+            if let Some((interval, cap)) = self.config.interval {
+                while st.starts.len() >= cap
+                    && st.starts.front().is_some_and(|t| *t + interval <= now)
+                {
+                    st.starts.pop_front();
+                }
+                if st.starts.len() >= cap {
+                    // Only the head's timer is needed. It may not have one: it became head
+                    // through a cancellation, or the concurrency cap held it until now.
+                    if wake_head {
+                        if let Some(Some(w)) = st.waiting.values().next() {
+                            wake.push(w.clone());
+                        }
+                    }
+                    return;
+                }
+            }
+            let Some((key, waker)) = st.waiting.pop_first() else {
+                return;
+            };
+            st.running += 1;
+            if self.config.interval.is_some() {
+                st.starts.push_back(now);
+            }
+            st.granted.insert(key.1, now);
+            if let Some(w) = waker {
+                wake.push(w);
+            }
+        }
+    }
+
+    fn publish(&self, st: &State) {
+        if let Some(stats) = &self.stats {
+            stats.set_queue(st.waiting.len(), st.running);
+        }
+    }
+}

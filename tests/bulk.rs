@@ -1,0 +1,209 @@
+//! The bulk runner: counts that add up, throttled progress, bounded concurrency, and a run
+//! against the mock server with injected 503s where every job is accounted for.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{stream, StreamExt as _};
+use http::{Request, Response, StatusCode};
+use tower::{service_fn, BoxError};
+use tower_throttle::bulk::{run_bulk, BulkOptions, JobOutcome, Progress};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[tokio::test(start_paused = true)]
+async fn counts_add_up_and_progress_is_throttled() {
+    // Job i answers after 10 ms: 2xx for most, 500 for every 7th, an error for every 11th.
+    let api = service_fn(|req: Request<u32>| async move {
+        tokio::time::sleep(ms(10)).await;
+        let i = *req.body();
+        if i % 11 == 0 {
+            return Err(BoxError::from("reset"));
+        }
+        let mut resp = Response::new(());
+        if i % 7 == 0 {
+            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        Ok(resp)
+    });
+    let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let options = {
+        let seen = seen.clone();
+        BulkOptions::default()
+            .concurrency(5)
+            .on_progress(move |p| seen.lock().unwrap().push(*p))
+    };
+    let jobs = stream::iter((1..=200).map(Request::new));
+    let report = run_bulk(jobs, api, options).await;
+
+    let errors = (1..=200).filter(|i| i % 11 == 0).count() as u64;
+    let server_errors = (1..=200).filter(|i| i % 7 == 0 && i % 11 != 0).count() as u64;
+    assert_eq!(report.processed, 200);
+    assert_eq!(report.failed, errors + server_errors);
+    assert_eq!(report.succeeded, 200 - errors - server_errors);
+    assert_eq!(report.dead_lettered, 0);
+    // 200 jobs, 5 at a time, 10 ms each.
+    assert_eq!(report.elapsed, ms(400));
+    assert_eq!(report.rate_per_sec, 500.0);
+
+    let seen = seen.lock().unwrap();
+    for p in seen.iter() {
+        assert_eq!(p.processed, p.succeeded + p.failed + p.dead_lettered);
+        assert_eq!(p.total, Some(200));
+    }
+    // Reports every 100 ms while running (100, 200, 300, 400 ms), then the final one.
+    let times: Vec<Duration> = seen.iter().map(|p| p.elapsed).collect();
+    assert_eq!(times, [ms(100), ms(200), ms(300), ms(400), ms(400)]);
+    // The first job of the batch finishing at 100 ms triggers the report: 45 + 1 done.
+    assert_eq!(seen[0].processed, 46);
+    assert_eq!(seen[0].rate_per_sec, 460.0);
+    assert_eq!(seen[0].eta, Duration::try_from_secs_f64(154.0 / 460.0).ok());
+    let last = seen.last().unwrap();
+    assert_eq!((last.processed, last.eta), (200, Some(Duration::ZERO)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn progress_every_n_items_and_custom_classifier() {
+    let api = service_fn(|n: u32| async move { Ok::<_, Infallible>(n) });
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let options = {
+        let seen = seen.clone();
+        BulkOptions::new(|r: &Result<u32, BoxError>| match r {
+            Ok(n) if n % 2 == 0 => JobOutcome::Succeeded,
+            Ok(_) => JobOutcome::DeadLettered,
+            Err(_) => JobOutcome::Failed,
+        })
+        .progress_interval(Duration::from_secs(3600))
+        .progress_every(25)
+        .on_progress(move |p| seen.lock().unwrap().push(p.processed))
+    };
+    // A stream without an exact size hint: no total, no ETA.
+    let jobs = stream::iter(0..100u32).filter(|_| std::future::ready(true));
+    let report = run_bulk(jobs, api, options).await;
+    assert_eq!(
+        (report.succeeded, report.dead_lettered, report.failed),
+        (50, 50, 0)
+    );
+    assert_eq!(*seen.lock().unwrap(), [25, 50, 75, 100, 100]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_is_bounded_and_the_stream_is_pulled_lazily() {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let api = {
+        let (in_flight, max_seen) = (in_flight.clone(), max_seen.clone());
+        service_fn(move |_: u32| {
+            let (in_flight, max_seen) = (in_flight.clone(), max_seen.clone());
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                max_seen.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(ms(5)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, Infallible>(())
+            }
+        })
+    };
+    let jobs = {
+        let pulled = pulled.clone();
+        stream::iter(0..1000u32).inspect(move |_| {
+            pulled.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    let options = BulkOptions::new(|_: &Result<(), BoxError>| JobOutcome::Succeeded).concurrency(8);
+    let run = tokio::spawn(run_bulk(jobs, api, options));
+    tokio::time::sleep(ms(1)).await;
+    assert_eq!(
+        pulled.load(Ordering::SeqCst),
+        8,
+        "only as many jobs as slots"
+    );
+    let report = run.await.unwrap();
+    assert_eq!(report.processed, 1000);
+    assert_eq!(max_seen.load(Ordering::SeqCst), 8);
+}
+
+#[cfg(feature = "mock")]
+mod against_mock {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower::ServiceBuilder;
+    use tower_throttle::dead_letter::{DeadLetterLayer, DeadLetterStore, MemoryStore};
+    use tower_throttle::mock::MockServer;
+    use tower_throttle::queue::QueueLayer;
+    use tower_throttle::Stats;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_with_ten_percent_503s_accounts_for_every_job() {
+        const JOBS: u64 = 500;
+        let server = MockServer::builder()
+            .fail_ratio(0.1)
+            .seed(7)
+            .start()
+            .await
+            .unwrap();
+        let store = MemoryStore::new();
+        let stats = Stats::new();
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let queue = QueueLayer::builder()
+            .capacity(64)
+            .concurrency(8)
+            .stats(stats.clone())
+            .build()
+            .unwrap();
+        let queue_handle = queue.handle();
+        let stack = ServiceBuilder::new()
+            .layer(DeadLetterLayer::new(store.clone()).with_stats(stats.clone()))
+            .layer(queue)
+            .service(client);
+        let uri = server.uri("/v1/users");
+        let jobs = stream::iter((0..JOBS).map(move |i| {
+            Request::post(uri.clone())
+                .header("x-request-id", format!("job-{i}"))
+                .body(Full::new(Bytes::from(format!(r#"{{"id":{i}}}"#))))
+                .unwrap()
+        }));
+        let last: Arc<Mutex<Option<Progress>>> = Arc::default();
+        let options = {
+            let last = last.clone();
+            BulkOptions::default()
+                .concurrency(32)
+                .on_progress(move |p| *last.lock().unwrap() = Some(*p))
+        };
+        let report = run_bulk(jobs, stack, options).await;
+
+        let mock = server.stats();
+        assert_eq!(report.processed, JOBS);
+        assert_eq!(
+            report.succeeded + report.failed + report.dead_lettered,
+            JOBS,
+            "every job accounted for exactly"
+        );
+        assert_eq!(mock.received, JOBS);
+        assert_eq!(report.succeeded, mock.accepted);
+        assert_eq!(report.dead_lettered, mock.failed);
+        assert_eq!(report.failed, 0);
+        assert!(
+            (25..=75).contains(&mock.failed),
+            "about 10% injected 503s, got {}",
+            mock.failed
+        );
+        // The store holds exactly the dead-lettered jobs, each once.
+        let letters = store.list().await.unwrap();
+        assert_eq!(letters.len() as u64, report.dead_lettered);
+        assert!(letters.iter().all(|l| l.status == Some(503)));
+        assert_eq!(stats.snapshot().dead_letters_written, report.dead_lettered);
+        assert_eq!((queue_handle.size(), queue_handle.pending()), (0, 0));
+        let last = last.lock().unwrap().expect("a final progress report");
+        assert_eq!(last.processed, JOBS);
+        server.shutdown().await;
+    }
+}

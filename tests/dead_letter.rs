@@ -1,0 +1,472 @@
+//! Dead letters: the layer, the file store's crash safety and compaction, redaction, replay
+//! after a crash.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use http::{Request, Response, StatusCode};
+use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
+use tower_throttle::dead_letter::{
+    replay, Attempts, DeadLetter, DeadLetterLayer, DeadLetterStore, DeadLettered,
+    DeadLetteredError, FileStore, MemoryStore, ReplayOptions, StoredBody,
+};
+use tower_throttle::{Quota, Stats};
+
+fn letter(n: u32) -> DeadLetter {
+    DeadLetter {
+        id: 0,
+        method: "POST".into(),
+        uri: format!("https://api.example.com/v1/users/{n}"),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: StoredBody::Text(format!(
+            "{{\"user\":{n},\"name\":\"n\u{e9}e \\\"quoted\\\"\"}}"
+        )),
+        status: Some(503),
+        error: None,
+        attempts: 3,
+        first_attempt: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_457_742_123),
+        last_attempt: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_457_745_000),
+    }
+}
+
+fn status(code: u16) -> Response<()> {
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+    resp
+}
+
+#[tokio::test]
+async fn torn_last_record_at_every_byte_offset_is_dropped_and_appends_still_work() {
+    const N: u32 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    {
+        let store = FileStore::open(&path).await.unwrap();
+        for n in 1..=N {
+            assert_eq!(store.append(letter(n)).await.unwrap(), u64::from(n));
+        }
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.last(), Some(&b'\n'));
+    // The last record spans [last_start, len): its text and its newline.
+    let last_start = bytes[..bytes.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1;
+    assert!(bytes.len() - last_start > 100, "a realistic record");
+
+    let copy = dir.path().join("torn.jsonl");
+    for cut in last_start..bytes.len() {
+        std::fs::write(&copy, &bytes[..cut]).unwrap();
+        let store = FileStore::open(&copy).await.unwrap();
+        let ids: Vec<u64> = store.list().await.unwrap().iter().map(|l| l.id).collect();
+        assert_eq!(ids, [1, 2, 3, 4], "cut at byte {cut}");
+        assert_eq!(store.torn_bytes_dropped(), (cut - last_start) as u64);
+        // Nothing before the torn line changed.
+        let letters = store.list().await.unwrap();
+        for (i, l) in letters.iter().enumerate() {
+            assert_eq!(
+                *l,
+                DeadLetter {
+                    id: i as u64 + 1,
+                    ..letter(i as u32 + 1)
+                }
+            );
+        }
+
+        // Appending after recovery gives a clean file that reopens completely.
+        let id = store.append(letter(99)).await.unwrap();
+        drop(store);
+        let reopened = FileStore::open(&copy).await.unwrap();
+        assert_eq!(reopened.torn_bytes_dropped(), 0);
+        let letters = reopened.list().await.unwrap();
+        assert_eq!(letters.len(), 5, "cut at byte {cut}");
+        assert_eq!(letters[4], DeadLetter { id, ..letter(99) });
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_complete_line_is_refused_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    let store = FileStore::open(&path).await.unwrap();
+    store.append(letter(1)).await.unwrap();
+    drop(store);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(b"{not json}\n");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = FileStore::open(&path).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains("line 2"), "{err}");
+}
+
+#[tokio::test]
+async fn file_is_one_readable_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    let store = FileStore::open(&path).await.unwrap();
+    store.append(letter(7)).await.unwrap();
+    let mut binary = letter(8);
+    binary.body = StoredBody::Base64("/wAQ".into());
+    store.append(binary).await.unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2);
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["uri"], "https://api.example.com/v1/users/7");
+    assert_eq!(v["status"], 503);
+    assert_eq!(v["attempts"], 3);
+    assert_eq!(v["first_attempt"], "2026-11-23T18:15:42.123Z");
+    // Valid UTF-8 is kept as text (JSON-escaped, so quotes survive).
+    assert_eq!(v["body"]["text"], r#"{"user":7,"name":"née \"quoted\""}"#);
+    let v: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(v["body"]["base64"], "/wAQ");
+}
+
+#[tokio::test]
+async fn tombstones_survive_reopen_and_compaction_rewrites_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    let store = FileStore::open(&path)
+        .await
+        .unwrap()
+        .with_compaction_threshold(4);
+    for n in 1..=6 {
+        store.append(letter(n)).await.unwrap();
+    }
+    assert!(store.remove(2).await.unwrap());
+    assert!(!store.remove(2).await.unwrap(), "already removed");
+    assert!(!store.remove(77).await.unwrap(), "never existed");
+    assert!(store.remove(4).await.unwrap());
+    assert_eq!(store.tombstones(), 2);
+    drop(store);
+
+    let store = FileStore::open(&path)
+        .await
+        .unwrap()
+        .with_compaction_threshold(4);
+    let ids = |letters: Vec<DeadLetter>| letters.iter().map(|l| l.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.list().await.unwrap()), [1, 3, 5, 6]);
+    assert_eq!(store.tombstones(), 2);
+    // 4 tombstones vs 2 live letters: compaction.
+    store.remove(1).await.unwrap();
+    store.remove(5).await.unwrap();
+    assert_eq!(store.tombstones(), 0);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 2);
+    assert!(!text.contains("removed"));
+    assert!(!dir.path().join("dl.jsonl.tmp").exists());
+    // Ids continue after the highest id seen.
+    let id = store.append(letter(9)).await.unwrap();
+    assert_eq!(id, 7);
+    drop(store);
+    let store = FileStore::open(&path).await.unwrap();
+    assert_eq!(ids(store.list().await.unwrap()), [3, 6, 7]);
+}
+
+#[tokio::test]
+async fn redaction_secret_never_reaches_the_file() {
+    const SECRET: &str = "s3cr3t-7f1d2a";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    let store = FileStore::open(&path).await.unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(DeadLetterLayer::new(store.clone()).redact_header("x-api-key".parse().unwrap()))
+        .service(service_fn(|_: Request<String>| async {
+            Ok::<_, Infallible>(status(401))
+        }));
+    let req = Request::post("https://api.example.com/v1/track")
+        .header("authorization", format!("Bearer {SECRET}"))
+        .header("Proxy-Authorization", format!("Basic {SECRET}"))
+        .header("cookie", format!("session={SECRET}"))
+        .header("set-cookie", format!("session={SECRET}"))
+        .header("x-api-key", SECRET)
+        .header("x-request-id", "req-1")
+        .body(r#"{"event":"signup"}"#.to_string())
+        .unwrap();
+    let resp = svc.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.extensions().get::<DeadLettered>().is_some());
+    drop(store);
+
+    let bytes = std::fs::read(&path).unwrap();
+    let needle = SECRET.as_bytes();
+    assert!(
+        !bytes.windows(needle.len()).any(|w| w == needle),
+        "secret written to disk"
+    );
+    let store = FileStore::open(&path).await.unwrap();
+    let letters = store.list().await.unwrap();
+    let headers: Vec<(&str, &str)> = letters[0]
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            ("authorization", "[REDACTED]"),
+            ("proxy-authorization", "[REDACTED]"),
+            ("cookie", "[REDACTED]"),
+            ("set-cookie", "[REDACTED]"),
+            ("x-api-key", "[REDACTED]"),
+            ("x-request-id", "req-1"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn layer_keeps_failures_and_errors_with_attempts_and_lets_successes_pass() {
+    let store = MemoryStore::new();
+    let stats = Stats::new();
+    let svc = ServiceBuilder::new()
+        .layer(
+            DeadLetterLayer::new(store.clone())
+                .failure_if(|s| !s.is_success() && s != StatusCode::NOT_FOUND)
+                .with_stats(stats.clone()),
+        )
+        .service(service_fn(|req: Request<bytes::Bytes>| async move {
+            match req.uri().path() {
+                "/ok" => Ok(status(200)),
+                "/missing" => Ok(status(404)),
+                "/retried" => {
+                    let mut resp = status(503);
+                    resp.extensions_mut().insert(Attempts(4));
+                    Ok(resp)
+                }
+                _ => Err(BoxError::from("connection reset")),
+            }
+        }));
+    let req = |path: &str| {
+        Request::put(format!("http://api.test{path}"))
+            .body(bytes::Bytes::from_static(&[0xff, 0xfe]))
+            .unwrap()
+    };
+    let ok = svc.clone().oneshot(req("/ok")).await.unwrap();
+    assert!(ok.extensions().get::<DeadLettered>().is_none());
+    let missing = svc.clone().oneshot(req("/missing")).await.unwrap();
+    assert!(missing.extensions().get::<DeadLettered>().is_none());
+    let retried = svc.clone().oneshot(req("/retried")).await.unwrap();
+    assert_eq!(
+        retried.extensions().get::<DeadLettered>(),
+        Some(&DeadLettered { id: 1 })
+    );
+
+    let mut with_attempts = req("/broken");
+    with_attempts.extensions_mut().insert(Attempts(2));
+    let err = svc.clone().oneshot(with_attempts).await.unwrap_err();
+    let dl = DeadLetteredError::find(&err).expect("error is marked");
+    assert_eq!(dl.id(), 2);
+    assert_eq!(dl.source_ref().to_string(), "connection reset");
+
+    let letters = store.list().await.unwrap();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(
+        (
+            letters[0].status,
+            letters[0].attempts,
+            letters[0].method.as_str()
+        ),
+        (Some(503), 4, "PUT")
+    );
+    assert_eq!(letters[0].body, StoredBody::Base64("//4=".into()));
+    assert!(letters[0].first_attempt <= letters[0].last_attempt);
+    assert_eq!(
+        (
+            letters[1].status,
+            letters[1].error.as_deref(),
+            letters[1].attempts
+        ),
+        (None, Some("connection reset"), 2)
+    );
+    assert_eq!(stats.snapshot().dead_letters_written, 2);
+}
+
+/// Records every delivered body; answers 500 for bodies listed in `failing`.
+#[derive(Clone, Default)]
+struct Api {
+    delivered: Arc<Mutex<Vec<String>>>,
+    failing: Arc<Mutex<BTreeSet<String>>>,
+    auth_seen: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+impl Api {
+    fn service(
+        &self,
+    ) -> impl tower::Service<
+        Request<String>,
+        Response = Response<()>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone {
+        let api = self.clone();
+        service_fn(move |req: Request<String>| {
+            let api = api.clone();
+            async move {
+                api.auth_seen.lock().unwrap().push(
+                    req.headers()
+                        .get("authorization")
+                        .map(|v| v.to_str().unwrap().to_owned()),
+                );
+                if api.failing.lock().unwrap().contains(req.body()) {
+                    return Ok(status(500));
+                }
+                api.delivered.lock().unwrap().push(req.body().clone());
+                Ok(status(200))
+            }
+        })
+    }
+}
+
+async fn fill(store: &FileStore, n: u32) {
+    let layer = DeadLetterLayer::new(store.clone());
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|_: Request<String>| async {
+            Ok::<_, Infallible>(status(503))
+        }));
+    for i in 0..n {
+        let req = Request::post("http://api.test/v1/users")
+            .header("authorization", "Bearer old")
+            .body(format!("user-{i}"))
+            .unwrap();
+        svc.clone().oneshot(req).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn replay_after_a_crash_delivers_everything_at_least_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    let store = FileStore::open(&path).await.unwrap();
+    fill(&store, 10).await;
+    assert_eq!(store.len().await.unwrap(), 10);
+
+    // First replay "crashes": the 5th request hangs and the replay future is dropped there.
+    let api = Api::default();
+    let crash = Arc::new(tokio::sync::Notify::new());
+    let hanging = {
+        let inner = api.service();
+        let crash = crash.clone();
+        let count = Arc::new(Mutex::new(0));
+        service_fn(move |req: Request<String>| {
+            let n = {
+                let mut c = count.lock().unwrap();
+                *c += 1;
+                *c
+            };
+            let fut = inner.clone().oneshot(req);
+            let crash = crash.clone();
+            async move {
+                if n == 5 {
+                    crash.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                fut.await
+            }
+        })
+    };
+    let options = ReplayOptions::new(Quota::per_second(1000).unwrap());
+    tokio::select! {
+        _ = replay(&store, hanging, options.clone()) => panic!("replay should hang"),
+        _ = crash.notified() => {}
+    }
+    drop(store);
+    assert_eq!(api.delivered.lock().unwrap().len(), 4);
+
+    // Restart: reopen from disk. Exactly the undelivered letters are left.
+    let store = FileStore::open(&path).await.unwrap();
+    assert_eq!(store.len().await.unwrap(), 6);
+    // One of them fails again on the second replay and stays.
+    api.failing.lock().unwrap().insert("user-7".into());
+    let report = replay(&store, api.service(), options.clone())
+        .await
+        .unwrap();
+    assert_eq!((report.attempted, report.delivered), (6, 5));
+    assert_eq!(
+        report.failed,
+        [(8, "HTTP 500 Internal Server Error".to_string())]
+    );
+    assert_eq!(report.remaining, 1);
+
+    api.failing.lock().unwrap().clear();
+    let report = replay(&store, api.service(), options).await.unwrap();
+    assert_eq!(
+        (report.attempted, report.delivered, report.remaining),
+        (1, 1, 0)
+    );
+    drop(store);
+    let store = FileStore::open(&path).await.unwrap();
+    assert!(store.is_empty().await.unwrap());
+
+    let delivered: BTreeSet<String> = api.delivered.lock().unwrap().iter().cloned().collect();
+    let expected: BTreeSet<String> = (0..10).map(|i| format!("user-{i}")).collect();
+    assert_eq!(delivered, expected, "every request delivered at least once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn replay_is_paced_capped_and_re_adds_credentials() {
+    let store = MemoryStore::new();
+    for n in 0..5 {
+        store
+            .append(DeadLetter {
+                headers: vec![
+                    ("authorization".into(), "[REDACTED]".into()),
+                    ("x-n".into(), n.to_string()),
+                ],
+                body: StoredBody::Text(format!("user-{n}")),
+                ..letter(n)
+            })
+            .await
+            .unwrap();
+    }
+    let api = Api::default();
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let start = tokio::time::Instant::now();
+    let timed = {
+        let inner = api.service();
+        let times = times.clone();
+        service_fn(move |req: Request<String>| {
+            times.lock().unwrap().push(start.elapsed());
+            inner.clone().oneshot(req)
+        })
+    };
+    let options = ReplayOptions::new(Quota::per_second(2).unwrap())
+        .max(3)
+        .prepare(|parts| {
+            parts
+                .headers
+                .insert("authorization", "Bearer fresh".parse().unwrap());
+        });
+    let report = replay(&store, timed, options).await.unwrap();
+    assert_eq!(
+        (report.attempted, report.delivered, report.remaining),
+        (3, 3, 2)
+    );
+    assert_eq!(
+        *times.lock().unwrap(),
+        [
+            Duration::ZERO,
+            Duration::from_millis(500),
+            Duration::from_millis(1000)
+        ]
+    );
+    assert_eq!(
+        *api.auth_seen.lock().unwrap(),
+        vec![Some("Bearer fresh".to_string()); 3]
+    );
+    // Without a prepare hook the redacted header is left out, never sent as "[REDACTED]".
+    let report = replay(
+        &store,
+        api.service(),
+        ReplayOptions::new(Quota::per_second(100).unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.delivered, 2);
+    assert_eq!(api.auth_seen.lock().unwrap()[3..], [None, None]);
+}

@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let classifier = HttpClassifier::new()
         .retry_after_cap(input.cap)
         // An API that throttles with 403, as some do: the override path.
-        .status(StatusCode::FORBIDDEN, Outcome::RateLimited { retry_after: None });
+        .status(
+            StatusCode::FORBIDDEN,
+            Outcome::RateLimited { retry_after: None },
+        );
     let outcome = classifier.classify_response(status, &input.headers, input.now);
     match outcome {
         Outcome::RateLimited { retry_after } => {

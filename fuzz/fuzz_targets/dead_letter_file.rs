@@ -40,7 +40,11 @@ fuzz_target!(|data: &[u8]| {
         }
         drop(store);
         let again = FileStore::open(path).await.expect("an opened file reopens");
-        assert_eq!(again.torn_bytes_dropped(), 0, "the torn line was cut on the first open");
+        assert_eq!(
+            again.torn_bytes_dropped(),
+            0,
+            "the torn line was cut on the first open"
+        );
         assert_eq!(again.list().await.expect("list"), letters);
     });
 });

@@ -138,7 +138,7 @@ async fn soak_at_the_limit_with_503s_and_latency_loses_nothing() {
     let elapsed = started.elapsed();
 
     let issued = next_id.load(Ordering::Relaxed);
-    let outcomes = outcomes.lock().unwrap();
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let stats = server.stats();
     let delivered = server.accepted_ids();
     let ok = outcomes

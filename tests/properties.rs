@@ -152,6 +152,14 @@ fn assert_within(slots: &[u64], q: &Quota) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// 512 cases per property, or `PROPTEST_CASES` for a longer run.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(512)
+}
+
 fn offset(base: Instant, r: &Reservation) -> u64 {
     nanos(r.at() - base)
 }
@@ -213,7 +221,7 @@ fn run_local(quotas: &[Quota], schedule: &[Arrival]) -> Result<Vec<u64>, TestCas
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     /// (a) + (c): one quota; every admission at exactly the reference's slot, and the slots
     /// keep the bound in every window.

@@ -25,8 +25,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
 use tower_throttle::{
-    run_bulk, Backoff, BulkOptions, DeadLetterLayer, DeadLetterStore, FileStore, LocalBucket,
-    QueueLayer, Quota, RateLimitLayer, RetryLayer, RetryPolicy, Stats,
+    run_bulk, AdaptiveLayer, Backoff, BulkOptions, DeadLetterLayer, DeadLetterStore, FileStore,
+    LocalBucket, QueueLayer, Quota, RateLimitLayer, RetryLayer, RetryPolicy, Stats,
 };
 
 struct Args {
@@ -142,7 +142,8 @@ async fn main() -> Result<(), tower::BoxError> {
     Ok(())
 }
 
-/// The full stack: dead letters, retry holding the shared bucket, the gate, a queue.
+/// The full stack: dead letters, retry holding the shared bucket, adaptive rate, the gate,
+/// a queue.
 async fn throttled(
     server: &MockServer,
     client: HttpClient,
@@ -156,6 +157,13 @@ async fn throttled(
     // sliding window never sees a burst.
     let client_rate = (args.rate * 4 / 5).max(1);
     let bucket = LocalBucket::new(Quota::per_second(client_rate)?);
+    // The adaptive layer starts there and learns the real limit from the 429s it earns.
+    let adaptive = AdaptiveLayer::cubic(
+        bucket.clone(),
+        f64::from(client_rate),
+        1.0,
+        f64::from(args.rate) * 2.0,
+    )?;
     let stack = ServiceBuilder::new()
         .layer(DeadLetterLayer::new(store.clone()).with_stats(stats.clone()))
         .layer(RetryLayer::new(
@@ -168,6 +176,7 @@ async fn throttled(
                 .with_bucket(bucket.clone())
                 .with_stats(stats.clone()),
         ))
+        .layer(adaptive.clone())
         .layer(RateLimitLayer::with_bucket(bucket).with_stats(stats.clone()))
         .layer(
             QueueLayer::builder()
@@ -194,6 +203,7 @@ async fn throttled(
     let report = run_bulk(jobs, stack, options).await;
     bar.finish();
     let snapshot = stats.snapshot();
+    println!("\nadaptive rate at the end: {:.1}/s", adaptive.rate());
     let letters = store.len().await?;
     println!(
         "\nrun health: {}",

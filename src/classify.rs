@@ -130,6 +130,8 @@ const MAX_SOURCE_DEPTH: usize = 64;
 /// * with the `mock` feature (which brings `hyper-util`), a legacy client error that
 ///   `is_connect()`: `Transient`. Without it the same error is still recognised through the
 ///   `io::Error` in its chain;
+/// * with the `reqwest` feature, a `reqwest::Error` that `is_timeout()` or `is_connect()`:
+///   `Transient`; anything else defers to its source;
 /// * `std::io::Error` of kind `ConnectionRefused`, `ConnectionReset`, `ConnectionAborted`,
 ///   `TimedOut`, `BrokenPipe`, `UnexpectedEof`, `NotConnected` or `Interrupted`: `Transient`.
 ///
@@ -328,6 +330,14 @@ fn classify_one(e: &(dyn Error + 'static)) -> Option<Outcome> {
     #[cfg(feature = "mock")]
     if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
         if h.is_connect() {
+            return Some(Outcome::Transient);
+        }
+        return None;
+    }
+    #[cfg(feature = "reqwest")]
+    if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+        // reqwest's own timeout and connect errors do not always carry a recognisable source.
+        if r.is_timeout() || r.is_connect() {
             return Some(Outcome::Transient);
         }
         return None;

@@ -1,4 +1,80 @@
 //! tower-throttle: call rate-limited HTTP APIs as fast as they allow, and no faster.
+//!
+//! Users of Customer.io, HubSpot, Salesforce, Mailchimp or GA4 want every record delivered at
+//! the API's rate without writing sleeps, retry loops or queues. This crate gives them tower
+//! layers that stack in one `ServiceBuilder`:
+//!
+//! ```rust,ignore
+//! let client = ServiceBuilder::new()
+//!     .layer(DeadLetterLayer::new(store))              // nothing is lost (coming)
+//!     .layer(RetryLayer::new(policy.with_bucket(bucket.clone()))) // 429 -> Retry-After, 5xx -> backoff
+//!     .layer(AdaptiveLayer::aimd(start, min, max))     // learns an unknown limit (coming)
+//!     .layer(RateLimitLayer::with_bucket(bucket))      // the shared gate
+//!     .layer(TimeoutLayer::new(Duration::from_secs(30))) // per attempt
+//!     .service(hyper_client);
+//! ```
+//!
+//! # Stacking order, and why
+//!
+//! * **Retry above the gate.** A retry is just another request at the gate, so a retry storm
+//!   can never exceed the limit; and the retry policy holds the gate's *shared* bucket on a
+//!   429 with `Retry-After`, so every caller pauses, not only the one that was refused.
+//! * **Adaptive control between them** sees every attempt, and moves the bucket's rate.
+//! * **Dead letters on top** see only final outcomes: what retries could not deliver.
+//! * **Timeout below the gate**: time spent waiting for a slot is not a failure of the API.
+//!
+//! [`Throttle::builder`] builds the retry, gate and timeout part in one call, and
+//! [`ServiceBuilderExt`] adds `.throttle(limits, policy)`, `.retry_429(..)` and
+//! `.shared_rate_limit(..)` to `ServiceBuilder`; both wire one bucket into the gate and the
+//! retry hold.
+//!
+//! # With hyper
+//!
+//! Use `hyper_util::client::legacy::Client<_, Full<Bytes>>`: a `Full<Bytes>` body is cloned
+//! cheaply for each retry ([`retry::ReplayBody`]); a streaming body is sent once and a needed
+//! retry becomes [`ThrottleError::NotReplayable`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower_throttle::{presets, RetryPolicy, Throttle};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let hyper = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+//! let client = Throttle::builder()
+//!     .limits(presets::hubspot())
+//!     .retry(RetryPolicy::default())
+//!     .timeout(Duration::from_secs(30))
+//!     .build(hyper)?;
+//! // `client` is `Clone + Send + Sync`: clone it into every task, or keep it in app state.
+//! # let _ = client;
+//! # Ok(()) }
+//! ```
+//!
+//! # Modules
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`rate_limit`] | [`RateLimitLayer`]: the shared `poll_ready` gate, with `max_wait` and a concurrency cap |
+//! | [`bucket`] | [`Bucket`], [`LocalBucket`], [`bucket::KeyedBucket`]: where admit decisions are made |
+//! | [`retry`] | [`RetryLayer`], [`RetryPolicy`]: 429-aware retry over `tower::retry` |
+//! | [`classify`] | [`Outcome`], [`Classify`], [`HttpClassifier`]: what a response means |
+//! | [`backoff`], [`headers`] | backoff schedules; `Retry-After` and rate-limit headers |
+//! | [`presets`] | ready [`Limits`] for Customer.io, HubSpot, Salesforce, Mailchimp, GA4 |
+//! | [`builder`] | [`ServiceBuilderExt`] and [`Throttle::builder`] |
+//!
+//! # Feature flags
+//!
+//! | feature | enables |
+//! |---|---|
+//! | `mock` | [`mock`]: a real HTTP server that rate-limits like the vendors, for tests and examples |
+//! | `reqwest` | `reqwest`: a `reqwest_middleware::Middleware` with the same gate and retry |
+//! | `metrics` | counters and gauges through the `metrics` facade |
+//! | `redis` | a bucket shared by a fleet of processes through Redis |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
@@ -8,6 +84,7 @@ pub mod adaptive;
 pub mod backoff;
 mod body;
 pub mod bucket;
+pub mod builder;
 pub mod bulk;
 pub mod classify;
 mod clock;
@@ -17,9 +94,12 @@ pub mod headers;
 pub mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;
+pub mod presets;
 pub mod queue;
 mod quota;
 pub mod rate_limit;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
 pub mod retry;
 mod sync;
 
@@ -27,6 +107,7 @@ pub use adaptive::AdaptiveLayer;
 pub use backoff::{Backoff, Jitter};
 pub use body::ReplayBody;
 pub use bucket::{Bucket, LocalBucket};
+pub use builder::{ServiceBuilderExt, Throttle, ThrottleBuilder};
 pub use bulk::{run_bulk, BulkOptions, BulkReport, JobOutcome, Progress};
 pub use classify::{Classify, HttpClassifier, Outcome};
 pub use dead_letter::{

@@ -14,6 +14,7 @@ pub(crate) struct Gcra {
 
 impl Gcra {
     /// `burst` requests may go at once; `interval` nanoseconds apart after that.
+    #[inline]
     pub(crate) fn new(interval: u64, burst: u32) -> Gcra {
         let interval = interval.max(1);
         Gcra {
@@ -22,16 +23,19 @@ impl Gcra {
         }
     }
 
+    #[inline]
     pub(crate) fn interval(&self) -> u64 {
         self.interval
     }
 
     /// The earliest instant a request that arrives at `now` may go.
+    #[inline]
     pub(crate) fn earliest(&self, tat: u64, now: u64) -> u64 {
         now.max(tat.saturating_sub(self.tolerance))
     }
 
     /// TAT after a request goes at `slot` (which is never before `earliest`).
+    #[inline]
     pub(crate) fn after(&self, tat: u64, slot: u64) -> u64 {
         tat.max(slot).saturating_add(self.interval)
     }

@@ -83,7 +83,7 @@ impl LocalBucket {
         max_wait: Option<Duration>,
     ) -> Result<Reservation, ThrottleError> {
         let inner = &*self.inner;
-        let now_n = inner.epoch.nanos(now);
+        let (now_n, now_exact) = inner.epoch.offset(now);
         let max_wait_n = max_wait.map(duration_nanos);
         let primary = inner.primary();
         let too_long = |slot: u64| -> Result<(), ThrottleError> {
@@ -129,15 +129,19 @@ impl LocalBucket {
                 (slot, tats[0])
             }
         };
-        Ok(Reservation::new(
-            inner.epoch.instant(slot),
-            token,
-            primary.interval(),
-        ))
+        // An admitted caller (the hot path) goes at `now` itself; only a future slot needs an
+        // instant built from nanoseconds. Same value either way when `now_exact`.
+        let at = if now_exact && slot == now_n {
+            now
+        } else {
+            inner.epoch.instant(slot)
+        };
+        Ok(Reservation::new(at, token, primary.interval()))
     }
 }
 
 impl Inner {
+    #[inline]
     fn primary(&self) -> Gcra {
         Gcra::new(
             self.primary_interval.load(Ordering::Relaxed),

@@ -24,6 +24,8 @@
 mod gcra;
 mod keyed;
 mod local;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::fmt;
 use std::future::Future;
@@ -34,6 +36,8 @@ use tokio::time::Instant;
 
 use crate::{ConfigError, ThrottleError};
 
+#[cfg(feature = "redis")]
+pub use self::redis::{FailMode, RedisBucket, RedisBucketBuilder, RedisStats};
 pub(crate) use gcra::Gcra;
 pub use keyed::KeyedBucket;
 pub use local::LocalBucket;

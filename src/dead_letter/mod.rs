@@ -53,12 +53,16 @@ mod file;
 pub mod future;
 mod layer;
 mod record;
+#[cfg(feature = "redis")]
+mod redis;
 mod replay;
 mod service;
 mod store;
 
 use std::fmt;
 
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
 pub use crate::body::ReplayBody;
 pub use crate::retry::Attempts;
 pub use file::{FileStore, DEFAULT_COMPACTION_THRESHOLD};

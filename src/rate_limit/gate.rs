@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -31,7 +32,9 @@ pub(crate) struct Gate<B: Bucket> {
 
 enum State {
     Idle,
-    Reserving(ReserveFuture),
+    // Behind a `Mutex` only so the service stays `Sync` (axum state, `Arc`-shared clients):
+    // it is reached through `get_mut`, never locked.
+    Reserving(Mutex<ReserveFuture>),
     Waiting(Reservation),
     Ready(Reservation),
 }
@@ -74,10 +77,11 @@ impl<B: Bucket + Clone> Gate<B> {
                     let now = Instant::now();
                     match self.bucket.reserve(now, self.max_wait) {
                         Reserve::Ready(result) => self.admit(result, now)?,
-                        Reserve::Pending(fut) => self.state = State::Reserving(fut),
+                        Reserve::Pending(fut) => self.state = State::Reserving(Mutex::new(fut)),
                     }
                 }
                 State::Reserving(fut) => {
+                    let fut = fut.get_mut().unwrap_or_else(PoisonError::into_inner);
                     let result = ready!(fut.as_mut().poll(cx));
                     self.state = State::Idle;
                     self.admit(result, Instant::now())?;

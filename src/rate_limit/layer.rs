@@ -5,6 +5,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
+use tokio_util::sync::PollSemaphore;
+
+use super::gate::Gate;
 use super::RateLimit;
 use crate::bucket::{Bucket, LocalBucket};
 use crate::metrics::Stats;
@@ -77,6 +80,18 @@ impl<B: Bucket + Clone> RateLimitLayer<B> {
     /// The shared bucket (for snapshots, `hold_until`, `set_rate`).
     pub fn bucket(&self) -> &B {
         &self.bucket
+    }
+
+    /// A fresh admission handle on this layer's bucket and cap, for adapters that are not
+    /// tower services (the reqwest middleware).
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    pub(crate) fn gate(&self) -> Gate<B> {
+        Gate::new(
+            self.bucket.clone(),
+            self.max_wait,
+            self.concurrency.clone().map(PollSemaphore::new),
+            self.stats.clone(),
+        )
     }
 }
 

@@ -225,6 +225,70 @@ impl<C> RetryPolicy<C> {
     }
 }
 
+/// What the policy decided after one attempt; shared by the tower `Policy` and the
+/// reqwest middleware so both follow the same rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Return this outcome to the caller.
+    Done,
+    /// A retry was due, but the request cannot be sent again.
+    NotReplayable,
+    /// Try again after this delay.
+    Retry(Duration),
+}
+
+impl<C> RetryPolicy<C> {
+    /// Marks the start of a logical request (for the deadline); later calls keep the first.
+    pub(crate) fn start(&mut self, now: Instant) {
+        if self.started.is_none() {
+            self.started = Some(now);
+        }
+    }
+
+    /// Attempts made so far by this (per-request) policy.
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Records one attempt's outcome and decides what comes next. Holding the shared bucket
+    /// and drawing from the budget happen here, and only when a retry will really be made.
+    pub(crate) fn step(&mut self, outcome: Outcome, replayable: bool, now: Instant) -> Step {
+        self.attempt += 1;
+        if self.attempt == 1 && outcome == Outcome::Success {
+            if let Some(budget) = &self.budget {
+                budget.deposit();
+            }
+        }
+        if !outcome.is_retryable() {
+            return Step::Done;
+        }
+        if !replayable {
+            return Step::NotReplayable;
+        }
+        match self.next_delay(outcome, now) {
+            Some(delay) => {
+                if let Some(stats) = &self.stats {
+                    stats.record_retry(self.attempt + 1);
+                }
+                Step::Retry(delay)
+            }
+            None => Step::Done,
+        }
+    }
+
+    pub(crate) fn log_retry(&self, delay: Duration, outcome: Outcome, uri: &dyn fmt::Display) {
+        tracing::info!(
+            attempt = self.attempt,
+            max_attempts = self.backoff.max_retries() + 1,
+            delay_ms = delay.as_millis() as u64,
+            outcome = describe(outcome),
+            uri = %uri,
+            "retrying request"
+        );
+    }
+}
+
 impl<C: Clone> Clone for RetryPolicy<C> {
     fn clone(&self) -> Self {
         // Each clone serves one request and needs its own jitter draws: a shared sequence
@@ -283,7 +347,6 @@ where
         result: &mut Result<http::Response<R>, BoxError>,
     ) -> Option<Self::Future> {
         let now = Instant::now();
-        self.attempt += 1;
         let outcome = match result {
             Ok(res) => self.classifier.classify(res, SystemTime::now()),
             Err(err) => self.classifier.classify_error(&**err),
@@ -294,52 +357,32 @@ where
                 Err(_) => stats.record_error(),
             }
         }
-        if self.attempt == 1 && outcome == Outcome::Success {
-            if let Some(budget) = &self.budget {
-                budget.deposit();
-            }
-        }
-        let stop = |attempts: u32, result: &mut Result<http::Response<R>, BoxError>| {
-            if let Ok(res) = result {
-                res.extensions_mut().insert(Attempts(attempts));
-            }
-            None
-        };
-        if !outcome.is_retryable() {
-            return stop(self.attempt, result);
-        }
-        if req.extensions().get::<NotCloned>().is_some() {
-            let reason = match result {
-                Ok(res) => format!("{} after attempt {}", res.status(), self.attempt),
-                Err(err) => format!("{err} after attempt {}", self.attempt),
-            };
-            tracing::warn!(%reason, "not retrying: request body cannot be replayed");
-            *result = Err(ThrottleError::NotReplayable { reason }.into());
-            return None;
-        }
-        match self.next_delay(outcome, now) {
-            Some(delay) => {
-                if let Some(stats) = &self.stats {
-                    stats.record_retry(self.attempt + 1);
+        let replayable = req.extensions().get::<NotCloned>().is_none();
+        match self.step(outcome, replayable, now) {
+            Step::Done => {
+                if let Ok(res) = result {
+                    res.extensions_mut().insert(Attempts(self.attempt));
                 }
-                tracing::info!(
-                    attempt = self.attempt,
-                    max_attempts = self.backoff.max_retries() + 1,
-                    delay_ms = delay.as_millis() as u64,
-                    outcome = describe(outcome),
-                    uri = %req.uri(),
-                    "retrying request"
-                );
+                None
+            }
+            Step::NotReplayable => {
+                let reason = match result {
+                    Ok(res) => format!("{} after attempt {}", res.status(), self.attempt),
+                    Err(err) => format!("{err} after attempt {}", self.attempt),
+                };
+                tracing::warn!(%reason, "not retrying: request body cannot be replayed");
+                *result = Err(ThrottleError::NotReplayable { reason }.into());
+                None
+            }
+            Step::Retry(delay) => {
+                self.log_retry(delay, outcome, req.uri());
                 Some(tokio::time::sleep(delay))
             }
-            None => stop(self.attempt, result),
         }
     }
 
     fn clone_request(&mut self, req: &http::Request<B>) -> Option<http::Request<B>> {
-        if self.started.is_none() {
-            self.started = Some(Instant::now());
-        }
+        self.start(Instant::now());
         let body = match req.body().try_clone() {
             Some(body) => body,
             None => {

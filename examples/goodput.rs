@@ -1,0 +1,230 @@
+//! Goodput against the mock API, side by side: this crate's stack, a plain governor gate, and
+//! the naive sleep-on-429 loop, in three scenarios. Prints a Markdown table (BENCHMARKS.md).
+//!
+//! ```sh
+//! cargo run --release --example goodput --features mock            # 10 s per row
+//! cargo run --release --example goodput --features mock -- --secs 30
+//! ```
+//!
+//! * **known**: the server allows 100/s (token bucket, burst 10) and the client is told so.
+//! * **hidden**: the server allows 100/s (sliding window) and the client is not told; ours
+//!   learns it with the adaptive layer from a start of 20/s, governor is configured at a
+//!   guess of 150/s, the naive loop has no gate.
+//! * **503s**: as *known*, with 10% of requests failed with 503.
+//!
+//! Every contender runs 32 concurrent workers for `--secs`, each sending a request, handling
+//! the answer, and sending the next. Goodput is delivered requests per second over the run
+//! as a share of the server's limit; "lost" counts requests that ended without delivery.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::{Quota as GovQuota, RateLimiter};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::{BoxError, ServiceExt};
+use tower_throttle::adaptive::Cubic;
+use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
+use tower_throttle::{Attempts, Backoff, Quota, RetryPolicy, Throttle};
+
+const LIMIT: u32 = 100;
+const WORKERS: usize = 32;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Scenario {
+    Known,
+    Hidden,
+    Failures,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Known => "known limit",
+            Scenario::Hidden => "hidden limit",
+            Scenario::Failures => "known limit, 10% 503s",
+        }
+    }
+
+    async fn server(self) -> Result<MockServer, BoxError> {
+        let limit = match self {
+            Scenario::Hidden => ServerLimit::sliding_window(LIMIT, Duration::from_secs(1))?,
+            _ => ServerLimit::token_bucket(f64::from(LIMIT), 10)?,
+        };
+        let fail = if self == Scenario::Failures { 0.1 } else { 0.0 };
+        Ok(MockServer::builder()
+            .limit(limit)
+            .retry_after(RetryAfterFormat::Seconds)
+            .fail_ratio(fail)
+            .start()
+            .await?)
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    delivered: AtomicU64,
+    lost: AtomicU64,
+    attempts: AtomicU64,
+}
+
+fn request(uri: &http::Uri, id: u64) -> http::Request<Full<Bytes>> {
+    http::Request::post(uri.clone())
+        .header("x-request-id", id.to_string())
+        .body(Full::new(Bytes::from_static(b"{\"event\":\"signup\"}")))
+        .expect("valid request")
+}
+
+/// Runs `WORKERS` closed-loop workers for `secs`; each calls `send` for one request and
+/// returns (delivered, attempts).
+async fn drive<F, Fut>(secs: u64, send: F) -> (Tally, Duration)
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = (bool, u64)> + Send,
+{
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..WORKERS {
+        let (tally, stop, next, send) = (tally.clone(), stop.clone(), next.clone(), send.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                let (ok, attempts) = send(id).await;
+                tally.attempts.fetch_add(attempts, Ordering::Relaxed);
+                if ok {
+                    tally.delivered.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tally.lost.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("worker panicked");
+    }
+    let elapsed = started.elapsed();
+    (Arc::try_unwrap(tally).unwrap_or_default(), elapsed)
+}
+
+/// The naive recipe: on 429 sleep `Retry-After` and try again; anything else is final.
+async fn naive_send(client: HttpClient, uri: http::Uri, id: u64) -> (bool, u64) {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match client.clone().oneshot(request(&uri, id)).await {
+            Ok(res) if res.status() == 429 => {
+                let wait = res
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            Ok(res) => return (res.status().is_success(), attempts),
+            Err(_) => return (false, attempts),
+        }
+    }
+}
+
+async fn row(scenario: Scenario, contender: &str, secs: u64) -> Result<String, BoxError> {
+    let server = scenario.server().await?;
+    let uri = server.uri("/v1/track");
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let (tally, elapsed) = match contender {
+        "tower-throttle" => {
+            let backoff = Backoff::builder()
+                .base(Duration::from_millis(100))
+                .build()?;
+            let builder = Throttle::builder().retry(RetryPolicy::default().with_backoff(backoff));
+            let stack = match scenario {
+                // Told nothing: start low and let the adaptive layer find the limit.
+                Scenario::Hidden => builder
+                    .limits(Quota::per_second(1_000)?)
+                    .adaptive(Cubic::new(20.0, 1.0, 1_000.0)?)
+                    .build(client)?,
+                _ => builder.limits(Quota::per_second(LIMIT)?).build(client)?,
+            };
+            drive(secs, move |id| {
+                let (stack, uri) = (stack.clone(), uri.clone());
+                async move {
+                    match stack.oneshot(request(&uri, id)).await {
+                        Ok(res) => {
+                            let attempts = res.extensions().get::<Attempts>().map_or(1, |a| a.0);
+                            (res.status().is_success(), u64::from(attempts))
+                        }
+                        Err(_) => (false, 1),
+                    }
+                }
+            })
+            .await
+        }
+        "governor" => {
+            let rate = if scenario == Scenario::Hidden {
+                150
+            } else {
+                LIMIT
+            };
+            let limiter = Arc::new(RateLimiter::direct(GovQuota::per_second(
+                NonZeroU32::new(rate).expect("non-zero"),
+            )));
+            drive(secs, move |id| {
+                let (client, uri, limiter) = (client.clone(), uri.clone(), limiter.clone());
+                async move {
+                    limiter.until_ready().await;
+                    naive_send(client, uri, id).await
+                }
+            })
+            .await
+        }
+        _ => drive(secs, move |id| naive_send(client.clone(), uri.clone(), id)).await,
+    };
+    let stats = server.stats();
+    server.shutdown().await;
+    let delivered = tally.delivered.load(Ordering::Relaxed);
+    let attempts = tally.attempts.load(Ordering::Relaxed).max(1);
+    let goodput = delivered as f64 / elapsed.as_secs_f64();
+    Ok(format!(
+        "| {} | {} | {:.1}/s | {:.1}% | {:.2}% | {} | {:.3} |",
+        scenario.name(),
+        contender,
+        goodput,
+        100.0 * goodput / f64::from(LIMIT),
+        100.0 * stats.rate_limited as f64 / stats.received.max(1) as f64,
+        tally.lost.load(Ordering::Relaxed),
+        attempts as f64 / (delivered + tally.lost.load(Ordering::Relaxed)).max(1) as f64,
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let mut secs = 10;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--secs" => secs = args.next().ok_or("--secs needs a value")?.parse()?,
+            other => return Err(format!("unknown flag {other}; usage: goodput [--secs N]").into()),
+        }
+    }
+    println!("{WORKERS} workers, {secs} s per row, server limit {LIMIT}/s\n");
+    println!("| scenario | contender | goodput | of limit | 429s | lost | attempts/request |");
+    println!("|---|---|---|---|---|---|---|");
+    for scenario in [Scenario::Known, Scenario::Hidden, Scenario::Failures] {
+        for contender in ["tower-throttle", "governor", "naive"] {
+            println!("{}", row(scenario, contender, secs).await?);
+        }
+    }
+    Ok(())
+}

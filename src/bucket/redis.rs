@@ -1,0 +1,1118 @@
+//! One limit shared by a fleet of processes through Redis (feature `redis`); see
+//! [`RedisBucket`].
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::Script;
+use tokio::time::Instant;
+
+use super::{interval_for_rate, Bucket, LocalBucket, Reservation, Reserve, Snapshot};
+use crate::clock::duration_nanos;
+use crate::{ConfigError, Limits, Quota, ThrottleError};
+
+/// The admit decision, atomic on the server. Times are microseconds of the server clock: a
+/// Lua number is a double, exact for integers below 2^53, which microseconds since 1970 are
+/// (nanoseconds would not be).
+///
+/// ARGV: want, max_wait_us (-1: none), hold_rel_us (-1: none), set_iv_us (-1: none),
+/// idle_ttl_ms, quota count, then per quota interval_us and burst (shortest window first).
+/// Returns {now, hold, interval of the shortest window, refused slot or 0, slots...}.
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local key = KEYS[1]
+local want = tonumber(ARGV[1])
+local max_wait = tonumber(ARGV[2])
+local hold_rel = tonumber(ARGV[3])
+local set_iv = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
+local nq = tonumber(ARGV[6])
+local fields = {'hold', 'iv'}
+for i = 1, nq do fields[i + 2] = 't' .. i end
+local vals = redis.call('HMGET', key, unpack(fields))
+local hold = tonumber(vals[1]) or 0
+local stored_iv = tonumber(vals[2])
+if set_iv > 0 then stored_iv = set_iv end
+if hold_rel >= 0 and now + hold_rel > hold then hold = now + hold_rel end
+local iv, tol, tat = {}, {}, {}
+for i = 1, nq do
+  local interval = tonumber(ARGV[5 + 2 * i])
+  local burst = tonumber(ARGV[6 + 2 * i])
+  if i == 1 and stored_iv then interval = stored_iv end
+  iv[i] = interval
+  tol[i] = interval * (burst - 1)
+  local ti = tonumber(vals[2 + i]) or 0
+  -- Nobody goes before the hold, and release after it is paced, not one burst.
+  if hold > 0 and hold + tol[i] > ti then ti = hold + tol[i] end
+  tat[i] = ti
+end
+local slots = {}
+local refused = 0
+for j = 1, want do
+  local slot = now
+  for i = 1, nq do
+    local e = tat[i] - tol[i]
+    if e > slot then slot = e end
+  end
+  if max_wait >= 0 and slot - now > max_wait then
+    if j == 1 then refused = slot end
+    break
+  end
+  for i = 1, nq do
+    local base = tat[i]
+    if slot > base then base = slot end
+    tat[i] = base + iv[i]
+  end
+  slots[j] = slot
+end
+local last = hold
+local args = {'hold', string.format('%.0f', hold)}
+if stored_iv then
+  args[3] = 'iv'
+  args[4] = string.format('%.0f', stored_iv)
+end
+for i = 1, nq do
+  args[#args + 1] = 't' .. i
+  args[#args + 1] = string.format('%.0f', tat[i])
+  if tat[i] > last then last = tat[i] end
+end
+redis.call('HSET', key, unpack(args))
+local ms = math.ceil((last - now) / 1000)
+if ms < 0 then ms = 0 end
+redis.call('PEXPIRE', key, ms + ttl)
+local out = {now, hold, iv[1], refused}
+for j = 1, #slots do out[4 + j] = slots[j] end
+return out
+"#;
+
+/// What a [`RedisBucket`] does while Redis cannot be reached (or answers too slowly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailMode {
+    /// Keep admitting through an in-process [`LocalBucket`] enforcing `local`: choose a safe
+    /// share of the fleet's limit, such as the limit divided by the number of workers
+    /// ([`FailMode::open_share`]).
+    Open {
+        /// The limits each worker enforces on its own while Redis is unreachable.
+        local: Limits,
+    },
+    /// Refuse every request with [`ThrottleError::BucketUnavailable`] until Redis is back.
+    Closed,
+}
+
+impl FailMode {
+    /// Fail open at `1 / workers` of `limits`: each quota's period is stretched `workers`
+    /// times (so each worker paces at `workers` intervals) and its burst divided by `workers`
+    /// (at least 1). Together the workers then stay within the fleet's limit plus about one
+    /// request each.
+    ///
+    /// Errors: [`ConfigError::Zero`] for no workers, [`ConfigError::NoQuota`] for limits
+    /// without a quota, [`ConfigError::Overflow`] if a stretched period overflows.
+    ///
+    /// ```
+    /// use tower_throttle::bucket::FailMode;
+    /// use tower_throttle::{Limits, Quota};
+    ///
+    /// let fleet = Limits::new(Quota::per_second(100)?.with_burst(8)?);
+    /// let FailMode::Open { local } = FailMode::open_share(&fleet, 4)? else { unreachable!() };
+    /// assert_eq!(local.quotas()[0].rate_per_second(), 25.0);
+    /// assert_eq!(local.quotas()[0].burst(), 2);
+    /// # Ok::<(), tower_throttle::ConfigError>(())
+    /// ```
+    pub fn open_share(limits: &Limits, workers: u32) -> Result<FailMode, ConfigError> {
+        if workers == 0 {
+            return Err(ConfigError::Zero { name: "workers" });
+        }
+        let mut share: Option<Limits> = None;
+        for q in limits.quotas() {
+            let period = q
+                .period()
+                .checked_mul(workers)
+                .ok_or(ConfigError::Overflow { what: "period" })?;
+            let quota = Quota::new(q.count(), period)?.with_burst((q.burst() / workers).max(1))?;
+            share = Some(match share {
+                None => Limits::new(quota),
+                Some(l) => l.and(quota),
+            });
+        }
+        let mut local = share.ok_or(ConfigError::NoQuota)?;
+        if let Some(n) = limits.concurrency() {
+            local = local.with_concurrency(n)?;
+        }
+        Ok(FailMode::Open { local })
+    }
+}
+
+/// Counters of a [`RedisBucket`] (all workers' clones of one handle share them).
+///
+/// Round trips per request is `round_trips as f64 / reservations as f64`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// Calls to the Redis server (reservations, holds, rate changes), including failed ones.
+    pub round_trips: u64,
+    /// Reservations handed to callers, from any source.
+    pub reservations: u64,
+    /// Reservations served from the local lease, without a round trip.
+    pub from_lease: u64,
+    /// Slots the server granted to this worker.
+    pub granted: u64,
+    /// Leased slots discarded unused because they became too old (or fell inside a hold).
+    pub expired: u64,
+    /// Reservations decided without Redis because it was unreachable: admitted by the local
+    /// fallback bucket ([`FailMode::Open`]) or refused ([`FailMode::Closed`]).
+    pub fallbacks: u64,
+    /// Server calls that failed or timed out.
+    pub errors: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    round_trips: AtomicU64,
+    reservations: AtomicU64,
+    from_lease: AtomicU64,
+    granted: AtomicU64,
+    expired: AtomicU64,
+    fallbacks: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// Builds a [`RedisBucket`]; see [`RedisBucket::builder`].
+#[derive(Debug, Clone)]
+pub struct RedisBucketBuilder {
+    limits: Limits,
+    key: String,
+    lease_size: u32,
+    timeout: Duration,
+    retry_interval: Duration,
+    idle_ttl: Duration,
+    fail_mode: FailMode,
+}
+
+impl RedisBucketBuilder {
+    /// Slots taken per round trip and handed out locally (default 1: no leasing). Larger
+    /// values cut round trips about `k` times; see [`RedisBucket`] ("Token
+    /// leasing") for why the fleet still never exceeds limit + burst.
+    pub fn lease_size(mut self, k: u32) -> Self {
+        self.lease_size = k;
+        self
+    }
+
+    /// The longest a server call may take before it counts as a failure (default 500 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// After a failure, how long to stop asking Redis and use the [`FailMode`] before one
+    /// caller probes again (default 1 s).
+    pub fn retry_interval(mut self, interval: Duration) -> Self {
+        self.retry_interval = interval;
+        self
+    }
+
+    /// How long a key outlives its last meaningful state (default 60 s). A stored run-time
+    /// rate is forgotten with it.
+    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = ttl;
+        self
+    }
+
+    /// What to do while Redis is unreachable (default [`FailMode::Closed`]).
+    pub fn fail_mode(mut self, mode: FailMode) -> Self {
+        self.fail_mode = mode;
+        self
+    }
+
+    /// Checks the configuration without connecting; [`build`](Self::build) returns the same
+    /// errors.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let quotas = self.limits.quotas();
+        if quotas.is_empty() {
+            return Err(ConfigError::NoQuota);
+        }
+        if self.key.is_empty() {
+            return Err(ConfigError::Invalid(
+                "the Redis key prefix must not be empty: use e.g. the workspace id".into(),
+            ));
+        }
+        if self.lease_size == 0 {
+            return Err(ConfigError::Zero { name: "lease_size" });
+        }
+        if self.lease_size > 10_000 {
+            return Err(ConfigError::OutOfRange {
+                name: "lease_size",
+                value: f64::from(self.lease_size),
+                expected: "1 to 10000 slots per round trip",
+            });
+        }
+        for (name, d) in [
+            ("timeout", self.timeout),
+            ("retry_interval", self.retry_interval),
+            ("idle_ttl", self.idle_ttl),
+        ] {
+            if d.as_millis() == 0 {
+                return Err(ConfigError::Zero { name });
+            }
+        }
+        if let FailMode::Open { local } = &self.fail_mode {
+            if local.quotas().is_empty() {
+                return Err(ConfigError::NoQuota);
+            }
+        }
+        Ok(())
+    }
+
+    /// The bucket, over a connection manager (see [`RedisBucket::connection_manager`] for one
+    /// with reconnect settings that suit a rate limiter).
+    ///
+    /// Errors: [`ConfigError::NoQuota`] for limits without a quota (or a fail-open fallback
+    /// without one), [`ConfigError::Invalid`] for an empty key, [`ConfigError::Zero`] for a
+    /// zero lease size, timeout, retry interval or idle TTL, [`ConfigError::OutOfRange`] for a
+    /// lease size above 10,000.
+    pub fn build(self, conn: ConnectionManager) -> Result<RedisBucket, ConfigError> {
+        self.check()?;
+        let quotas = self.limits.quotas();
+        let fallback = match self.fail_mode {
+            FailMode::Closed => None,
+            FailMode::Open { local } => Some(LocalBucket::new(local)),
+        };
+        let quota_args = quotas
+            .iter()
+            .map(|q| (micros_up(q.interval_nanos()), q.burst()))
+            .collect();
+        let primary = quotas[0].interval_nanos();
+        let min_other = quotas[1..]
+            .iter()
+            .map(Quota::interval_nanos)
+            .min()
+            .unwrap_or(u64::MAX);
+        Ok(RedisBucket {
+            inner: Arc::new(Inner {
+                conn,
+                script: Script::new(SCRIPT),
+                key: format!("{}:gcra", self.key),
+                quota_args,
+                lease_size: self.lease_size,
+                timeout: self.timeout,
+                retry_interval: self.retry_interval,
+                idle_ttl_ms: u64::try_from(self.idle_ttl.as_millis()).unwrap_or(u64::MAX),
+                configured_primary: primary,
+                primary_interval: AtomicU64::new(primary),
+                min_other_interval: min_other,
+                fallback,
+                limits: self.limits,
+                state: Mutex::new(State::default()),
+                counters: Counters::default(),
+            }),
+        })
+    }
+}
+
+/// A [`Bucket`] shared by every process that uses the same Redis key (feature `redis`).
+///
+/// Clones share one handle (one lease, one set of counters); separate handles, in this process
+/// or others, share the limit through the server. The sections after the example describe
+/// the algorithm, why token leasing cannot break the limit, and fault handling.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower::ServiceBuilder;
+/// use tower_throttle::bucket::{FailMode, RedisBucket};
+/// use tower_throttle::{Limits, Quota, RateLimitLayer};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // Workspace 42's API limit: 50 per second, shared by every worker of the fleet.
+/// let limits = Limits::new(Quota::per_second(50)?);
+/// let conn = RedisBucket::connection_manager("redis://127.0.0.1/", Duration::from_millis(500)).await?;
+/// let bucket = RedisBucket::builder(limits.clone(), "workspace:42")
+///     .lease_size(4) // one round trip per 4 requests
+///     .fail_mode(FailMode::open_share(&limits, 4)?) // 4 workers: a quarter each without Redis
+///     .build(conn)?;
+///
+/// let service = ServiceBuilder::new()
+///     .layer(RateLimitLayer::with_bucket(bucket.clone()))
+///     .service_fn(|req: u32| async move { Ok::<_, tower::BoxError>(req) });
+/// # drop(service);
+/// println!("{:?}", bucket.stats());
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # How a slot is decided
+///
+/// The script reads the server's clock (`TIME`), never a worker's, so clock skew between
+/// workers does not matter. State is one hash per key: a theoretical arrival time (TAT) per
+/// quota of the [`Limits`], the end of the current hold, and the run-time rate of the
+/// shortest window. A caller gets `slot = max over quotas of max(now, TAT - tolerance)`, and
+/// every quota's TAT moves past that slot, exactly like [`LocalBucket`]: several windows are
+/// admitted together, and a caller refused by one consumes nothing from the others. Slots may
+/// lie in the future (reserve-ahead): the local gate sleeps until then, so waiting callers
+/// across the whole fleet are spread one interval apart. A refusal because of `max_wait`
+/// reserves nothing. The hash gets a `PEXPIRE` of "until its state no longer matters" plus
+/// [`idle_ttl`](RedisBucketBuilder::idle_ttl), so idle keys vanish.
+///
+/// A slot comes back in server time and becomes a local [`Instant`] as
+/// `reply_instant + (slot - server_now)`. `server_now` was read between sending and receiving,
+/// so using the instant the reply *arrived* maps every slot to a local instant no earlier than
+/// the true one: a worker may go up to one round trip late, never early. A reservation's
+/// [`token`](Reservation::token) is its slot on the server's clock, in microseconds since the
+/// Unix epoch (for fallback reservations it is the local bucket's own value).
+///
+/// # Token leasing, and why it cannot break the limit
+///
+/// With [`lease_size`](RedisBucketBuilder::lease_size) `k > 1` one round trip reserves `k`
+/// consecutive slots (the same arithmetic as `k` callers arriving at once) and the worker hands
+/// them out locally, earliest first, behind a short mutex. The fleet's granted slots are still
+/// exactly the slots a single GCRA would grant, so for a quota of `n` per `P` (interval
+/// `I = P / n`) with burst `B`, any `m` granted slots inside a span shorter than `P` satisfy
+/// `(m - B) * I < P`, i.e. at most `n + B - 1` slots per window.
+///
+/// Leasing only changes *when* a granted slot is used. A leased slot at `s` is used at
+/// `max(s, taken)`, and it is discarded, never used, once it is older than a grace of half the
+/// smallest interval of all quotas (`I / 2`). So every request goes at a time in `[s, s + g]`
+/// with `g < I`. The requests inside any window `[t, t + P)` then hold slots inside
+/// `(t - g, t + P)`, a span shorter than `P + I = (n + 1) * I`, so `(m - B) * I < (n + 1) * I`
+/// and `m <= n + B`: **never more than limit + burst in any window**, whatever the lease size,
+/// the number of workers or how they interleave. The other half of the interval is the margin
+/// for what the argument cannot see: the round-trip error of the conversion above, timer
+/// lateness and network jitter to the API. A stale slot is counted in
+/// [`RedisStats::expired`]; it is capacity lost to the fleet, never capacity used twice.
+///
+/// An unused slot handed back with [`Bucket::cancel`] returns to the local lease (it is still
+/// this worker's), and is used by the next local caller or expires.
+///
+/// # Holds and the adaptive rate
+///
+/// [`Bucket::hold_until`] voids this worker's leased slots before the hold and writes the hold
+/// to the server, where it pushes every TAT past it; every worker's next round trip lands after
+/// it and brings the hold back, so [`Bucket::held_until`] (answered from that cached value) makes
+/// sleeping callers elsewhere in the fleet queue again. Slots a worker already leased before
+/// the hold was set may still be used by that worker (at most `lease_size - 1`); use
+/// `lease_size(1)` where holds must take effect on the very next request. Until the server
+/// has acknowledged a hold, every reservation of this worker re-asserts it.
+///
+/// [`Bucket::set_rate`] stores the shortest window's interval on the server too, so the fleet
+/// follows one adaptive rate; it is re-sent with each reservation until acknowledged, and
+/// every reply refreshes [`Bucket::rate`].
+///
+/// # Faults
+///
+/// Every server call has a [`timeout`](RedisBucketBuilder::timeout), so a dead or stalled
+/// server never hangs callers. A failed call is counted, logged with `tracing::warn!`, and the
+/// bucket stops asking Redis for [`retry_interval`](RedisBucketBuilder::retry_interval); in the
+/// meantime reservations follow the [`FailMode`]: a [`LocalBucket`] at a safe share of the
+/// limit ([`FailMode::open_share`]), or [`ThrottleError::BucketUnavailable`]. After the interval
+/// one caller probes Redis (the others keep falling back) and the bucket recovers on its
+/// first success; the `redis` crate's `ConnectionManager` reconnects underneath, without a
+/// restart. A restarted Redis has forgotten the state, so the first instants after recovery
+/// may add one burst on top of what the fallback admitted.
+#[derive(Clone)]
+pub struct RedisBucket {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    script: Script,
+    key: String,
+    /// Per quota, shortest window first: interval in server microseconds and burst.
+    quota_args: Vec<(u64, u32)>,
+    lease_size: u32,
+    timeout: Duration,
+    retry_interval: Duration,
+    idle_ttl_ms: u64,
+    configured_primary: u64,
+    /// Nanoseconds between paced requests of the shortest window, as last set or seen.
+    primary_interval: AtomicU64,
+    min_other_interval: u64,
+    fallback: Option<LocalBucket>,
+    limits: Limits,
+    state: Mutex<State>,
+    counters: Counters,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    lease: Lease,
+    /// A hold set here that the server has not acknowledged yet.
+    hold_pending: Option<Instant>,
+    /// The server's latest hold: its value in server microseconds, and as a local instant.
+    hold_seen: Option<(u64, Instant)>,
+    /// A rate set here (server microseconds) that the server has not acknowledged yet.
+    rate_pending: Option<u64>,
+    /// Set while Redis is considered down: no call before this instant.
+    down_until: Option<Instant>,
+    /// While one caller probes a Redis believed down: when that probe counts as lost (its
+    /// future may be dropped before it answers, so the mark must expire on its own).
+    probe_until: Option<Instant>,
+    last_error: String,
+}
+
+/// Slots granted to this worker, earliest first.
+#[derive(Debug, Default)]
+struct Lease {
+    slots: VecDeque<Leased>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Leased {
+    at: Instant,
+    /// The slot in server microseconds, handed out as the reservation's token.
+    server_us: u64,
+}
+
+/// What `Lease::take` found.
+#[derive(Debug, PartialEq, Eq)]
+enum Take {
+    Slot(Leased),
+    TooFar(Duration),
+    Empty,
+}
+
+impl Lease {
+    /// The earliest slot still usable at `now`; older ones are discarded and counted in
+    /// `expired`. A slot further than `max_wait` stays leased.
+    fn take(
+        &mut self,
+        now: Instant,
+        grace: Duration,
+        max_wait: Option<Duration>,
+        expired: &mut u64,
+    ) -> Take {
+        while let Some(front) = self.slots.front() {
+            if front.at + grace < now {
+                self.slots.pop_front();
+                *expired += 1;
+            } else {
+                break;
+            }
+        }
+        match self.slots.front() {
+            None => Take::Empty,
+            Some(front) => {
+                let wait = front.at.saturating_duration_since(now);
+                if max_wait.is_some_and(|m| wait > m) {
+                    Take::TooFar(wait)
+                } else {
+                    Take::Slot(self.slots.pop_front().expect("front exists"))
+                }
+            }
+        }
+    }
+
+    /// Adds a slot in order (slots from concurrent round trips, or handed back, interleave).
+    fn put(&mut self, slot: Leased) {
+        let at = self.slots.partition_point(|s| s.at <= slot.at);
+        self.slots.insert(at, slot);
+    }
+
+    /// Drops slots before `until` (a hold voids them); returns how many.
+    fn void_before(&mut self, until: Instant) -> u64 {
+        let n = self.slots.partition_point(|s| s.at < until);
+        self.slots.drain(..n);
+        n as u64
+    }
+
+    fn usable(&self, now: Instant, grace: Duration) -> impl Iterator<Item = &Leased> {
+        self.slots.iter().filter(move |s| s.at + grace >= now)
+    }
+}
+
+/// One script reply.
+#[derive(Debug)]
+struct Reply {
+    now: u64,
+    hold: u64,
+    primary_us: u64,
+    refused: u64,
+    slots: Vec<u64>,
+}
+
+impl Reply {
+    fn parse(v: Vec<i64>) -> Result<Reply, String> {
+        if v.len() < 4 || v.iter().any(|x| *x < 0) {
+            return Err(format!(
+                "unexpected reply from the rate-limit script: {v:?}"
+            ));
+        }
+        let v: Vec<u64> = v.into_iter().map(|x| x as u64).collect();
+        Ok(Reply {
+            now: v[0],
+            hold: v[1],
+            primary_us: v[2],
+            refused: v[3],
+            slots: v[4..].to_vec(),
+        })
+    }
+
+    /// A server time as a local instant, given the instant the reply arrived.
+    fn local(&self, server_us: u64, arrived: Instant) -> Instant {
+        arrived + Duration::from_micros(server_us.saturating_sub(self.now))
+    }
+}
+
+fn micros_up(nanos: u64) -> u64 {
+    nanos.div_ceil(1_000).max(1)
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // Every update leaves the state consistent before anything that could panic.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl RedisBucket {
+    /// Starts building a bucket enforcing `limits` for every worker that uses `key` (for
+    /// example the workspace id; the Redis key is `"{key}:gcra"`). Workers sharing a key must
+    /// be built with the same limits.
+    pub fn builder(limits: impl Into<Limits>, key: impl Into<String>) -> RedisBucketBuilder {
+        RedisBucketBuilder {
+            limits: limits.into(),
+            key: key.into(),
+            lease_size: 1,
+            timeout: Duration::from_millis(500),
+            retry_interval: Duration::from_secs(1),
+            idle_ttl: Duration::from_secs(60),
+            fail_mode: FailMode::Closed,
+        }
+    }
+
+    /// A connection manager for `url` set up for a rate limiter: every connection attempt and
+    /// response bounded by `timeout`, and reconnection retried quickly (every 0.5 s at most)
+    /// rather than with the `redis` crate's long default back-off, so a restarted server is
+    /// used again within about a second. Fails if the first connection cannot be made.
+    pub async fn connection_manager(
+        url: &str,
+        timeout: Duration,
+    ) -> ::redis::RedisResult<ConnectionManager> {
+        let client = ::redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_factor(2)
+            .set_max_delay(500)
+            .set_number_of_retries(2)
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout);
+        ConnectionManager::new_with_config(client, config).await
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> RedisStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RedisStats {
+            round_trips: get(&c.round_trips),
+            reservations: get(&c.reservations),
+            from_lease: get(&c.from_lease),
+            granted: get(&c.granted),
+            expired: get(&c.expired),
+            fallbacks: get(&c.fallbacks),
+            errors: get(&c.errors),
+        }
+    }
+
+    /// The limits the bucket was built with (the configured rates, not the current one).
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The Redis key holding the shared state.
+    pub fn key(&self) -> &str {
+        &self.inner.key
+    }
+
+    /// Whether the bucket currently treats Redis as unreachable (and follows its [`FailMode`]).
+    pub fn is_degraded(&self) -> bool {
+        lock(&self.inner.state).down_until.is_some()
+    }
+}
+
+impl Inner {
+    /// How late a leased slot may still be used: half the smallest interval (see `RedisBucket`).
+    fn grace(&self) -> Duration {
+        let smallest = self
+            .primary_interval
+            .load(Ordering::Relaxed)
+            .min(self.min_other_interval);
+        Duration::from_nanos(smallest / 2)
+    }
+
+    fn reservation(&self, slot: Leased) -> Reservation {
+        bump(&self.counters.reservations, 1);
+        // Interval 0 marks a Redis slot (fallback reservations carry their bucket's interval).
+        Reservation::new(slot.at, slot.server_us, 0)
+    }
+
+    fn fallback(
+        &self,
+        now: Instant,
+        max_wait: Option<Duration>,
+    ) -> Result<Reservation, ThrottleError> {
+        bump(&self.counters.fallbacks, 1);
+        match &self.fallback {
+            Some(local) => {
+                tracing::debug!(key = %self.key, "redis unavailable: reserving from the local fallback bucket");
+                let r = local.try_reserve(now, max_wait);
+                if r.is_ok() {
+                    bump(&self.counters.reservations, 1);
+                }
+                r
+            }
+            None => {
+                let last = lock(&self.state).last_error.clone();
+                Err(ThrottleError::BucketUnavailable {
+                    reason: format!("redis key {}: {last}", self.key),
+                })
+            }
+        }
+    }
+
+    /// One script call, bounded by the timeout.
+    async fn call(
+        &self,
+        want: u32,
+        max_wait: Option<Duration>,
+        hold_rel_us: Option<u64>,
+        set_iv_us: Option<u64>,
+    ) -> Result<Reply, String> {
+        bump(&self.counters.round_trips, 1);
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(&self.key)
+            .arg(want)
+            .arg(max_wait.map_or(-1, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 2)))
+            .arg(hold_rel_us.map_or(-1, |h| i64::try_from(h).unwrap_or(i64::MAX / 2)))
+            .arg(set_iv_us.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX / 2)))
+            .arg(self.idle_ttl_ms)
+            .arg(self.quota_args.len());
+        for (interval, burst) in &self.quota_args {
+            invocation.arg(*interval).arg(*burst);
+        }
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
+            .await
+        {
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(v)) => Reply::parse(v),
+        }
+    }
+
+    fn failed(&self, error: String, now: Instant) {
+        bump(&self.counters.errors, 1);
+        let mode = if self.fallback.is_some() {
+            "failing open to the local bucket"
+        } else {
+            "failing closed"
+        };
+        let mut st = lock(&self.state);
+        tracing::warn!(
+            key = %self.key,
+            error = %error,
+            retry_in = ?self.retry_interval,
+            "redis rate-limit bucket unreachable; {mode}"
+        );
+        st.down_until = Some(now + self.retry_interval);
+        st.probe_until = None;
+        st.last_error = error;
+    }
+
+    /// Takes in a successful reply: recovery, rate, hold, and the granted slots. Returns the
+    /// reservation for the caller that made the round trip, if it wanted one.
+    fn absorb(
+        &self,
+        reply: &Reply,
+        arrived: Instant,
+        sent_hold: Option<Instant>,
+        sent_rate: Option<u64>,
+        max_wait: Option<Duration>,
+    ) -> Option<Result<Reservation, ThrottleError>> {
+        let mut st = lock(&self.state);
+        if st.down_until.take().is_some() {
+            tracing::info!(key = %self.key, "redis rate-limit bucket reachable again");
+        }
+        st.probe_until = None;
+        if sent_hold.is_some() && st.hold_pending == sent_hold {
+            st.hold_pending = None;
+        }
+        if sent_rate.is_some() && st.rate_pending == sent_rate {
+            st.rate_pending = None;
+        }
+        if st.rate_pending.is_none() && reply.primary_us > 0 {
+            self.primary_interval
+                .store(reply.primary_us.saturating_mul(1_000), Ordering::Relaxed);
+        }
+        let mut hold_local = None;
+        if reply.hold > reply.now {
+            // A hold keeps the instant it was first seen at, so that slots after it are
+            // compared against one fixed value, not a conversion that moves with each reply.
+            let local = match st.hold_seen {
+                Some((us, local)) if us == reply.hold => local,
+                _ => {
+                    let local = reply.local(reply.hold, arrived);
+                    st.hold_seen = Some((reply.hold, local));
+                    let voided = st.lease.void_before(local);
+                    bump(&self.counters.expired, voided);
+                    local
+                }
+            };
+            hold_local = Some(local);
+        }
+        if reply.refused != 0 {
+            let wait = reply.local(reply.refused, arrived) - arrived;
+            return Some(Err(ThrottleError::WaitTooLong {
+                wait,
+                max_wait: max_wait.unwrap_or(Duration::ZERO),
+            }));
+        }
+        bump(&self.counters.granted, reply.slots.len() as u64);
+        for &server_us in &reply.slots {
+            let mut at = reply.local(server_us, arrived);
+            if let Some(h) = hold_local.filter(|_| server_us >= reply.hold) {
+                at = at.max(h);
+            }
+            st.lease.put(Leased { at, server_us });
+        }
+        if reply.slots.is_empty() {
+            return None;
+        }
+        let mut expired = 0;
+        let taken = st.lease.take(arrived, self.grace(), None, &mut expired);
+        bump(&self.counters.expired, expired);
+        match taken {
+            Take::Slot(slot) => Some(Ok(self.reservation(slot))),
+            // Unreachable: fresh slots are never stale at `arrived`; answer like a refusal.
+            Take::TooFar(wait) => Some(Err(ThrottleError::WaitTooLong {
+                wait,
+                max_wait: max_wait.unwrap_or(Duration::ZERO),
+            })),
+            Take::Empty => None,
+        }
+    }
+
+    /// A reservation that needs the server: one round trip for `lease_size` slots.
+    async fn round_trip(
+        self: Arc<Self>,
+        max_wait: Option<Duration>,
+        hold: Option<Instant>,
+        rate: Option<u64>,
+    ) -> Result<Reservation, ThrottleError> {
+        let sent = Instant::now();
+        let hold_rel = hold.map(|h| micros_up(duration_nanos(h.saturating_duration_since(sent))));
+        match self.call(self.lease_size, max_wait, hold_rel, rate).await {
+            Ok(reply) => {
+                let arrived = Instant::now();
+                match self.absorb(&reply, arrived, hold, rate, max_wait) {
+                    Some(result) => result,
+                    None => self.fallback(arrived, max_wait),
+                }
+            }
+            Err(error) => {
+                let now = Instant::now();
+                self.failed(error, now);
+                self.fallback(now, max_wait)
+            }
+        }
+    }
+
+    /// Writes a hold or a rate to the server without reserving anything.
+    async fn push(self: Arc<Self>) {
+        let (hold, rate) = {
+            let st = lock(&self.state);
+            if st.down_until.is_some() {
+                // The next reservation after recovery re-sends it.
+                return;
+            }
+            (st.hold_pending, st.rate_pending)
+        };
+        let sent = Instant::now();
+        let hold_rel = hold
+            .filter(|h| *h > sent)
+            .map(|h| micros_up(duration_nanos(h - sent)));
+        match self.call(0, None, hold_rel, rate).await {
+            Ok(reply) => {
+                self.absorb(&reply, Instant::now(), hold, rate, None);
+            }
+            Err(error) => self.failed(error, Instant::now()),
+        }
+    }
+
+    fn spawn_push(self: &Arc<Self>) {
+        // Without a runtime (a synchronous caller) the next reservation carries the change.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(Arc::clone(self).push());
+        }
+    }
+}
+
+impl Bucket for RedisBucket {
+    fn reserve(&self, now: Instant, max_wait: Option<Duration>) -> Reserve {
+        let inner = &self.inner;
+        let mut st = lock(&inner.state);
+        let mut expired = 0;
+        let taken = st.lease.take(now, inner.grace(), max_wait, &mut expired);
+        bump(&inner.counters.expired, expired);
+        match taken {
+            Take::Slot(slot) => {
+                drop(st);
+                bump(&inner.counters.from_lease, 1);
+                return Reserve::Ready(Ok(inner.reservation(slot)));
+            }
+            Take::TooFar(wait) => {
+                // The server could only offer a later slot: refuse without a round trip.
+                return Reserve::Ready(Err(ThrottleError::WaitTooLong {
+                    wait,
+                    max_wait: max_wait.unwrap_or(Duration::ZERO),
+                }));
+            }
+            Take::Empty => {}
+        }
+        match st.down_until {
+            Some(until) if now < until || st.probe_until.is_some_and(|p| now < p) => {
+                drop(st);
+                return Reserve::Ready(inner.fallback(now, max_wait));
+            }
+            // This caller probes; the others keep falling back until it answers.
+            Some(_) => st.probe_until = Some(now + inner.timeout),
+            None => {}
+        }
+        let hold = st.hold_pending.filter(|h| *h > now);
+        let rate = st.rate_pending;
+        drop(st);
+        Reserve::Pending(Box::pin(Arc::clone(inner).round_trip(max_wait, hold, rate)))
+    }
+
+    fn cancel(&self, reservation: &Reservation, now: Instant) {
+        let inner = &self.inner;
+        if reservation.interval_nanos() != 0 {
+            if let Some(local) = &inner.fallback {
+                local.cancel(reservation, now);
+            }
+            return;
+        }
+        // Still this worker's slot: the next local caller may use it, within the same grace.
+        if reservation.at() + inner.grace() >= now {
+            let mut st = lock(&inner.state);
+            let voided = st
+                .hold_pending
+                .into_iter()
+                .chain(st.hold_seen.map(|(_, at)| at))
+                .any(|hold| reservation.at() < hold);
+            if !voided {
+                st.lease.put(Leased {
+                    at: reservation.at(),
+                    server_us: reservation.token(),
+                });
+            }
+        }
+    }
+
+    fn hold_until(&self, until: Instant) {
+        let inner = &self.inner;
+        {
+            let mut st = lock(&inner.state);
+            st.hold_pending = Some(st.hold_pending.map_or(until, |h| h.max(until)));
+            let voided = st.lease.void_before(until);
+            bump(&inner.counters.expired, voided);
+        }
+        if let Some(local) = &inner.fallback {
+            local.hold_until(until);
+        }
+        inner.spawn_push();
+    }
+
+    fn held_until(&self, now: Instant) -> Option<Instant> {
+        let inner = &self.inner;
+        let st = lock(&inner.state);
+        let fallback = inner.fallback.as_ref().and_then(|l| l.held_until(now));
+        st.hold_pending
+            .into_iter()
+            .chain(st.hold_seen.map(|(_, at)| at))
+            .chain(fallback)
+            .filter(|h| *h > now)
+            .max()
+    }
+
+    fn set_rate(&self, per_second: f64) -> Result<(), ConfigError> {
+        let inner = &self.inner;
+        let interval = interval_for_rate(per_second)?;
+        let us = micros_up(interval);
+        inner
+            .primary_interval
+            .store(us.saturating_mul(1_000), Ordering::Relaxed);
+        if let Some(local) = &inner.fallback {
+            // The fallback keeps its share: scale its rate by the same factor.
+            let factor = inner.configured_primary as f64 / interval as f64;
+            let local_rate = local.limits().quotas()[0].rate_per_second() * factor;
+            local.set_rate(local_rate)?;
+        }
+        lock(&inner.state).rate_pending = Some(us);
+        inner.spawn_push();
+        Ok(())
+    }
+
+    fn rate(&self) -> f64 {
+        1e9 / self.inner.primary_interval.load(Ordering::Relaxed) as f64
+    }
+
+    /// This worker's view without I/O: `available` and `next_free` describe its lease.
+    fn snapshot(&self, now: Instant) -> Snapshot {
+        let inner = &self.inner;
+        let (available, next_free) = {
+            let st = lock(&inner.state);
+            let grace = inner.grace();
+            let available = st.lease.usable(now, grace).filter(|s| s.at <= now).count() as u64;
+            let next = st
+                .lease
+                .usable(now, grace)
+                .next()
+                .map_or(now, |s| s.at.max(now));
+            (available, next)
+        };
+        Snapshot {
+            available,
+            next_free,
+            rate_per_second: self.rate(),
+            held_until: self.held_until(now),
+        }
+    }
+}
+
+impl fmt::Debug for RedisBucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("RedisBucket")
+            .field("key", &inner.key)
+            .field("limits", &inner.limits)
+            .field("lease_size", &inner.lease_size)
+            .field("timeout", &inner.timeout)
+            .field("fail_open", &inner.fallback.is_some())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lease_hands_out_in_order_and_discards_stale_slots() {
+        let t0 = Instant::now();
+        let mut lease = Lease::default();
+        for (i, off) in [30u64, 0, 10, 20].into_iter().enumerate() {
+            lease.put(Leased {
+                at: t0 + ms(off),
+                server_us: i as u64,
+            });
+        }
+        let mut expired = 0;
+        let grace = ms(5);
+        // At +16 ms: the slot at 0 is 16 ms old (stale), 10 is 6 ms old (stale), 20 is next.
+        let got = lease.take(t0 + ms(16), grace, None, &mut expired);
+        assert_eq!(expired, 2);
+        assert!(matches!(got, Take::Slot(s) if s.at == t0 + ms(20)));
+        // The next one is 14 ms away: over a 10 ms max_wait it stays leased.
+        assert_eq!(
+            lease.take(t0 + ms(16), grace, Some(ms(10)), &mut expired),
+            Take::TooFar(ms(14))
+        );
+        assert!(matches!(
+            lease.take(t0 + ms(16), grace, Some(ms(20)), &mut expired),
+            Take::Slot(s) if s.at == t0 + ms(30)
+        ));
+        assert_eq!(lease.take(t0, grace, None, &mut expired), Take::Empty);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_voids_leased_slots_before_it() {
+        let t0 = Instant::now();
+        let mut lease = Lease::default();
+        for off in [0, 10, 20, 30] {
+            lease.put(Leased {
+                at: t0 + ms(off),
+                server_us: off,
+            });
+        }
+        assert_eq!(lease.void_before(t0 + ms(20)), 2);
+        assert_eq!(lease.slots.front().map(|s| s.at), Some(t0 + ms(20)));
+    }
+
+    #[test]
+    fn replies_parse_and_convert_to_local_time_after_arrival() {
+        assert!(Reply::parse(vec![1, 2]).is_err());
+        assert!(Reply::parse(vec![1, 2, 3, -4]).is_err());
+        let r = Reply::parse(vec![1_000_000, 0, 20_000, 0, 1_000_000, 1_020_000]).unwrap();
+        assert_eq!(r.slots, vec![1_000_000, 1_020_000]);
+        let arrived = std::time::Instant::now().into();
+        assert_eq!(r.local(1_020_000, arrived), arrived + ms(20));
+        // A slot before the server's now (cannot happen) maps to the arrival, never earlier.
+        assert_eq!(r.local(10, arrived), arrived);
+    }
+
+    #[test]
+    fn builder_rejects_bad_configuration() {
+        let limits = Limits::new(Quota::per_second(10).unwrap().with_burst(3).unwrap());
+        let b = || RedisBucket::builder(limits.clone(), "ws");
+        assert_eq!(b().check(), Ok(()));
+        assert_eq!(
+            RedisBucket::builder(Limits::unlimited(), "ws").check(),
+            Err(ConfigError::NoQuota)
+        );
+        assert!(matches!(
+            RedisBucket::builder(limits.clone(), "").check(),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert_eq!(
+            b().lease_size(0).check(),
+            Err(ConfigError::Zero { name: "lease_size" })
+        );
+        assert!(matches!(
+            b().lease_size(10_001).check(),
+            Err(ConfigError::OutOfRange { .. })
+        ));
+        assert_eq!(
+            b().timeout(Duration::ZERO).check(),
+            Err(ConfigError::Zero { name: "timeout" })
+        );
+        assert_eq!(
+            b().fail_mode(FailMode::Open {
+                local: Limits::unlimited()
+            })
+            .check(),
+            Err(ConfigError::NoQuota)
+        );
+        assert_eq!(
+            FailMode::open_share(&limits, 0),
+            Err(ConfigError::Zero { name: "workers" })
+        );
+        assert_eq!(
+            FailMode::open_share(&Limits::unlimited(), 2),
+            Err(ConfigError::NoQuota)
+        );
+        let FailMode::Open { local } = FailMode::open_share(&limits, 4).unwrap() else {
+            panic!("open");
+        };
+        assert_eq!(local.quotas()[0].interval(), ms(400));
+        assert_eq!(local.quotas()[0].burst(), 1);
+    }
+
+    #[test]
+    fn microseconds_round_up_so_the_server_never_paces_faster() {
+        assert_eq!(micros_up(1), 1);
+        assert_eq!(micros_up(1_000), 1);
+        assert_eq!(micros_up(1_001), 2);
+        assert_eq!(micros_up(333_333_334), 333_334);
+    }
+}

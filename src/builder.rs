@@ -1,0 +1,470 @@
+//! Ergonomics: [`ServiceBuilderExt`] for layer-by-layer stacks, and [`Throttle::builder`] for
+//! the usual stack in one call.
+//!
+//! Both build the same thing: a [`RetryLayer`] above a [`RateLimitLayer`], the retry policy
+//! holding the gate's bucket, so a retry goes back through the gate and a 429 with
+//! `Retry-After` pauses every caller (see [the stacking order](crate::retry#stacking-order)).
+//!
+//! Layer by layer, with the extension trait:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_throttle::builder::ServiceBuilderExt;
+//! use tower_throttle::{presets, RetryPolicy};
+//!
+//! # fn client() -> tower::util::BoxCloneService<http::Request<http_body_util::Full<bytes::Bytes>>, http::Response<()>, tower::BoxError> { tower::util::BoxCloneService::new(tower::service_fn(|_| async { Ok(http::Response::new(())) })) }
+//! let svc = ServiceBuilder::new()
+//!     .throttle(presets::hubspot(), RetryPolicy::default()) // retry above gate, one bucket
+//!     .timeout(Duration::from_secs(30))                      // per attempt, below the gate
+//!     .service(client());
+//! # let _ = svc;
+//! ```
+//!
+//! In one call, with the same result and a stable type to store:
+//!
+//! ```
+//! # use std::time::Duration;
+//! use tower_throttle::{presets, RetryPolicy, Throttle};
+//!
+//! # fn client() -> tower::util::BoxCloneService<http::Request<http_body_util::Full<bytes::Bytes>>, http::Response<()>, tower::BoxError> { tower::util::BoxCloneService::new(tower::service_fn(|_| async { Ok(http::Response::new(())) })) }
+//! let client = Throttle::builder()
+//!     .limits(presets::hubspot())
+//!     .retry(RetryPolicy::default())
+//!     .timeout(Duration::from_secs(30))
+//!     .build(client())?;
+//! # Ok::<(), tower_throttle::ConfigError>(())
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use pin_project_lite::pin_project;
+use tower::layer::util::Stack;
+use tower::retry::Retry;
+use tower::timeout::Timeout;
+use tower::util::Either;
+use tower::{BoxError, ServiceBuilder};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::adaptive::{Adaptive, AdaptiveLayer, RateController};
+use crate::bucket::{Bucket, LocalBucket};
+use crate::classify::{Classify, HttpClassifier};
+use crate::dead_letter::{DeadLetterLayer, DeadLetterStore, DeadLetters};
+use crate::metrics::Stats;
+use crate::retry::{ReplayBody, RetryLayer, RetryPolicy};
+use crate::{ConfigError, Limits, RateLimit, RateLimitLayer};
+
+mod sealed {
+    pub trait Sealed {}
+    impl<L> Sealed for tower::ServiceBuilder<L> {}
+}
+
+/// This crate's layers as [`ServiceBuilder`] methods (sealed: implemented for
+/// `ServiceBuilder` only).
+///
+/// The names avoid tower's own `rate_limit` and `retry`, which take different arguments and
+/// would win method resolution.
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_throttle::builder::ServiceBuilderExt;
+/// use tower_throttle::{LocalBucket, Quota, RetryPolicy};
+///
+/// let bucket = LocalBucket::new(Quota::per_second(80)?);
+/// let builder = ServiceBuilder::new()
+///     .retry_429(RetryPolicy::default().with_bucket(bucket.clone()))
+///     .shared_rate_limit_bucket(bucket);
+/// # let _ = builder;
+/// # Ok::<(), tower_throttle::ConfigError>(())
+/// ```
+pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
+    /// Adds a [`RateLimitLayer`] with a new bucket for `limits` (and their concurrency cap).
+    /// See [`crate::rate_limit`].
+    fn shared_rate_limit(
+        self,
+        limits: impl Into<Limits>,
+    ) -> ServiceBuilder<Stack<RateLimitLayer, L>>;
+
+    /// Adds a [`RateLimitLayer`] over an existing bucket, shared with other stacks or with a
+    /// retry policy. See [`crate::rate_limit`] and [`crate::bucket`].
+    fn shared_rate_limit_bucket<B: Bucket + Clone>(
+        self,
+        bucket: B,
+    ) -> ServiceBuilder<Stack<RateLimitLayer<B>, L>>;
+
+    /// Adds a [`RetryLayer`]: 429s wait out `Retry-After`, transient failures back off. Put it
+    /// above the rate limit and attach the same bucket with [`RetryPolicy::with_bucket`], or
+    /// use [`throttle`](ServiceBuilderExt::throttle). See [`crate::retry`].
+    fn retry_429<C>(self, policy: RetryPolicy<C>) -> ServiceBuilder<Stack<RetryLayer<C>, L>>;
+
+    /// Adds an [`AdaptiveLayer`]: put it between the retry layer and the rate limit whose
+    /// bucket it drives, so it sees every attempt. See [`crate::adaptive`].
+    fn adaptive<B: Bucket + Clone>(
+        self,
+        layer: AdaptiveLayer<B>,
+    ) -> ServiceBuilder<Stack<AdaptiveLayer<B>, L>>;
+
+    /// Adds a [`DeadLetterLayer`]: outermost, so it keeps only final failures. See
+    /// [`crate::dead_letter`].
+    fn dead_letters(self, layer: DeadLetterLayer) -> ServiceBuilder<Stack<DeadLetterLayer, L>>;
+
+    /// Adds both, in the right order and sharing one bucket: a [`RetryLayer`] whose policy
+    /// holds the bucket of the [`RateLimitLayer`] below it. See [`crate::retry`] for why the
+    /// order matters.
+    fn throttle<C>(
+        self,
+        limits: impl Into<Limits>,
+        policy: RetryPolicy<C>,
+    ) -> ServiceBuilder<Stack<RateLimitLayer, Stack<RetryLayer<C>, L>>>;
+}
+
+impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
+    fn shared_rate_limit(
+        self,
+        limits: impl Into<Limits>,
+    ) -> ServiceBuilder<Stack<RateLimitLayer, L>> {
+        self.layer(RateLimitLayer::new(limits))
+    }
+
+    fn shared_rate_limit_bucket<B: Bucket + Clone>(
+        self,
+        bucket: B,
+    ) -> ServiceBuilder<Stack<RateLimitLayer<B>, L>> {
+        self.layer(RateLimitLayer::with_bucket(bucket))
+    }
+
+    fn retry_429<C>(self, policy: RetryPolicy<C>) -> ServiceBuilder<Stack<RetryLayer<C>, L>> {
+        self.layer(RetryLayer::new(policy))
+    }
+
+    fn adaptive<B: Bucket + Clone>(
+        self,
+        layer: AdaptiveLayer<B>,
+    ) -> ServiceBuilder<Stack<AdaptiveLayer<B>, L>> {
+        self.layer(layer)
+    }
+
+    fn dead_letters(self, layer: DeadLetterLayer) -> ServiceBuilder<Stack<DeadLetterLayer, L>> {
+        self.layer(layer)
+    }
+
+    fn throttle<C>(
+        self,
+        limits: impl Into<Limits>,
+        policy: RetryPolicy<C>,
+    ) -> ServiceBuilder<Stack<RateLimitLayer, Stack<RetryLayer<C>, L>>> {
+        let gate = RateLimitLayer::new(limits);
+        let policy = policy.with_bucket(gate.bucket().clone());
+        self.layer(RetryLayer::new(policy)).layer(gate)
+    }
+}
+
+/// The usual stack as one service: retry above a shared gate, with an optional per-attempt
+/// timeout below the gate. Build it with [`Throttle::builder`].
+///
+/// The layers inside are private, so the type stays the same as features are added; its
+/// response future is boxed (one allocation per request, not per attempt). Clones share the
+/// bucket, the concurrency cap and the retry budget.
+///
+/// ```
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{service_fn, ServiceExt};
+/// use tower_throttle::retry::Attempts;
+/// use tower_throttle::{Quota, RetryPolicy, Throttle};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// let api = service_fn(|_req: http::Request<Full<Bytes>>| async {
+///     Ok::<_, tower::BoxError>(http::Response::new(()))
+/// });
+/// let client = Throttle::builder()
+///     .limits(Quota::per_second(10)?)
+///     .retry(RetryPolicy::default())
+///     .build(api)?;
+///
+/// let start = tokio::time::Instant::now();
+/// for _ in 0..3 {
+///     let res = client.clone().oneshot(http::Request::new(Full::new(Bytes::new()))).await?;
+///     assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(1)));
+/// }
+/// // Three calls at 10/s: the third waits 200 ms for its slot.
+/// assert_eq!(start.elapsed(), Duration::from_millis(200));
+/// # Ok(()) }
+/// ```
+pub struct Throttle<S, C = HttpClassifier> {
+    inner: Outer<S, C>,
+    bucket: LocalBucket,
+}
+
+/// The gate, with the adaptive layer above it when configured.
+type Gated<S> = Either<Adaptive<RateLimit<Attempt<S>>, LocalBucket>, RateLimit<Attempt<S>>>;
+/// Retry above the gate, with the dead-letter layer outermost when configured.
+type Outer<S, C> =
+    Either<DeadLetters<Retry<RetryPolicy<C>, Gated<S>>>, Retry<RetryPolicy<C>, Gated<S>>>;
+
+impl Throttle<(), HttpClassifier> {
+    /// A builder with no limits yet, the default [`RetryPolicy`], no timeout and no
+    /// `max_wait`.
+    pub fn builder() -> ThrottleBuilder {
+        ThrottleBuilder {
+            limits: None,
+            retry: RetryPolicy::default(),
+            timeout: None,
+            max_wait: None,
+            adaptive: None,
+            dead_letters: None,
+            stats: None,
+        }
+    }
+}
+
+impl<S, C> Throttle<S, C> {
+    /// The shared bucket: take a snapshot, change its rate, or gate another stack with it
+    /// ([`RateLimitLayer::with_bucket`]).
+    pub fn bucket(&self) -> &LocalBucket {
+        &self.bucket
+    }
+}
+
+impl<S: Clone, C: Clone> Clone for Throttle<S, C> {
+    fn clone(&self) -> Self {
+        Throttle {
+            inner: self.inner.clone(),
+            bucket: self.bucket.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Throttle<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Throttle")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S, C, B, R> Service<http::Request<B>> for Throttle<S, C>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    C: Classify + Send + Sync + 'static,
+    B: ReplayBody + Send + 'static,
+    R: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<http::Response<R>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        Box::pin(self.inner.call(req))
+    }
+}
+
+/// Builds a [`Throttle`]; start from [`Throttle::builder`].
+///
+/// Only [`limits`](ThrottleBuilder::limits) is required; adaptive control, dead letters,
+/// a timeout, load shedding and stats are optional, and the built type is the same whichever
+/// are chosen.
+#[must_use = "call .build(client) to get the service"]
+pub struct ThrottleBuilder<C = HttpClassifier> {
+    limits: Option<Limits>,
+    retry: RetryPolicy<C>,
+    timeout: Option<Duration>,
+    max_wait: Option<Duration>,
+    // A mutex only to make the builder `Sync`; it is never contended.
+    adaptive: Option<std::sync::Mutex<Box<dyn RateController>>>,
+    dead_letters: Option<DeadLetterLayer>,
+    stats: Option<Stats>,
+}
+
+impl<C> ThrottleBuilder<C> {
+    /// The limits to enforce, for example a [preset](crate::presets). Required.
+    pub fn limits(mut self, limits: impl Into<Limits>) -> Self {
+        self.limits = Some(limits.into());
+        self
+    }
+
+    /// The retry policy (default [`RetryPolicy::default`]). Its bucket is replaced by the
+    /// gate's, so a 429 holds the bucket every request goes through.
+    pub fn retry<C2>(self, policy: RetryPolicy<C2>) -> ThrottleBuilder<C2> {
+        ThrottleBuilder {
+            limits: self.limits,
+            retry: policy,
+            timeout: self.timeout,
+            max_wait: self.max_wait,
+            adaptive: self.adaptive,
+            dead_letters: self.dead_letters,
+            stats: self.stats,
+        }
+    }
+
+    /// Fails an attempt that takes longer than `timeout` once sent (time waiting at the gate
+    /// does not count). The timeout is a transient failure, retried with backoff.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Refuses at once, with [`ThrottleError::WaitTooLong`](crate::ThrottleError::WaitTooLong),
+    /// a request whose slot is more than `max_wait` away (load shedding).
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// Lets `controller` move the shared bucket's rate from what the server answers (see
+    /// [`adaptive`](crate::adaptive)); it sees every attempt, retries included.
+    pub fn adaptive(mut self, controller: impl RateController + 'static) -> Self {
+        self.adaptive = Some(std::sync::Mutex::new(Box::new(controller)));
+        self
+    }
+
+    /// Keeps every request whose final outcome is a failure in `store`, credentials
+    /// redacted (see [`dead_letter`](crate::dead_letter)); outermost, so it sees final
+    /// outcomes only.
+    pub fn dead_letters(mut self, store: impl DeadLetterStore) -> Self {
+        self.dead_letters = Some(DeadLetterLayer::new(store));
+        self
+    }
+
+    /// Records gate waits, attempt outcomes, retries and dead letters into `stats`.
+    pub fn stats(mut self, stats: Stats) -> Self {
+        self.stats = Some(stats);
+        self
+    }
+
+    /// Wraps `client`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when no limits were given, or a zero timeout.
+    pub fn build<S>(self, client: S) -> Result<Throttle<S, C>, ConfigError> {
+        let limits = self.limits.ok_or_else(|| {
+            ConfigError::Invalid(
+                "Throttle::builder() needs limits: call .limits(presets::hubspot()) or \
+                 .limits(Quota::per_second(n)?) before .build(client)"
+                    .into(),
+            )
+        })?;
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::Invalid(
+                "a zero timeout would fail every request: pass a positive duration to \
+                 .timeout(..) or leave it out"
+                    .into(),
+            ));
+        }
+        let mut gate = RateLimitLayer::new(limits);
+        if let Some(max_wait) = self.max_wait {
+            gate = gate.with_max_wait(max_wait);
+        }
+        let mut policy = self.retry;
+        let mut dead_letters = self.dead_letters;
+        if let Some(stats) = self.stats {
+            gate = gate.with_stats(stats.clone());
+            policy = policy.with_stats(stats.clone());
+            dead_letters = dead_letters.map(|d| d.with_stats(stats));
+        }
+        let bucket = gate.bucket().clone();
+        let attempt = match self.timeout {
+            Some(d) => Attempt::Timed(Timeout::new(client, d)),
+            None => Attempt::Plain(client),
+        };
+        let gated = match self.adaptive {
+            Some(controller) => {
+                let controller = controller
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                Either::Left(
+                    AdaptiveLayer::new(bucket.clone(), controller)?.layer(gate.layer(attempt)),
+                )
+            }
+            None => Either::Right(gate.layer(attempt)),
+        };
+        let retry = Retry::new(policy.with_bucket(bucket.clone()), gated);
+        let inner = match dead_letters {
+            Some(layer) => Either::Left(layer.layer(retry)),
+            None => Either::Right(retry),
+        };
+        Ok(Throttle { inner, bucket })
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for ThrottleBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThrottleBuilder")
+            .field("limits", &self.limits)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .field("max_wait", &self.max_wait)
+            .field("adaptive", &self.adaptive)
+            .field("dead_letters", &self.dead_letters)
+            .field("stats", &self.stats.is_some())
+            .finish()
+    }
+}
+
+/// One attempt against the client, with or without a timeout; errors boxed either way.
+#[derive(Clone, Debug)]
+enum Attempt<S> {
+    Timed(Timeout<S>),
+    Plain(S),
+}
+
+impl<S, Req> Service<Req> for Attempt<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = AttemptFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            Attempt::Timed(s) => s.poll_ready(cx),
+            Attempt::Plain(s) => s.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self {
+            Attempt::Timed(s) => AttemptFuture::Timed { f: s.call(req) },
+            Attempt::Plain(s) => AttemptFuture::Plain { f: s.call(req) },
+        }
+    }
+}
+
+pin_project! {
+    #[project = AttemptProj]
+    enum AttemptFuture<F> {
+        Timed { #[pin] f: tower::timeout::future::ResponseFuture<F> },
+        Plain { #[pin] f: F },
+    }
+}
+
+impl<F, T, E> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AttemptProj::Timed { f } => f.poll(cx),
+            AttemptProj::Plain { f } => f.poll(cx).map_err(Into::into),
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The one-call builder and the `ServiceBuilder` extension: one bucket shared by the gate and
+//! the retry hold, helpful errors, and the auto traits users rely on.
+
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use tokio::time::Instant;
+use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower_throttle::bucket::{KeyedBucket, Snapshot};
+use tower_throttle::builder::ServiceBuilderExt;
+use tower_throttle::classify::Outcome;
+use tower_throttle::retry::{Attempts, RetryLayer};
+use tower_throttle::{
+    presets, Backoff, Bucket, ConfigError, HttpClassifier, Limits, LocalBucket, Quota, RateLimit,
+    RateLimitLayer, RetryPolicy, Throttle, ThrottleBuilder, ThrottleError,
+};
+
+type HyperClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+fn assert_send_sync<T: Send + Sync + 'static>() {}
+fn assert_debug<T: Debug>() {}
+
+/// Fails to compile if a type users store in shared state (axum state, `Arc`, statics) loses
+/// `Send`, `Sync` or `'static`, or `Debug`.
+#[test]
+fn main_types_are_send_sync_static_and_debug() {
+    assert_send_sync::<Quota>();
+    assert_send_sync::<Limits>();
+    assert_send_sync::<LocalBucket>();
+    assert_send_sync::<KeyedBucket<String>>();
+    assert_send_sync::<Snapshot>();
+    assert_send_sync::<RateLimitLayer>();
+    assert_send_sync::<RateLimit<HyperClient>>();
+    assert_send_sync::<RetryLayer>();
+    assert_send_sync::<RetryPolicy>();
+    assert_send_sync::<HttpClassifier>();
+    assert_send_sync::<Backoff>();
+    assert_send_sync::<Outcome>();
+    assert_send_sync::<ThrottleError>();
+    assert_send_sync::<ConfigError>();
+    assert_send_sync::<ThrottleBuilder>();
+    assert_send_sync::<Throttle<HyperClient>>();
+    assert_send_sync::<tower::retry::Retry<RetryPolicy, RateLimit<HyperClient>>>();
+    #[cfg(feature = "reqwest")]
+    assert_send_sync::<tower_throttle::reqwest::ThrottleMiddleware>();
+
+    assert_debug::<RateLimit<HyperClient>>();
+    assert_debug::<Throttle<HyperClient>>();
+    assert_debug::<ThrottleBuilder>();
+    assert_debug::<RetryLayer>();
+    #[cfg(feature = "reqwest")]
+    assert_debug::<tower_throttle::reqwest::ThrottleMiddleware>();
+}
+
+#[test]
+fn builder_errors_say_what_to_do() {
+    let api = service_fn(|_: http::Request<Full<Bytes>>| async {
+        Ok::<_, tower::BoxError>(http::Response::new(()))
+    });
+    let err = Throttle::builder().build(api).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(".limits("), "{msg}");
+    let err = Throttle::builder()
+        .limits(presets::mailchimp())
+        .timeout(Duration::ZERO)
+        .build(api)
+        .unwrap_err();
+    assert!(err.to_string().contains("positive duration"), "{err}");
+}
+
+type Seen = Arc<Mutex<Vec<(u32, Duration)>>>;
+
+/// An API that answers its first call with `429, Retry-After: 2` and everything else with
+/// 200, recording (caller id, time) of every call.
+fn api_429_once(
+    start: Instant,
+    seen: Seen,
+) -> impl tower::Service<
+    http::Request<Full<Bytes>>,
+    Response = http::Response<()>,
+    Error = tower::BoxError,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    service_fn(move |req: http::Request<Full<Bytes>>| {
+        let seen = seen.clone();
+        async move {
+            let id: u32 = req.headers()["x-id"].to_str()?.parse()?;
+            let mut seen = seen.lock().unwrap();
+            seen.push((id, start.elapsed()));
+            let status = if seen.len() == 1 { 429 } else { 200 };
+            Ok(http::Response::builder()
+                .status(status)
+                .header("retry-after", "2")
+                .body(())?)
+        }
+    })
+}
+
+fn request(id: u32) -> http::Request<Full<Bytes>> {
+    http::Request::post("http://api.test/v1/track")
+        .header("x-id", id.to_string())
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap()
+}
+
+/// A second caller that did nothing wrong still waits out the first caller's 429: the
+/// builder wired one bucket into the gate and the retry hold.
+async fn second_caller_waits_out_the_hold<S>(client: S, start: Instant, seen: Seen)
+where
+    S: tower::Service<
+            http::Request<Full<Bytes>>,
+            Response = http::Response<()>,
+            Error = tower::BoxError,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let first = tokio::spawn(client.clone().oneshot(request(1)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = client.oneshot(request(2)).await.unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.extensions().get::<Attempts>(), Some(&Attempts(2)));
+    assert_eq!(second.extensions().get::<Attempts>(), Some(&Attempts(1)));
+    let seen = seen.lock().unwrap().clone();
+    let second_at = seen.iter().find(|(id, _)| *id == 2).unwrap().1;
+    assert!(second_at >= Duration::from_secs(2), "{seen:?}");
+    assert!(start.elapsed() < Duration::from_secs(4), "{seen:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttle_builder_shares_one_bucket_between_gate_and_retry_hold() {
+    let start = Instant::now();
+    let seen = Seen::default();
+    let client = Throttle::builder()
+        .limits(Quota::per_second(10).unwrap())
+        .retry(RetryPolicy::default().with_seed(1))
+        .timeout(Duration::from_secs(30))
+        .build(api_429_once(start, seen.clone()))
+        .unwrap();
+    assert!(client.bucket().held_until(start).is_none());
+    second_caller_waits_out_the_hold(client, start, seen).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn service_builder_ext_throttle_shares_one_bucket_too() {
+    let start = Instant::now();
+    let seen = Seen::default();
+    let client = ServiceBuilder::new()
+        .throttle(
+            Quota::per_second(10).unwrap(),
+            RetryPolicy::default().with_seed(1),
+        )
+        .service(api_429_once(start, seen.clone()));
+    second_caller_waits_out_the_hold(client, start, seen).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttle_builder_max_wait_sheds_with_a_typed_error() {
+    let start = Instant::now();
+    let client = Throttle::builder()
+        .limits(Quota::per_second(1).unwrap())
+        .max_wait(Duration::from_millis(100))
+        .build(api_429_once(start, Seen::default()))
+        .unwrap();
+    // The first call takes the only slot (and earns the 429, so it holds the bucket too).
+    let pending = tokio::spawn(client.clone().oneshot(request(1)));
+    tokio::task::yield_now().await;
+    let err = client.oneshot(request(2)).await.unwrap_err();
+    assert!(
+        matches!(
+            ThrottleError::from_box(&err),
+            Some(ThrottleError::WaitTooLong { .. })
+        ),
+        "{err}"
+    );
+    pending.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttle_builder_wires_adaptive_control_dead_letters_and_stats() {
+    use tower_throttle::adaptive::Aimd;
+    use tower_throttle::{DeadLetterStore, MemoryStore, Stats};
+
+    // The API throttles the first call without Retry-After, then answers 404 to id 2.
+    let calls = Arc::new(Mutex::new(0u32));
+    let api = {
+        let calls = calls.clone();
+        service_fn(move |req: http::Request<Full<Bytes>>| {
+            let n = {
+                let mut c = calls.lock().unwrap();
+                *c += 1;
+                *c
+            };
+            async move {
+                let status = match (n, req.uri().path()) {
+                    (1, _) => 429,
+                    (_, "/2") => 404,
+                    _ => 200,
+                };
+                Ok::<_, tower::BoxError>(http::Response::builder().status(status).body(())?)
+            }
+        })
+    };
+    let store = Arc::new(MemoryStore::new());
+    let stats = Stats::new();
+    let client = Throttle::builder()
+        .limits(Quota::per_second(100).unwrap())
+        .retry(
+            RetryPolicy::default().with_backoff(
+                Backoff::builder()
+                    .base(Duration::from_millis(10))
+                    .build()
+                    .unwrap(),
+            ),
+        )
+        .adaptive(Aimd::new(100.0, 1.0, 200.0).unwrap())
+        .dead_letters(store.clone())
+        .stats(stats.clone())
+        .build(api)
+        .unwrap();
+    let ok = client
+        .clone()
+        .oneshot(
+            http::Request::put("http://api.example/1")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    // The 429 went through the adaptive layer: AIMD halved the shared bucket's rate.
+    assert_eq!(client.bucket().rate(), 50.0);
+    let missing = client
+        .clone()
+        .oneshot(
+            http::Request::put("http://api.example/2")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let letters = store.list().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].uri, "http://api.example/2");
+    let snap = stats.snapshot();
+    assert_eq!(snap.requests(), 3);
+    assert_eq!(snap.retries(), 1);
+}

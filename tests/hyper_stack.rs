@@ -1,0 +1,111 @@
+//! The documented hyper stack against the mock server: retry above the shared gate, a
+//! per-attempt timeout below it, `Full<Bytes>` bodies so every attempt can be replayed.
+#![cfg(feature = "mock")]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::timeout::TimeoutLayer;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_throttle::mock::MockServer;
+use tower_throttle::retry::{Attempts, RetryLayer, RetryPolicy};
+use tower_throttle::{Backoff, Jitter, LocalBucket, Quota, RateLimitLayer, Throttle};
+
+const TIMEOUT: Duration = Duration::from_millis(200);
+
+fn backoff() -> Backoff {
+    Backoff::builder()
+        .base(Duration::from_millis(10))
+        .max_retries(10)
+        .jitter(Jitter::None)
+        .build()
+        .unwrap()
+}
+
+/// A server whose latency is uniform in 0..=300 ms, so about a third of the attempts outlive
+/// the 200 ms timeout. The seed and one request at a time make the sequence reproducible.
+async fn slow_server() -> MockServer {
+    MockServer::builder()
+        .latency_range(Duration::ZERO, Duration::from_millis(300))
+        .seed(11)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Sends `n` requests one after another; returns the attempts each took.
+async fn send<S>(mut svc: S, server: &MockServer, n: usize) -> Vec<u32>
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<hyper::body::Incoming>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut attempts = Vec::new();
+    for id in 0..n {
+        let req = http::Request::post(server.uri("/v1/track"))
+            .header("x-request-id", id.to_string())
+            .body(Full::new(Bytes::from(format!("{{\"id\":{id}}}"))))
+            .unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        attempts.push(res.extensions().get::<Attempts>().unwrap().0);
+    }
+    attempts
+}
+
+fn check(server: &MockServer, attempts: &[u32]) {
+    // Timeouts happened and were retried as transient failures, until every record arrived.
+    assert!(attempts.iter().any(|&a| a > 1), "{attempts:?}");
+    let stats = server.stats();
+    assert_eq!(stats.distinct_ids, attempts.len() as u64);
+    // The server decides before its latency, so a timed-out attempt was still received (and
+    // accepted): an at-least-once delivery the request ids make visible.
+    let total: u32 = attempts.iter().sum();
+    assert_eq!(stats.received, u64::from(total));
+    assert_eq!(
+        stats.duplicate_ids,
+        u64::from(total) - attempts.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_stack_retries_timeouts_layer_by_layer() {
+    let server = slow_server().await;
+    let bucket = LocalBucket::new(Quota::per_second(50).unwrap());
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            RetryPolicy::default()
+                .with_backoff(backoff())
+                .without_budget()
+                .with_bucket(bucket.clone()),
+        ))
+        .layer(RateLimitLayer::with_bucket(bucket))
+        // Below the gate: only the time on the wire counts, not the wait for a slot.
+        .layer(TimeoutLayer::new(TIMEOUT))
+        .service(client);
+    let attempts = send(svc, &server, 12).await;
+    check(&server, &attempts);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_stack_retries_timeouts_through_the_one_call_builder() {
+    let server = slow_server().await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let svc = Throttle::builder()
+        .limits(Quota::per_second(50).unwrap())
+        .retry(
+            RetryPolicy::default()
+                .with_backoff(backoff())
+                .without_budget(),
+        )
+        .timeout(TIMEOUT)
+        .build(client)
+        .unwrap();
+    let attempts = send(svc, &server, 12).await;
+    check(&server, &attempts);
+    server.shutdown().await;
+}

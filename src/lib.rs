@@ -101,6 +101,7 @@ pub mod rate_limit;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 pub mod retry;
+mod sync;
 
 pub use adaptive::AdaptiveLayer;
 pub use backoff::{Backoff, Jitter};

@@ -5,14 +5,15 @@
 //! together (a caller refused by the daily window must not consume a per-second slot), which
 //! one CAS cannot do, so that case takes a short mutex; it is still allocation-free.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::{interval_for_rate, Bucket, Gcra, Reservation, Reserve, Snapshot};
 use crate::clock::{duration_nanos, Epoch};
+use crate::sync::{AtomicU64, Mutex, MutexGuard};
 use crate::{ConfigError, Limits, ThrottleError};
 
 /// A token bucket in this process, shared by every clone.

@@ -197,13 +197,24 @@ impl Inner {
                 }
             }
         }
+        // A hand-edited id of u64::MAX leaves no fresh id: wrapping to 0 would let new letters
+        // overwrite old ones (found by fuzzing, fuzz/fuzz_targets/dead_letter_file.rs).
+        let next_id = max_id.checked_add(1).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: id {max_id} leaves no id for new letters",
+                    path.display()
+                ),
+            )
+        })?;
         Ok(Inner {
             file,
             path,
             len: complete as u64,
             letters,
             tombstones,
-            next_id: max_id + 1,
+            next_id,
             threshold: DEFAULT_COMPACTION_THRESHOLD,
             torn_bytes,
         })
@@ -231,11 +242,16 @@ impl Inner {
 
     fn append(&mut self, mut letter: DeadLetter) -> io::Result<u64> {
         letter.id = self.next_id;
+        let next_id = self
+            .next_id
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("dead-letter ids exhausted"))?;
         let line = serde_json::to_vec(&letter).map_err(io::Error::other)?;
         self.write_line(line)?;
-        self.next_id += 1;
-        self.letters.insert(letter.id, letter);
-        Ok(self.next_id - 1)
+        let id = letter.id;
+        self.next_id = next_id;
+        self.letters.insert(id, letter);
+        Ok(id)
     }
 
     fn remove(&mut self, id: u64) -> io::Result<bool> {
@@ -306,5 +322,21 @@ impl DeadLetterStore for FileStore {
     fn len(&self) -> StoreFuture<'_, usize> {
         let n = self.lock().letters.len();
         Box::pin(async move { Ok(n) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fuzzing regression: a file whose largest id is `u64::MAX` overflowed `next_id`
+    /// (a panic with overflow checks, silently reused ids without them).
+    #[tokio::test]
+    async fn an_id_of_u64_max_is_refused_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead_letters.jsonl");
+        std::fs::write(&path, "{\"removed\":18446744073709551615}\n").unwrap();
+        let err = FileStore::open(&path).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }

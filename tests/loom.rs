@@ -128,7 +128,7 @@ fn cancel_racing_reserve_never_admits_twice() {
         assert_eq!(cancelled.at(), now);
 
         let b1 = bucket.clone();
-        let canceller = thread::spawn(move || b1.cancel(&cancelled, now));
+        let canceller = thread::spawn(move || b1.cancel(cancelled, now));
         let b2 = bucket.clone();
         let reserver = thread::spawn(move || b2.try_reserve(now, None).unwrap().at());
         canceller.join().unwrap();
@@ -158,7 +158,7 @@ fn concurrent_cancels_and_reserve_keep_the_quota() {
 
         let cancel = |r: Reservation| {
             let bucket = bucket.clone();
-            thread::spawn(move || bucket.cancel(&r, now))
+            thread::spawn(move || bucket.cancel(r, now))
         };
         let c2 = cancel(second);
         let c3 = cancel(third);

@@ -192,7 +192,7 @@ fn run_local(quotas: &[Quota], schedule: &[Arrival]) -> Result<Vec<u64>, TestCas
                     "cancelled caller {}",
                     i
                 );
-                bucket.cancel(&r, base + Duration::from_nanos(at));
+                bucket.cancel(r, base + Duration::from_nanos(at));
             }
             (Ok(r), None) => {
                 let slot = offset(base, &r);
@@ -283,7 +283,7 @@ proptest! {
                     let next_gap = schedule.get(i + 1).map_or(after, |n| n.gap);
                     prop_assert_eq!(offset(base, &r), model.earliest(now));
                     let back = base + Duration::from_nanos(now + nanos(after.min(next_gap)));
-                    bucket.cancel(&a.key, &r, back);
+                    bucket.cancel(&a.key, r, back);
                 }
                 (Ok(r), None) => {
                     prop_assert_eq!(Ok(offset(base, &r)), model.reserve(now, a.max_wait), "caller {}", i);
@@ -317,23 +317,4 @@ fn the_window_bound_is_reached() {
         .filter(|d| *d < Duration::from_secs(1))
         .count();
     assert_eq!(first_period, 10 + 3 - 1);
-}
-
-/// Known gap (reported, not fixed here): the token a cancel compares against is the bucket's
-/// state after the reservation, and that value can come back. Cancelling the same reservation
-/// twice, after a second caller has taken the slot it freed, hands back the second caller's
-/// slot: a third caller then shares it. Tokens that never repeat (a generation counter beside
-/// the TAT) would close it; until then, `cancel` must be called at most once per reservation,
-/// which the gate does.
-#[test]
-#[ignore = "known ABA on double cancel; see the comment"]
-fn cancelling_twice_never_frees_a_live_slot() {
-    let bucket = LocalBucket::new(Quota::per_second(10).unwrap());
-    let now = Instant::now();
-    let first = bucket.try_reserve(now, None).unwrap();
-    bucket.cancel(&first, now);
-    let live = bucket.try_reserve(now, None).unwrap();
-    bucket.cancel(&first, now);
-    let next = bucket.try_reserve(now, None).unwrap();
-    assert_ne!(live.at(), next.at(), "two live reservations share one slot");
 }

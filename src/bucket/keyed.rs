@@ -210,7 +210,7 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
     }
 
     /// Hands back an unused reservation for `key` (exact when it was the key's last one).
-    pub fn cancel(&self, key: &K, reservation: &Reservation, now: Instant) {
+    pub fn cancel(&self, key: &K, reservation: Reservation, now: Instant) {
         let inner = &*self.inner;
         let now_n = inner.epoch.nanos(now);
         let mut shard = self.shard(key);
@@ -299,9 +299,10 @@ mod tests {
         assert_eq!(b.reserve(&"a", now, None).unwrap().at(), now);
         let second = b.reserve(&"a", now, None).unwrap();
         assert_eq!(second.at() - now, Duration::from_secs(30));
-        b.cancel(&"a", &second, now);
+        let second_at = second.at();
+        b.cancel(&"a", second, now);
         let again = b.reserve(&"a", now, None).unwrap();
-        assert_eq!(again.at(), second.at(), "the returned slot is reused");
+        assert_eq!(again.at(), second_at, "the returned slot is reused");
         let err = b
             .reserve(&"a", now, Some(Duration::from_secs(1)))
             .unwrap_err();

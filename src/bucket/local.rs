@@ -171,7 +171,7 @@ impl Bucket for LocalBucket {
         Reserve::Ready(self.try_reserve(now, max_wait))
     }
 
-    fn cancel(&self, reservation: &Reservation, now: Instant) {
+    fn cancel(&self, reservation: Reservation, now: Instant) {
         let inner = &*self.inner;
         let now_n = inner.epoch.nanos(now);
         match &inner.cells {

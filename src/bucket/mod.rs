@@ -44,8 +44,19 @@ pub use local::LocalBucket;
 
 /// A slot handed out by a bucket: the caller may start at [`Reservation::at`].
 ///
-/// Give an unused reservation back with [`Bucket::cancel`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Give an unused reservation back with [`Bucket::cancel`], which consumes it: a reservation
+/// is not `Clone`, so it cannot be handed back twice (a second return could free a slot that
+/// another caller already holds).
+///
+/// ```compile_fail
+/// use tower_throttle::{Bucket, LocalBucket, Quota};
+/// let bucket = LocalBucket::new(Quota::per_second(10).unwrap());
+/// let now = tokio::time::Instant::now();
+/// let slot = bucket.try_reserve(now, None).unwrap();
+/// bucket.cancel(slot, now);
+/// bucket.cancel(slot, now); // moved: a slot is returned at most once
+/// ```
+#[derive(Debug, PartialEq, Eq)]
 pub struct Reservation {
     at: Instant,
     // What the bucket's state became when this slot was taken, and the interval it added:
@@ -125,7 +136,7 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
 
     /// Hands back a reservation that will not be used. Exact when nobody reserved after it;
     /// otherwise the slot is forgotten (never admitted twice).
-    fn cancel(&self, reservation: &Reservation, now: Instant);
+    fn cancel(&self, reservation: Reservation, now: Instant);
 
     /// Makes every caller wait until `until`, including those already waiting for an earlier
     /// slot; after it they go paced, one interval apart. A later hold extends an earlier one.

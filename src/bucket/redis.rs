@@ -889,7 +889,7 @@ impl Bucket for RedisBucket {
         Reserve::Pending(Box::pin(Arc::clone(inner).round_trip(max_wait, hold, rate)))
     }
 
-    fn cancel(&self, reservation: &Reservation, now: Instant) {
+    fn cancel(&self, reservation: Reservation, now: Instant) {
         let inner = &self.inner;
         if reservation.interval_nanos() != 0 {
             if let Some(local) = &inner.fallback {

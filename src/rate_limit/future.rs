@@ -84,7 +84,7 @@ struct SlotGuard<K: Hash + Eq + Clone> {
 impl<K: Hash + Eq + Clone> Drop for SlotGuard<K> {
     fn drop(&mut self) {
         if let Some((bucket, key, reservation)) = self.held.take() {
-            bucket.cancel(&key, &reservation, Instant::now());
+            bucket.cancel(&key, reservation, Instant::now());
         }
     }
 }

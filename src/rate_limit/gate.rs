@@ -154,7 +154,8 @@ impl<B: Bucket + Clone> Clone for Gate<B> {
 
 impl<B: Bucket> Drop for Gate<B> {
     fn drop(&mut self) {
-        if let State::Waiting(r) | State::Ready(r) = &self.state {
+        if let State::Waiting(r) | State::Ready(r) = std::mem::replace(&mut self.state, State::Idle)
+        {
             self.bucket.cancel(r, Instant::now());
         }
     }

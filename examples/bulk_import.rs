@@ -158,7 +158,7 @@ async fn throttled(
     let client_rate = (args.rate * 4 / 5).max(1);
     let bucket = LocalBucket::new(Quota::per_second(client_rate)?);
     // The adaptive layer starts there and learns the real limit from the 429s it earns.
-    let adaptive = AdaptiveLayer::cubic(
+    let adaptive = AdaptiveLayer::probe(
         bucket.clone(),
         f64::from(client_rate),
         1.0,

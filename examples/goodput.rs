@@ -14,7 +14,8 @@
 //!
 //! Every contender runs 32 concurrent workers for `--secs`, each sending a request, handling
 //! the answer, and sending the next. Goodput is delivered requests per second over the run
-//! as a share of the server's limit; "lost" counts requests that ended without delivery.
+//! as a share of the server's limit (and the same from 10 s on, once an adaptive client has
+//! found the limit); "lost" counts requests that ended without delivery.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,12 +29,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{BoxError, ServiceExt};
-use tower_throttle::adaptive::Cubic;
+use tower_throttle::adaptive::Probe;
 use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
 use tower_throttle::{Attempts, Backoff, Quota, RetryPolicy, Throttle};
 
 const LIMIT: u32 = 100;
 const WORKERS: usize = 32;
+const WARMUP: Duration = Duration::from_secs(10);
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -50,6 +52,14 @@ impl Scenario {
             Scenario::Known => "known limit",
             Scenario::Hidden => "hidden limit",
             Scenario::Failures => "known limit, 10% 503s",
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            Scenario::Known => "known",
+            Scenario::Hidden => "hidden",
+            Scenario::Failures => "503s",
         }
     }
 
@@ -71,6 +81,8 @@ impl Scenario {
 #[derive(Default)]
 struct Tally {
     delivered: AtomicU64,
+    /// Delivered once the first `WARMUP` had passed (what a long run converges to).
+    delivered_warm: AtomicU64,
     lost: AtomicU64,
     attempts: AtomicU64,
 }
@@ -103,6 +115,9 @@ where
                 tally.attempts.fetch_add(attempts, Ordering::Relaxed);
                 if ok {
                     tally.delivered.fetch_add(1, Ordering::Relaxed);
+                    if started.elapsed() >= WARMUP {
+                        tally.delivered_warm.fetch_add(1, Ordering::Relaxed);
+                    }
                 } else {
                     tally.lost.fetch_add(1, Ordering::Relaxed);
                 }
@@ -153,7 +168,7 @@ async fn row(scenario: Scenario, contender: &str, secs: u64) -> Result<String, B
                 // Told nothing: start low and let the adaptive layer find the limit.
                 Scenario::Hidden => builder
                     .limits(Quota::per_second(1_000)?)
-                    .adaptive(Cubic::new(20.0, 1.0, 1_000.0)?)
+                    .adaptive(Probe::new(20.0, 1.0, 1_000.0)?)
                     .build(client)?,
                 _ => builder.limits(Quota::per_second(LIMIT)?).build(client)?,
             };
@@ -196,12 +211,22 @@ async fn row(scenario: Scenario, contender: &str, secs: u64) -> Result<String, B
     let delivered = tally.delivered.load(Ordering::Relaxed);
     let attempts = tally.attempts.load(Ordering::Relaxed).max(1);
     let goodput = delivered as f64 / elapsed.as_secs_f64();
+    let warm = elapsed.saturating_sub(WARMUP).as_secs_f64();
+    let warm_goodput = if warm > 0.0 {
+        format!(
+            "{:.1}%",
+            100.0 * tally.delivered_warm.load(Ordering::Relaxed) as f64 / warm / f64::from(LIMIT)
+        )
+    } else {
+        "-".to_string()
+    };
     Ok(format!(
-        "| {} | {} | {:.1}/s | {:.1}% | {:.2}% | {} | {:.3} |",
+        "| {} | {} | {:.1}/s | {:.1}% | {} | {:.2}% | {} | {:.3} |",
         scenario.name(),
         contender,
         goodput,
         100.0 * goodput / f64::from(LIMIT),
+        warm_goodput,
         100.0 * stats.rate_limited as f64 / stats.received.max(1) as f64,
         tally.lost.load(Ordering::Relaxed),
         attempts as f64 / (delivered + tally.lost.load(Ordering::Relaxed)).max(1) as f64,
@@ -211,17 +236,29 @@ async fn row(scenario: Scenario, contender: &str, secs: u64) -> Result<String, B
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let mut secs = 10;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--secs" => secs = args.next().ok_or("--secs needs a value")?.parse()?,
-            other => return Err(format!("unknown flag {other}; usage: goodput [--secs N]").into()),
+            "--scenario" => only = Some(args.next().ok_or("--scenario needs a value")?),
+            other => {
+                return Err(format!(
+                    "unknown flag {other}; usage: goodput [--secs N] [--scenario known|hidden|503s]"
+                )
+                .into())
+            }
         }
     }
     println!("{WORKERS} workers, {secs} s per row, server limit {LIMIT}/s\n");
-    println!("| scenario | contender | goodput | of limit | 429s | lost | attempts/request |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| scenario | contender | goodput | of limit | of limit after 10 s | 429s | lost | attempts/request |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for scenario in [Scenario::Known, Scenario::Hidden, Scenario::Failures] {
+        if only.as_deref().is_some_and(|o| o != scenario.flag()) {
+            continue;
+        }
         for contender in ["tower-throttle", "governor", "naive"] {
             println!("{}", row(scenario, contender, secs).await?);
         }

@@ -84,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let limit = limit(&args)?;
     let mut builder = MockServer::builder()
         .port(args.port)
-        .limit(limit.clone())
+        .limit(limit)
         .rate_headers(RateHeaders::Both)
         .fail_ratio(args.fail_ratio)
         .latency(Duration::from_millis(args.latency_ms));

@@ -101,6 +101,9 @@ pub mod rate_limit;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 pub mod retry;
+// The mock server's limiters, also used by the always-built adaptive simulation.
+#[cfg_attr(not(feature = "mock"), allow(dead_code, unreachable_pub))]
+mod server_limit;
 mod sync;
 
 pub use adaptive::AdaptiveLayer;

@@ -19,7 +19,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -37,19 +36,13 @@ use tower_service::Service;
 use super::controller::RateController;
 use super::AdaptiveLayer;
 use crate::bucket::LocalBucket;
+use crate::server_limit::{Decision, Kind, ServerLimit, ServerLimiter};
 use crate::{ConfigError, Quota, RateLimitLayer};
 
-/// The limit the simulated server enforces and the client must discover.
+/// The limit the simulated server enforces and the client must discover: the mock server's
+/// limiter, run in tokio time without sockets.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct HiddenLimit {
-    kind: Kind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Bucket { rate: f64, burst: u32 },
-    Window { n: u32, period: Duration },
-}
+pub struct HiddenLimit(ServerLimit);
 
 impl HiddenLimit {
     /// A token bucket: `rate` per second sustained, `burst` at once.
@@ -61,141 +54,51 @@ impl HiddenLimit {
                 expected: "a finite rate in (0, 1e9] per second",
             });
         }
-        if burst == 0 {
-            return Err(ConfigError::ZeroBurst);
-        }
-        Ok(HiddenLimit {
-            kind: Kind::Bucket { rate, burst },
-        })
+        ServerLimit::token_bucket(rate, burst).map(HiddenLimit)
     }
 
     /// A sliding window: at most `n` in any interval of length `period`.
     pub fn sliding_window(n: u32, period: Duration) -> Result<Self, ConfigError> {
-        if n == 0 {
-            return Err(ConfigError::ZeroRate);
-        }
-        if period.is_zero() {
-            return Err(ConfigError::ZeroPeriod);
-        }
-        Ok(HiddenLimit {
-            kind: Kind::Window { n, period },
-        })
+        ServerLimit::sliding_window(n, period).map(HiddenLimit)
     }
 
     /// The sustained rate, requests per second.
     pub fn rate(&self) -> f64 {
-        match self.kind {
-            Kind::Bucket { rate, .. } => rate,
-            Kind::Window { n, period } => f64::from(n) / period.as_secs_f64(),
+        match self.0.kind {
+            Kind::Bucket { rate_per_sec, .. } => rate_per_sec,
+            Kind::Window { n, period_ns } => {
+                f64::from(n) / Duration::from_nanos(period_ns).as_secs_f64()
+            }
+            // The constructors never build it.
+            Kind::Unlimited => f64::INFINITY,
         }
     }
 
     /// The quota and whole-second window stated in the rate headers.
     fn policy(&self) -> (u64, u64) {
-        match self.kind {
-            Kind::Bucket { rate, .. } => (rate.floor().max(1.0) as u64, 1),
-            Kind::Window { n, period } => (u64::from(n), period.as_secs_f64().ceil() as u64),
+        match self.0.kind {
+            Kind::Bucket { rate_per_sec, .. } => (rate_per_sec.floor().max(1.0) as u64, 1),
+            Kind::Window { n, period_ns } => (
+                u64::from(n),
+                Duration::from_nanos(period_ns).as_secs_f64().ceil() as u64,
+            ),
+            Kind::Unlimited => (u64::MAX, 1),
         }
     }
 }
 
 impl fmt::Display for HiddenLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            Kind::Bucket { rate, burst } => write!(f, "{rate}/s burst {burst}"),
-            Kind::Window { n, period } => write!(f, "{n} per {period:?}"),
-        }
-    }
-}
-
-enum Decision {
-    Accepted {
-        remaining: u64,
-        reset: Duration,
-    },
-    Limited {
-        retry_after: Duration,
-        reset: Duration,
-    },
-}
-
-#[derive(Debug)]
-enum LimiterState {
-    Bucket { tat: u64 },
-    Window { accepted: VecDeque<u64> },
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-impl LimiterState {
-    fn fresh(limit: &HiddenLimit) -> Self {
-        match limit.kind {
-            Kind::Bucket { .. } => LimiterState::Bucket { tat: 0 },
-            Kind::Window { .. } => LimiterState::Window {
-                accepted: VecDeque::new(),
-            },
-        }
-    }
-
-    fn check(&mut self, limit: &HiddenLimit, now: u64) -> Decision {
-        match (limit.kind, self) {
-            (Kind::Bucket { rate, burst }, LimiterState::Bucket { tat }) => {
-                let interval = (1e9 / rate).ceil() as u64;
-                let tolerance = interval.saturating_mul(u64::from(burst - 1));
-                let allow_at = tat.saturating_sub(tolerance);
-                if now < allow_at {
-                    return Decision::Limited {
-                        retry_after: Duration::from_nanos(allow_at - now),
-                        reset: Duration::from_nanos(*tat - now),
-                    };
-                }
-                *tat = (*tat).max(now).saturating_add(interval);
-                // Further requests that would pass at this same instant.
-                let slack = now.saturating_add(tolerance);
-                let remaining = if *tat <= slack {
-                    (slack - *tat) / interval + 1
-                } else {
-                    0
-                };
-                Decision::Accepted {
-                    remaining,
-                    reset: Duration::from_nanos(*tat - now),
-                }
+        match self.0.kind {
+            Kind::Bucket {
+                rate_per_sec,
+                burst,
+                ..
+            } => write!(f, "{rate_per_sec}/s burst {burst}"),
+            Kind::Window { n, period_ns } => {
+                write!(f, "{n} per {:?}", Duration::from_nanos(period_ns))
             }
-            (Kind::Window { n, period }, LimiterState::Window { accepted }) => {
-                let period = nanos(period);
-                while accepted
-                    .front()
-                    .is_some_and(|&t| now.saturating_sub(t) >= period)
-                {
-                    accepted.pop_front();
-                }
-                let reset = |a: &VecDeque<u64>| {
-                    a.back().map_or(Duration::ZERO, |&t| {
-                        Duration::from_nanos(t.saturating_add(period).saturating_sub(now))
-                    })
-                };
-                if (accepted.len() as u64) < u64::from(n) {
-                    accepted.push_back(now);
-                    Decision::Accepted {
-                        remaining: u64::from(n) - accepted.len() as u64,
-                        reset: reset(accepted),
-                    }
-                } else {
-                    let oldest = accepted.front().copied().unwrap_or(now);
-                    Decision::Limited {
-                        retry_after: Duration::from_nanos(oldest.saturating_add(period) - now),
-                        reset: reset(accepted),
-                    }
-                }
-            }
-            (_, state) => {
-                // The limit changed shape: start the new one fresh.
-                *state = LimiterState::fresh(limit);
-                state.check(limit, now)
-            }
+            Kind::Unlimited => f.write_str("unlimited"),
         }
     }
 }
@@ -273,7 +176,7 @@ impl SimServerBuilder {
         SimServer {
             inner: Arc::new(Mutex::new(SimState {
                 start: Instant::now(),
-                state: LimiterState::fresh(&self.limit),
+                limiter: ServerLimiter::new(self.limit.0),
                 stats: SimStats::default(),
                 accepted_at: Vec::new(),
                 cfg: self,
@@ -292,7 +195,7 @@ pub struct SimServer {
 struct SimState {
     cfg: SimServerBuilder,
     start: Instant,
-    state: LimiterState,
+    limiter: ServerLimiter,
     stats: SimStats,
     accepted_at: Vec<Duration>,
 }
@@ -347,7 +250,8 @@ impl SimServer {
             return (response, latency);
         }
         let limit = s.cfg.limit_at(at);
-        let decision = s.state.check(&limit, nanos(at));
+        s.limiter.set_limit(limit.0);
+        let decision = s.limiter.check(at);
         let (remaining, reset) = match decision {
             Decision::Accepted { remaining, reset } => {
                 s.stats.accepted += 1;

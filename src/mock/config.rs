@@ -4,8 +4,8 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use super::limiter::ServerLimit;
 use super::server::MockServer;
+use crate::server_limit::ServerLimit;
 use crate::ConfigError;
 
 /// How a 429 says when to come back.

@@ -63,11 +63,10 @@
 //! [`fail_ratio`]: MockServerBuilder::fail_ratio
 
 mod config;
-mod limiter;
 mod server;
 mod stats;
 
+pub use crate::server_limit::{Decision, ServerLimit, ServerLimiter};
 pub use config::{MockServerBuilder, RateHeaders, RetryAfterFormat, DEFAULT_SEED};
-pub use limiter::{Decision, ServerLimit, ServerLimiter};
 pub use server::MockServer;
 pub use stats::{max_in_any_window, MockStats, MAX_RECORDED};

@@ -24,8 +24,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::config::{MockServerBuilder, RateHeaders, RetryAfterFormat};
-use super::limiter::{Decision, ServerLimit, ServerLimiter};
 use super::stats::{max_in_any_window, MockStats, MAX_RECORDED};
+use crate::server_limit::{Decision, ServerLimit, ServerLimiter};
 
 /// A running mock API server; see the [module docs](super) for an example.
 ///
@@ -233,7 +233,7 @@ impl MockServer {
 
     /// The limit currently shared by routes without an override.
     pub fn limit(&self) -> ServerLimit {
-        self.shared.lock().default.limit().clone()
+        *self.shared.lock().default.limit()
     }
 
     /// Replaces the default limit while running (a hidden limit that changes mid-run). The

@@ -1,4 +1,6 @@
-//! Server-side limiters: the pure arithmetic the mock server enforces.
+//! Server-side limiters: the pure arithmetic the mock server enforces and the adaptive
+//! simulation hides from its client (re-exported as `tower_throttle::mock::*` under the `mock`
+//! feature; built without it for `adaptive::sim`).
 //!
 //! Nothing here reads a clock. Every method takes `now` as an offset from the limiter's own
 //! epoch (the server uses the instant it started), so the limiters are unit-tested with
@@ -26,6 +28,7 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 /// [`ServerLimit::unlimited`] accepts everything (for throughput benchmarks).
 ///
 /// ```
+/// # #[cfg(feature = "mock")] {
 /// use std::time::Duration;
 /// use tower_throttle::mock::ServerLimit;
 ///
@@ -34,14 +37,15 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 /// let bucket = ServerLimit::token_bucket(10.0, 20).unwrap();
 /// assert_eq!(bucket.capacity(), Some(20));
 /// assert!(ServerLimit::token_bucket(0.0, 20).is_err());
+/// # }
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ServerLimit {
-    kind: Kind,
+    pub(crate) kind: Kind,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Kind {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Kind {
     Unlimited,
     Window {
         n: u32,
@@ -200,6 +204,7 @@ impl Decision {
 /// to the latest time seen, so a refusal is never turned into an acceptance by a clock glitch.
 ///
 /// ```
+/// # #[cfg(feature = "mock")] {
 /// use std::time::Duration;
 /// use tower_throttle::mock::{Decision, ServerLimit, ServerLimiter};
 ///
@@ -214,6 +219,7 @@ impl Decision {
 ///     Decision::Limited { retry_after: s(6), reset: s(9) }
 /// );
 /// assert!(limiter.check(s(10)).is_accepted());
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct ServerLimiter {
@@ -253,6 +259,16 @@ impl ServerLimiter {
     /// The limit this limiter enforces.
     pub fn limit(&self) -> &ServerLimit {
         &self.limit
+    }
+
+    /// Enforces `limit` from now on. The state carries over when the shape (window or bucket)
+    /// stays the same, as a server changing its numbers would; otherwise it starts fresh.
+    pub(crate) fn set_limit(&mut self, limit: ServerLimit) {
+        if std::mem::discriminant(&limit.kind) == std::mem::discriminant(&self.limit.kind) {
+            self.limit = limit;
+        } else {
+            *self = ServerLimiter::new(limit);
+        }
     }
 
     /// Decides one request arriving at `now` (offset from the limiter's epoch), consuming a
@@ -425,6 +441,7 @@ mod tests {
         assert!(l.check(ms(1100)).is_accepted());
     }
 
+    #[cfg(feature = "mock")]
     #[test]
     fn window_is_exact_for_any_interval() {
         // Pseudo-random arrivals every 0..7 ms; afterwards no window of 50 ms holds more
@@ -516,6 +533,7 @@ mod tests {
         assert!(!l.check(t + ms(150)).is_accepted());
     }
 
+    #[cfg(feature = "mock")]
     #[test]
     fn bucket_never_exceeds_burst_plus_rate_times_t() {
         let mut l = bucket(20.0, 4);
@@ -568,6 +586,21 @@ mod tests {
         let mut b = bucket(1.0, 1);
         assert!(b.check(ms(5000)).is_accepted());
         assert!(!b.check(ms(0)).is_accepted());
+    }
+
+    #[test]
+    fn set_limit_keeps_state_of_same_shape_only() {
+        let mut l = bucket(10.0, 1);
+        assert!(l.check(ms(0)).is_accepted());
+        // Same shape: the debt from the first accept carries over to the new rate.
+        l.set_limit(ServerLimit::token_bucket(5.0, 1).unwrap());
+        assert!(!l.check(ms(50)).is_accepted());
+        assert!(l.check(ms(100)).is_accepted());
+        assert!(!l.check(ms(250)).is_accepted());
+        // A new shape starts fresh.
+        l.set_limit(ServerLimit::sliding_window(1, ms(1000)).unwrap());
+        assert!(l.check(ms(250)).is_accepted());
+        assert!(!l.check(ms(260)).is_accepted());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+mod common;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
@@ -24,31 +26,17 @@ async fn send_all(
     n: usize,
     workers: usize,
 ) -> Vec<(u16, u32)> {
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let client = client.clone();
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            for id in (w..n).step_by(workers) {
-                let res = client
-                    .post(&url)
-                    .header("x-request-id", id.to_string())
-                    .body(format!("{{\"id\":{id}}}"))
-                    .send()
-                    .await
-                    .unwrap();
-                let attempts = res.extensions().get::<Attempts>().map_or(0, |a| a.0);
-                out.push((res.status().as_u16(), attempts));
-            }
-            out
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
+    common::fan_out(n, workers, move |id| {
+        let req = client
+            .post(&url)
+            .header("x-request-id", id.to_string())
+            .body(format!("{{\"id\":{id}}}"));
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), common::attempts(res.extensions()))
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

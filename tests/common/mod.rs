@@ -25,20 +25,35 @@ where
     S::Error: std::fmt::Debug,
     S::Future: Send,
 {
+    fan_out(n, workers, move |id| {
+        let svc = svc.clone();
+        let req = http::Request::post(uri.clone())
+            .header("x-request-id", id.to_string())
+            .body(Full::new(Bytes::from(format!("{{\"id\":{id}}}"))))
+            .unwrap();
+        async move {
+            let res = svc.oneshot(req).await.unwrap();
+            (res.status().as_u16(), attempts(res.extensions()))
+        }
+    })
+    .await
+}
+
+/// Runs `send(id)` for ids `0..n`, spread over `workers` tasks that each go in order; returns
+/// every result (grouped by worker).
+pub async fn fan_out<T, F, Fut>(n: usize, workers: usize, send: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+{
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let svc = svc.clone();
-        let uri = uri.clone();
+        let send = send.clone();
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             for id in (w..n).step_by(workers) {
-                let req = http::Request::post(uri.clone())
-                    .header("x-request-id", id.to_string())
-                    .body(Full::new(Bytes::from(format!("{{\"id\":{id}}}"))))
-                    .unwrap();
-                let res = svc.clone().oneshot(req).await.unwrap();
-                let attempts = res.extensions().get::<Attempts>().map_or(0, |a| a.0);
-                out.push((res.status().as_u16(), attempts));
+                out.push(send(id).await);
             }
             out
         }));
@@ -48,4 +63,9 @@ where
         all.extend(t.await.unwrap());
     }
     all
+}
+
+/// The attempt count the retry layer recorded on a response (0 without one).
+pub fn attempts(extensions: &http::Extensions) -> u32 {
+    extensions.get::<Attempts>().map_or(0, |a| a.0)
 }

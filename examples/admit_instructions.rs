@@ -147,6 +147,15 @@ fn main() {
                 black_box(b.reserve(&(k % 10_000), Instant::now(), None)).ok();
             });
         }
+        "ours_keyed_fast" => {
+            let b = KeyedBucket::<u64>::with_clock(
+                Quota::per_second(1).unwrap().with_burst(u32::MAX).unwrap(),
+                Clock::Fast,
+            );
+            measured(n, |k| {
+                black_box(b.reserve_now(&(k % 10_000), None)).ok();
+            });
+        }
         "governor_keyed" => {
             let g = RateLimiter::<u64, _, _>::keyed(
                 GQuota::per_second(NonZeroU32::MIN).allow_burst(NonZeroU32::MAX),

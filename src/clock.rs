@@ -179,14 +179,9 @@ impl Epoch {
     }
 
     /// Nanoseconds from the epoch to `t`, saturating: an instant before the epoch is 0 and one
-    /// more than 584 years later is `u64::MAX`, so no caller-supplied instant can panic here.
-    #[inline]
-    pub(crate) fn nanos(&self, t: Instant) -> u64 {
-        self.offset(t).0
-    }
-
-    /// [`Epoch::nanos`], and whether [`Epoch::instant`] maps the result back to exactly `t`
-    /// (not so when it saturated). Lets the admit path hand back the caller's own `now` instead
+    /// more than 584 years later is `u64::MAX`, so no caller-supplied instant can panic here;
+    /// and whether [`Epoch::instant`] maps the result back to exactly `t` (not so when it
+    /// saturated). Lets the admit path hand back the caller's own `now` instead
     /// of rebuilding an `Instant`, which costs a division and a normalising add.
     #[inline]
     pub(crate) fn offset(&self, t: Instant) -> (u64, bool) {
@@ -267,7 +262,6 @@ mod tests {
         // Before the epoch saturates to 0, which maps back to the epoch, not to `t`.
         if let Some(before) = epoch.0.checked_sub(Duration::from_secs(1)) {
             assert_eq!(epoch.offset(before), (0, false));
-            assert_eq!(epoch.nanos(before), 0);
         }
     }
 

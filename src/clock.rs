@@ -109,9 +109,9 @@ impl BucketClock {
             .fast
             .as_ref()
             .map_or(0, |f| f.skew.load(Ordering::Relaxed));
-        // Bucket time stays below 2^63 ns (292 years) for any real process lifetime.
-        let nanos = i64::try_from(nanos).unwrap_or(i64::MAX);
-        (self.epoch.0, nanos.saturating_add(skew))
+        // Bucket time stays below 2^63 ns (292 years) for any real process lifetime, and the
+        // skew is a difference of two such times: plain arithmetic cannot overflow here.
+        (self.epoch.0, (nanos as i64).wrapping_add(skew))
     }
 
     /// The tokio instant of bucket time `nanos`.

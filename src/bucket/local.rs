@@ -28,8 +28,9 @@ pub struct LocalBucket {
 struct Inner {
     clock: BucketClock,
     limits: Limits,
-    /// Burst of the shortest window; its interval is `primary_interval`, which `set_rate` moves.
-    primary_burst: u32,
+    /// Burst of the shortest window less one; its interval is `primary_interval`, which
+    /// `set_rate` moves (and keeps at least 1, as `Quota` does).
+    primary_extra_burst: u64,
     primary_interval: AtomicU64,
     /// End of the latest hold in epoch nanoseconds (0: none). Waiters compare their slot to it.
     hold: AtomicU64,
@@ -78,8 +79,8 @@ impl LocalBucket {
         LocalBucket {
             inner: Arc::new(Inner {
                 clock: BucketClock::new(clock),
-                primary_burst,
-                primary_interval: AtomicU64::new(primary_interval),
+                primary_extra_burst: u64::from(primary_burst.max(1)) - 1,
+                primary_interval: AtomicU64::new(primary_interval.max(1)),
                 hold: AtomicU64::new(0),
                 limits,
                 cells,
@@ -202,9 +203,9 @@ impl Inner {
 
     #[inline]
     fn primary(&self) -> Gcra {
-        Gcra::new(
+        Gcra::from_valid(
             self.primary_interval.load(Ordering::Relaxed),
-            self.primary_burst,
+            self.primary_extra_burst,
         )
     }
 

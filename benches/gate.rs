@@ -5,7 +5,11 @@
 //!
 //! Run: `cargo bench --bench gate -- --warm-up-time 1 --measurement-time 3`
 //!
-//! About the clock: our buckets read `tokio::time::Instant::now()`. The dev-dependencies enable
+//! Each group shows ours on both clocks: `ours/*` is the default `Clock::Tokio` and
+//! `ours_fast/*` is `Clock::Fast` (quanta's TSC read, the clock governor uses), next to
+//! `governor/check` and `tower/*`.
+//!
+//! About the default clock: it reads `tokio::time::Instant::now()`. The dev-dependencies enable
 //! tokio's `test-util`, which routes that call through the runtime's pausable clock; a user's
 //! release build does not have `test-util`. tokio short-cuts the pausable path with one atomic
 //! load while no clock has ever been paused (true in this process), so here it costs an
@@ -33,7 +37,7 @@ use tokio::time::Instant;
 use tower::limit::rate::Rate;
 use tower::{Layer, Service, ServiceExt};
 use tower_throttle::bucket::KeyedBucket;
-use tower_throttle::{Limits, LocalBucket, Quota, RateLimit, RateLimitLayer};
+use tower_throttle::{Clock, Limits, LocalBucket, Quota, RateLimit, RateLimitLayer};
 
 const KEYS: u64 = 10_000;
 
@@ -92,12 +96,18 @@ where
     black_box(fut.poll(cx).is_ready());
 }
 
+/// Our gate on a fast-clock bucket, as a user builds it.
+fn fast_service() -> RateLimit<Noop> {
+    RateLimitLayer::with_bucket(LocalBucket::with_clock(quota(), Clock::Fast)).layer(Noop)
+}
+
 /// Fails loudly if a configuration would make a contender wait: then it would not be an admit
 /// benchmark.
 fn check_every_call_is_admitted(rt: &tokio::runtime::Runtime) {
     let _guard = rt.enter();
     let mut cx = Context::from_waker(noop_waker_ref());
     let ours = LocalBucket::new(quota());
+    let fast = LocalBucket::with_clock(quota(), Clock::Fast);
     let two = LocalBucket::new(two_windows());
     let fixed = Instant::now();
     let gov = RateLimiter::direct(gquota());
@@ -106,12 +116,15 @@ fn check_every_call_is_admitted(rt: &tokio::runtime::Runtime) {
         assert!(ours.try_reserve(now, None).expect("admit").at() <= now);
         assert!(ours.try_reserve(fixed, None).expect("admit").at() <= fixed);
         assert!(two.try_reserve(now, None).expect("admit").at() <= now);
+        assert!(fast.try_reserve_now(None).is_ok());
         assert!(gov.check().is_ok());
     }
     let mut svc = RateLimit::new(Noop, quota());
+    let mut fast_svc = fast_service();
     let mut tower_svc = tower::limit::RateLimit::new(Noop, tower_rate());
     for _ in 0..100_000 {
         ready_call(&mut svc, &mut cx);
+        ready_call(&mut fast_svc, &mut cx);
         ready_call(&mut tower_svc, &mut cx);
     }
 }
@@ -130,10 +143,20 @@ fn single_thread(c: &mut Criterion) {
 
     g.bench_function("clock/tokio_instant_now", |b| b.iter(Instant::now));
     g.bench_function("clock/std_instant_now", |b| b.iter(StdInstant::now));
+    let q = quanta::Clock::new();
+    g.bench_function("clock/quanta_now", |b| b.iter(|| q.now()));
 
     let ours = LocalBucket::new(quota());
     g.bench_function("ours/try_reserve", |b| {
         b.iter(|| black_box(ours.try_reserve(Instant::now(), None)))
+    });
+    let ours = LocalBucket::new(quota());
+    g.bench_function("ours/try_reserve_now", |b| {
+        b.iter(|| black_box(ours.try_reserve_now(None)))
+    });
+    let fast = LocalBucket::with_clock(quota(), Clock::Fast);
+    g.bench_function("ours_fast/try_reserve_now", |b| {
+        b.iter(|| black_box(fast.try_reserve_now(None)))
     });
     let ours = LocalBucket::new(quota());
     let now = Instant::now();
@@ -151,6 +174,10 @@ fn single_thread(c: &mut Criterion) {
     let mut svc = RateLimit::new(Noop, quota());
     g.bench_function("ours/service_ready_call", |b| {
         b.iter(|| ready_call(&mut svc, &mut cx))
+    });
+    let mut fast_svc = fast_service();
+    g.bench_function("ours_fast/service_ready_call", |b| {
+        b.iter(|| ready_call(&mut fast_svc, &mut cx))
     });
 
     let gov = RateLimiter::direct(gquota());
@@ -213,6 +240,17 @@ fn contended(c: &mut Criterion) {
             })
         })
     });
+    let fast = LocalBucket::with_clock(quota(), Clock::Fast);
+    g.bench_function("ours_fast/try_reserve_now", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, || {
+                let fast = fast.clone();
+                move || {
+                    black_box(fast.try_reserve_now(None)).ok();
+                }
+            })
+        })
+    });
     let two = LocalBucket::new(two_windows());
     g.bench_function("ours/two_windows_try_reserve", |b| {
         b.iter_custom(|iters| {
@@ -228,6 +266,15 @@ fn contended(c: &mut Criterion) {
     // both share one bucket, exactly as clones of one service would.
     let layer = RateLimitLayer::new(quota());
     g.bench_function("ours/service_ready_call", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, || {
+                let mut svc = layer.layer(Noop);
+                move || ready_call(&mut svc, &mut Context::from_waker(noop_waker_ref()))
+            })
+        })
+    });
+    let layer = RateLimitLayer::with_bucket(LocalBucket::with_clock(quota(), Clock::Fast));
+    g.bench_function("ours_fast/service_ready_call", |b| {
         b.iter_custom(|iters| {
             two_threads(iters, || {
                 let mut svc = layer.layer(Noop);
@@ -316,6 +363,13 @@ fn keyed(c: &mut Criterion) {
             b.iter(|| {
                 k = (k + 1) % KEYS;
                 black_box(ours.reserve(&k, Instant::now(), None)).ok();
+            })
+        });
+        let fast = KeyedBucket::<u64>::with_clock(ours_q, Clock::Fast);
+        g.bench_function("ours_fast/reserve_now", |b| {
+            b.iter(|| {
+                k = (k + 1) % KEYS;
+                black_box(fast.reserve_now(&k, None)).ok();
             })
         });
         let gov = RateLimiter::<u64, _, _>::keyed(gov_q);

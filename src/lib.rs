@@ -113,6 +113,7 @@ pub use bucket::{Bucket, LocalBucket};
 pub use builder::{ServiceBuilderExt, Throttle, ThrottleBuilder};
 pub use bulk::{run_bulk, BulkOptions, BulkReport, JobOutcome, Progress};
 pub use classify::{Classify, HttpClassifier, Outcome};
+pub use clock::Clock;
 pub use dead_letter::{
     replay, DeadLetter, DeadLetterLayer, DeadLetterStore, FileStore, MemoryStore, ReplayOptions,
     ReplayReport,

@@ -23,6 +23,18 @@ impl Gcra {
         }
     }
 
+    /// [`Gcra::new`] for parameters already known valid (`interval >= 1`), with the burst
+    /// given as `burst - 1`: skips the clamps on the admit path, which rebuilds this on every
+    /// call because `set_rate` may have moved the interval.
+    #[inline]
+    pub(crate) fn from_valid(interval: u64, extra_burst: u64) -> Gcra {
+        debug_assert!(interval >= 1);
+        Gcra {
+            interval,
+            tolerance: interval.saturating_mul(extra_burst),
+        }
+    }
+
     #[inline]
     pub(crate) fn interval(&self) -> u64 {
         self.interval

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{interval_for_rate, Bucket, Gcra, Reservation, Reserve, Snapshot};
-use crate::clock::{duration_nanos, Epoch};
+use crate::clock::{duration_nanos, BucketClock, Clock};
 use crate::sync::{AtomicU64, Mutex, MutexGuard};
 use crate::{ConfigError, Limits, ThrottleError};
 
@@ -27,10 +27,11 @@ pub struct LocalBucket {
 
 #[derive(Debug)]
 struct Inner {
-    epoch: Epoch,
+    clock: BucketClock,
     limits: Limits,
-    /// Burst of the shortest window; its interval is `primary_interval`, which `set_rate` moves.
-    primary_burst: u32,
+    /// Burst of the shortest window less one; its interval is `primary_interval`, which
+    /// `set_rate` moves (and keeps at least 1, as `Quota` does).
+    primary_extra_burst: u64,
     primary_interval: AtomicU64,
     /// End of the latest hold in epoch nanoseconds (0: none). Waiters compare their slot to it.
     hold: AtomicU64,
@@ -47,8 +48,25 @@ enum Cells {
 }
 
 impl LocalBucket {
-    /// A bucket enforcing `limits`, starting full.
+    /// A bucket enforcing `limits`, starting full, deciding on tokio's clock
+    /// ([`Clock::Tokio`], which follows `tokio::time::pause()`).
     pub fn new(limits: impl Into<Limits>) -> LocalBucket {
+        LocalBucket::with_clock(limits, Clock::Tokio)
+    }
+
+    /// A bucket enforcing `limits`, starting full, that reads `clock` when a caller arrives
+    /// "now" (through [`LocalBucket::try_reserve_now`] and the gate). [`Clock::Fast`] makes an
+    /// admit several times cheaper but does not follow `tokio::time::pause()`; see [`Clock`].
+    ///
+    /// ```
+    /// use tower_throttle::{Clock, LocalBucket, Quota, RateLimitLayer};
+    ///
+    /// let bucket = LocalBucket::with_clock(Quota::per_second(50)?, Clock::Fast);
+    /// let layer = RateLimitLayer::with_bucket(bucket);
+    /// # let _ = layer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_clock(limits: impl Into<Limits>, clock: Clock) -> LocalBucket {
         let limits = limits.into();
         let (primary_burst, primary_interval) = limits
             .quotas()
@@ -61,9 +79,9 @@ impl LocalBucket {
         };
         LocalBucket {
             inner: Arc::new(Inner {
-                epoch: Epoch::now(),
-                primary_burst,
-                primary_interval: AtomicU64::new(primary_interval),
+                clock: BucketClock::new(clock),
+                primary_extra_burst: u64::from(primary_burst.max(1)) - 1,
+                primary_interval: AtomicU64::new(primary_interval.max(1)),
                 hold: AtomicU64::new(0),
                 limits,
                 cells,
@@ -76,34 +94,84 @@ impl LocalBucket {
         &self.inner.limits
     }
 
+    /// The clock this bucket decides on.
+    pub fn clock(&self) -> Clock {
+        self.inner.clock.kind()
+    }
+
     /// [`Bucket::reserve`] without the `Reserve` wrapper: a local bucket never needs I/O.
+    #[inline]
     pub fn try_reserve(
         &self,
         now: Instant,
         max_wait: Option<Duration>,
     ) -> Result<Reservation, ThrottleError> {
         let inner = &*self.inner;
-        let (now_n, now_exact) = inner.epoch.offset(now);
-        let max_wait_n = max_wait.map(duration_nanos);
-        let primary = inner.primary();
-        let too_long = |slot: u64| -> Result<(), ThrottleError> {
-            match (max_wait, max_wait_n) {
-                (Some(max_wait), Some(limit)) if slot - now_n > limit => {
-                    Err(ThrottleError::WaitTooLong {
-                        wait: Duration::from_nanos(slot - now_n),
-                        max_wait,
-                    })
-                }
-                _ => Ok(()),
+        let (now_n, exact) = inner.clock.offset(now);
+        let (slot, token, interval) = inner.reserve_nanos(now_n, max_wait)?;
+        // An admitted caller (the hot path) goes at `now` itself; only a future slot needs an
+        // instant built from nanoseconds.
+        Ok(if !exact {
+            Reservation::new(inner.clock.instant(slot), token, interval)
+        } else if slot == now_n {
+            Reservation::admitted(now, token, interval)
+        } else {
+            Reservation::new(
+                now.checked_add(Duration::from_nanos(slot - now_n))
+                    .unwrap_or_else(|| inner.clock.instant(slot)),
+                token,
+                interval,
+            )
+        })
+    }
+
+    /// [`LocalBucket::try_reserve`] for a caller arriving now, read from the bucket's
+    /// [`Clock`]. On [`Clock::Fast`] an admit reads no tokio clock at all; only a caller that
+    /// must wait gets its slot converted to a tokio instant to sleep on.
+    #[inline]
+    pub fn try_reserve_now(
+        &self,
+        max_wait: Option<Duration>,
+    ) -> Result<Reservation, ThrottleError> {
+        let inner = &*self.inner;
+        match inner.clock.fast_now() {
+            None => self.try_reserve(Instant::now(), max_wait),
+            Some(now_n) => {
+                let (slot, token, interval) = inner.reserve_nanos(now_n, max_wait)?;
+                Ok(if slot == now_n {
+                    let (base, offset) = inner.clock.admitted_at(now_n);
+                    Reservation::admitted_since(base, offset, token, interval)
+                } else {
+                    Reservation::new(inner.clock.instant(slot), token, interval)
+                })
             }
-        };
-        let (slot, token) = match &inner.cells {
+        }
+    }
+}
+
+impl Inner {
+    /// The decision in bucket time: the caller's slot, the token to cancel it with, and the
+    /// interval it consumed. Nothing is reserved when the slot is more than `max_wait` away.
+    // Always inlined: called from the two admit entry points, and a call would pass the
+    // result through memory, which on this path costs as much as the decision itself.
+    #[inline(always)]
+    fn reserve_nanos(
+        &self,
+        now_n: u64,
+        max_wait: Option<Duration>,
+    ) -> Result<(u64, u64, u64), ThrottleError> {
+        // No ceiling is the same as one that can never be exceeded: one comparison either way.
+        let limit = max_wait.map_or(u64::MAX, duration_nanos);
+        let primary = self.primary();
+        let (slot, token) = match &self.cells {
             Cells::Unlimited => (now_n, 0),
             Cells::One(tat) => {
                 let mut current = tat.load(Ordering::Acquire);
                 loop {
                     let slot = primary.earliest(current, now_n);
-                    too_long(slot)?;
+                    if slot - now_n > limit {
+                        return Err(too_long(slot - now_n, max_wait));
+                    }
                     let next = primary.after(current, slot);
                     match tat.compare_exchange_weak(
                         current,
@@ -119,33 +187,26 @@ impl LocalBucket {
             Cells::Many(tats) => {
                 let mut tats = lock(tats);
                 let slot = (0..tats.len())
-                    .map(|i| inner.cell(i, &primary).earliest(tats[i], now_n))
+                    .map(|i| self.cell(i, &primary).earliest(tats[i], now_n))
                     .max()
                     .unwrap_or(now_n);
-                too_long(slot)?;
+                if slot - now_n > limit {
+                    return Err(too_long(slot - now_n, max_wait));
+                }
                 for i in 0..tats.len() {
-                    tats[i] = inner.cell(i, &primary).after(tats[i], slot);
+                    tats[i] = self.cell(i, &primary).after(tats[i], slot);
                 }
                 (slot, tats[0])
             }
         };
-        // An admitted caller (the hot path) goes at `now` itself; only a future slot needs an
-        // instant built from nanoseconds. Same value either way when `now_exact`.
-        let at = if now_exact && slot == now_n {
-            now
-        } else {
-            inner.epoch.instant(slot)
-        };
-        Ok(Reservation::new(at, token, primary.interval()))
+        Ok((slot, token, primary.interval()))
     }
-}
 
-impl Inner {
     #[inline]
     fn primary(&self) -> Gcra {
-        Gcra::new(
+        Gcra::from_valid(
             self.primary_interval.load(Ordering::Relaxed),
-            self.primary_burst,
+            self.primary_extra_burst,
         )
     }
 
@@ -160,6 +221,14 @@ impl Inner {
     }
 }
 
+#[cold]
+fn too_long(wait: u64, max_wait: Option<Duration>) -> ThrottleError {
+    ThrottleError::WaitTooLong {
+        wait: Duration::from_nanos(wait),
+        max_wait: max_wait.unwrap_or(Duration::MAX),
+    }
+}
+
 fn lock(m: &Mutex<Vec<u64>>) -> MutexGuard<'_, Vec<u64>> {
     // The guarded data is a plain array of numbers that is never left half-written, so a
     // panic elsewhere while holding the lock cannot have broken it.
@@ -171,9 +240,14 @@ impl Bucket for LocalBucket {
         Reserve::Ready(self.try_reserve(now, max_wait))
     }
 
+    #[inline]
+    fn reserve_now(&self, max_wait: Option<Duration>) -> Reserve {
+        Reserve::Ready(self.try_reserve_now(max_wait))
+    }
+
     fn cancel(&self, reservation: Reservation, now: Instant) {
         let inner = &*self.inner;
-        let now_n = inner.epoch.nanos(now);
+        let now_n = inner.clock.nanos(now);
         match &inner.cells {
             Cells::Unlimited => {}
             Cells::One(tat) => {
@@ -203,7 +277,7 @@ impl Bucket for LocalBucket {
 
     fn hold_until(&self, until: Instant) {
         let inner = &*self.inner;
-        let until_n = inner.epoch.nanos(until);
+        let until_n = inner.clock.nanos(until);
         inner.hold.fetch_max(until_n, Ordering::AcqRel);
         let primary = inner.primary();
         match &inner.cells {
@@ -225,7 +299,7 @@ impl Bucket for LocalBucket {
     fn held_until(&self, now: Instant) -> Option<Instant> {
         let inner = &*self.inner;
         let hold = inner.hold.load(Ordering::Acquire);
-        (hold != 0 && hold > inner.epoch.nanos(now)).then(|| inner.epoch.instant(hold))
+        (hold != 0 && hold > inner.clock.nanos(now)).then(|| inner.clock.instant(hold))
     }
 
     fn set_rate(&self, per_second: f64) -> Result<(), ConfigError> {
@@ -242,7 +316,7 @@ impl Bucket for LocalBucket {
 
     fn snapshot(&self, now: Instant) -> Snapshot {
         let inner = &*self.inner;
-        let now_n = inner.epoch.nanos(now);
+        let now_n = inner.clock.nanos(now);
         let primary = inner.primary();
         let tats: Vec<u64> = match &inner.cells {
             Cells::Unlimited => Vec::new(),
@@ -258,7 +332,7 @@ impl Bucket for LocalBucket {
         }
         Snapshot {
             available,
-            next_free: inner.epoch.instant(next_free),
+            next_free: inner.clock.instant(next_free),
             rate_per_second: if tats.is_empty() {
                 f64::INFINITY
             } else {
@@ -266,5 +340,107 @@ impl Bucket for LocalBucket {
             },
             held_until: self.held_until(now),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Quota;
+
+    const MS: u64 = 1_000_000;
+
+    /// The decision core on explicit bucket times: the same arithmetic both clocks feed.
+    #[test]
+    fn nanosecond_core_admits_the_burst_then_paces() {
+        let bucket = LocalBucket::with_clock(
+            Quota::per_second(10).unwrap().with_burst(3).unwrap(),
+            Clock::Fast,
+        );
+        let inner = &*bucket.inner;
+        let t0 = 5_000 * MS;
+        for _ in 0..3 {
+            let (slot, _, interval) = inner.reserve_nanos(t0, None).unwrap();
+            assert_eq!((slot, interval), (t0, 100 * MS));
+        }
+        assert_eq!(inner.reserve_nanos(t0, None).unwrap().0, t0 + 100 * MS);
+        assert_eq!(inner.reserve_nanos(t0, None).unwrap().0, t0 + 200 * MS);
+        // A ceiling below the next wait reserves nothing and reports the wait.
+        match inner.reserve_nanos(t0, Some(Duration::from_millis(250))) {
+            Err(ThrottleError::WaitTooLong { wait, .. }) => {
+                assert_eq!(wait, Duration::from_millis(300))
+            }
+            other => panic!("expected WaitTooLong, got {other:?}"),
+        }
+        // 300 ms later every reserved slot has passed: the next goes at once, then paced.
+        let t1 = t0 + 300 * MS;
+        assert_eq!(inner.reserve_nanos(t1, None).unwrap().0, t1);
+        assert_eq!(inner.reserve_nanos(t1, None).unwrap().0, t1 + 100 * MS);
+    }
+
+    /// Real time, but counts only: a slow machine cannot make a paced slot immediate unless it
+    /// stalls for a whole second between two lines.
+    #[tokio::test]
+    async fn fast_clock_admits_the_burst_then_hands_out_paced_future_slots() {
+        let bucket = LocalBucket::with_clock(
+            Quota::per_second(1).unwrap().with_burst(5).unwrap(),
+            Clock::Fast,
+        );
+        let rs: Vec<Reservation> = (0..8)
+            .map(|_| bucket.try_reserve_now(None).unwrap())
+            .collect();
+        let now = Instant::now();
+        assert_eq!(rs.iter().filter(|r| r.is_admitted()).count(), 5);
+        for pair in rs[4..].windows(2) {
+            let gap = pair[1].at() - pair[0].at();
+            assert!(
+                gap > Duration::from_millis(900) && gap < Duration::from_millis(1_100),
+                "paced slots one second apart, got {gap:?}"
+            );
+        }
+        assert!(rs[5].at() > now, "a waiting slot is in tokio's future");
+        let shed = bucket.try_reserve_now(Some(Duration::from_secs(1)));
+        assert!(matches!(shed, Err(ThrottleError::WaitTooLong { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fast_clock_does_not_follow_paused_time_but_the_default_does() {
+        let quota = Quota::per_second(1).unwrap();
+        let fast = LocalBucket::with_clock(quota, Clock::Fast);
+        let tokio = LocalBucket::new(quota);
+        assert!(fast.try_reserve_now(None).unwrap().is_admitted());
+        assert!(tokio.try_reserve_now(None).unwrap().is_admitted());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // Virtual time refilled the default bucket, not the one reading the real counter...
+        assert!(tokio.try_reserve_now(None).unwrap().is_admitted());
+        let waiting = fast.try_reserve_now(None).unwrap();
+        assert!(!waiting.is_admitted());
+        // ...whose wait is still expressed on tokio's timeline, about a second from now.
+        let wait = waiting.at() - Instant::now();
+        assert!(wait > Duration::from_millis(500) && wait <= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fast_clock_hold_and_cancel_use_tokio_instants() {
+        let bucket = LocalBucket::with_clock(Quota::per_second(10).unwrap(), Clock::Fast);
+        let now = Instant::now();
+        let until = now + Duration::from_secs(2);
+        bucket.hold_until(until);
+        let held = bucket.held_until(now).expect("hold in force");
+        let err = held.max(until) - held.min(until);
+        assert!(
+            err < Duration::from_millis(100),
+            "hold maps back, off by {err:?}"
+        );
+        let r = bucket.try_reserve_now(None).unwrap();
+        let r_at = r.at();
+        assert!(r_at >= held - Duration::from_millis(100));
+        bucket.cancel(r, Instant::now());
+        let again = bucket.try_reserve_now(None).unwrap();
+        let err = again.at().max(r_at) - again.at().min(r_at);
+        assert!(
+            err < Duration::from_millis(100),
+            "the returned slot is reused"
+        );
     }
 }

@@ -38,6 +38,7 @@ use crate::{ConfigError, ThrottleError};
 
 #[cfg(feature = "redis")]
 pub use self::redis::{FailMode, RedisBucket, RedisBucketBuilder, RedisStats};
+pub use crate::clock::Clock;
 pub(crate) use gcra::Gcra;
 pub use keyed::KeyedBucket;
 pub use local::LocalBucket;
@@ -56,13 +57,19 @@ pub use local::LocalBucket;
 /// bucket.cancel(slot, now);
 /// bucket.cancel(slot, now); // moved: a slot is returned at most once
 /// ```
-#[derive(Debug, PartialEq, Eq)]
 pub struct Reservation {
-    at: Instant,
+    // `at` is `base` moved by `offset` nanoseconds. Buckets that decide in nanoseconds (the
+    // fast clock) hand an admitted caller its slot as (their epoch, nanoseconds) and leave the
+    // instant arithmetic to whoever asks for `at()`: the gate never does on an admit.
+    base: Instant,
+    offset: i64,
     // What the bucket's state became when this slot was taken, and the interval it added:
     // a cancel is exact only if nobody reserved since, which `token` lets the bucket check.
     token: u64,
     interval: u64,
+    // Set when the bucket decided, at its own "now", that the caller goes at once: the gate
+    // then skips reading the clock again to compare `at` with it.
+    admitted: bool,
 }
 
 impl Reservation {
@@ -70,15 +77,51 @@ impl Reservation {
     /// `interval` as they need (they are handed back untouched on cancel).
     pub fn new(at: Instant, token: u64, interval: u64) -> Reservation {
         Reservation {
-            at,
+            base: at,
+            offset: 0,
             token,
             interval,
+            admitted: false,
         }
     }
 
+    /// A reservation whose caller may go at once (`at` is the bucket's now).
+    #[inline]
+    pub(crate) fn admitted(at: Instant, token: u64, interval: u64) -> Reservation {
+        Reservation::admitted_since(at, 0, token, interval)
+    }
+
+    /// [`Reservation::admitted`] with `at` given as `base` moved by `offset` nanoseconds.
+    #[inline]
+    pub(crate) fn admitted_since(
+        base: Instant,
+        offset: i64,
+        token: u64,
+        interval: u64,
+    ) -> Reservation {
+        Reservation {
+            base,
+            offset,
+            token,
+            interval,
+            admitted: true,
+        }
+    }
+
+    /// True when the bucket itself decided the caller goes at once.
+    #[inline]
+    pub(crate) fn is_admitted(&self) -> bool {
+        self.admitted
+    }
+
     /// When the caller may go.
+    #[inline]
     pub fn at(&self) -> Instant {
-        self.at
+        if self.offset == 0 {
+            self.base
+        } else {
+            crate::clock::shift(self.base, self.offset)
+        }
     }
 
     /// The bucket's own bookkeeping value stored at reserve time.
@@ -89,6 +132,24 @@ impl Reservation {
     /// The interval the reservation consumed, in nanoseconds.
     pub fn interval_nanos(&self) -> u64 {
         self.interval
+    }
+}
+
+impl PartialEq for Reservation {
+    fn eq(&self, other: &Self) -> bool {
+        self.at() == other.at() && self.token == other.token && self.interval == other.interval
+    }
+}
+
+impl Eq for Reservation {}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("at", &self.at())
+            .field("token", &self.token)
+            .field("interval", &self.interval)
+            .finish()
     }
 }
 
@@ -133,6 +194,20 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
     /// Reserves the next free slot for a caller arriving at `now`. If that slot is more than
     /// `max_wait` away, nothing is reserved and the error says how long the wait would be.
     fn reserve(&self, now: Instant, max_wait: Option<Duration>) -> Reserve;
+
+    /// [`Bucket::reserve`] for a caller arriving now, as told by the bucket's own clock; this
+    /// is what the gate calls. The default reads `tokio::time::Instant::now()`; a bucket with
+    /// a clock of its own (a [`LocalBucket`] built with [`Clock::Fast`]) overrides it.
+    fn reserve_now(&self, max_wait: Option<Duration>) -> Reserve {
+        let now = Instant::now();
+        match self.reserve(now, max_wait) {
+            Reserve::Ready(Ok(r)) if r.at() <= now => Reserve::Ready(Ok(Reservation {
+                admitted: true,
+                ..r
+            })),
+            other => other,
+        }
+    }
 
     /// Hands back a reservation that will not be used. Exact when nobody reserved after it;
     /// otherwise the slot is forgotten (never admitted twice).

@@ -62,6 +62,7 @@ impl<B: Bucket + Clone> Gate<B> {
     }
 
     /// Ready once this handle owns a slot that has arrived (and a concurrency permit, if capped).
+    #[inline]
     pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ThrottleError>> {
         loop {
             match &mut self.state {
@@ -74,9 +75,13 @@ impl<B: Bucket + Clone> Gate<B> {
                         // The semaphore is owned by the layer and never closed.
                         self.permit = Some(permit.expect("concurrency semaphore closed"));
                     }
-                    let now = Instant::now();
-                    match self.bucket.reserve(now, self.max_wait) {
-                        Reserve::Ready(result) => self.admit(result, now)?,
+                    // The bucket reads its own clock: the gate never reads one on an admit.
+                    match self.bucket.reserve_now(self.max_wait) {
+                        Reserve::Ready(Ok(r)) if r.is_admitted() => {
+                            self.state = State::Ready(r);
+                            return Poll::Ready(Ok(()));
+                        }
+                        Reserve::Ready(result) => self.admit(result)?,
                         Reserve::Pending(fut) => self.state = State::Reserving(Mutex::new(fut)),
                     }
                 }
@@ -84,7 +89,7 @@ impl<B: Bucket + Clone> Gate<B> {
                     let fut = fut.get_mut().unwrap_or_else(PoisonError::into_inner);
                     let result = ready!(fut.as_mut().poll(cx));
                     self.state = State::Idle;
-                    self.admit(result, Instant::now())?;
+                    self.admit(result)?;
                 }
                 State::Waiting(reservation) => {
                     let at = reservation.at();
@@ -105,16 +110,16 @@ impl<B: Bucket + Clone> Gate<B> {
         }
     }
 
-    fn admit(
-        &mut self,
-        result: Result<Reservation, ThrottleError>,
-        now: Instant,
-    ) -> Result<(), ThrottleError> {
+    /// Every outcome but an immediate admit: an error, a slot to wait for, or a slot from I/O
+    /// (whose caller's "now" is only known after it).
+    #[cold]
+    fn admit(&mut self, result: Result<Reservation, ThrottleError>) -> Result<(), ThrottleError> {
         let reservation = result.inspect_err(|_| {
             // Shed callers give their concurrency permit back too.
             self.permit = None;
         })?;
-        if reservation.at() <= now {
+        let now = Instant::now();
+        if reservation.is_admitted() || reservation.at() <= now {
             self.state = State::Ready(reservation);
         } else {
             // Only waits are recorded: an immediate admit stays free of shared writes.
@@ -132,11 +137,15 @@ impl<B: Bucket + Clone> Gate<B> {
 
     /// Consumes the slot acquired by `poll_acquire`; returns the concurrency permit to hold
     /// for the duration of the call.
+    #[inline]
     pub(crate) fn take(&mut self) -> Option<OwnedSemaphorePermit> {
-        match std::mem::replace(&mut self.state, State::Idle) {
-            State::Ready(_) => self.permit.take(),
-            _ => panic!("service called before poll_ready returned Ready"),
-        }
+        // Checked, then overwritten in place: the reservation is plain data, nothing to move.
+        assert!(
+            matches!(self.state, State::Ready(_)),
+            "service called before poll_ready returned Ready"
+        );
+        self.state = State::Idle;
+        self.permit.take()
     }
 }
 

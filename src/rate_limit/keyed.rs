@@ -201,8 +201,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let key = self.key_fn.key(&req);
-        let now = tokio::time::Instant::now();
-        match self.bucket.reserve(&key, now, self.max_wait) {
+        match self.bucket.reserve_now(&key, self.max_wait) {
             Ok(reservation) => KeyedResponseFuture::waiting(
                 self.bucket.clone(),
                 key,

@@ -6,8 +6,27 @@
 //! clock that sleeps. [`Clock::Fast`] trades that for a cheaper read, and is opt-in.
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// One instant per process that every admitted [`Reservation`] counts from, so that it can
+/// carry its slot as a single `i64` instead of a bucket's epoch and an offset: a smaller
+/// reservation is cheaper to build and move on every admit.
+///
+/// [`Reservation`]: crate::bucket::Reservation
+static ORIGIN: OnceLock<Instant> = OnceLock::new();
+
+/// The process-wide origin of admitted reservations (see [`ORIGIN`]).
+#[inline]
+pub(crate) fn origin() -> Instant {
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// Signed nanoseconds from the process origin to `t`, if they fit in an `i64` (±292 years).
+pub(crate) fn since_origin(t: Instant) -> Option<i64> {
+    i64::try_from(Epoch(origin()).signed_nanos(t)).ok()
+}
 
 /// Which clock a bucket reads when it decides for a caller arriving "now".
 ///
@@ -43,6 +62,9 @@ pub enum Clock {
 #[derive(Debug)]
 pub(crate) struct BucketClock {
     epoch: Epoch,
+    /// Nanoseconds from the process origin to `epoch`: bucket time plus this is the offset an
+    /// admitted reservation carries.
+    to_origin: i64,
     fast: Option<Fast>,
 }
 
@@ -76,8 +98,15 @@ impl BucketClock {
                 })
             }
         };
+        let epoch = Epoch::now();
+        // Saturating: only a paused tokio clock advanced by centuries could get this far from
+        // the origin, and then admitted reservations fall back to carrying an instant.
+        let to_origin = Epoch(origin())
+            .signed_nanos(epoch.0)
+            .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         let clock = BucketClock {
-            epoch: Epoch::now(),
+            epoch,
+            to_origin,
             fast,
         };
         clock.resync();
@@ -94,24 +123,25 @@ impl BucketClock {
     /// Bucket time now from the fast clock; `None` for the tokio clock, whose callers read
     /// `Instant::now()` themselves (they need the instant as well as the nanoseconds).
     #[inline]
-    pub(crate) fn fast_now(&self) -> Option<u64> {
-        self.fast.as_ref().map(Fast::now)
+    pub(crate) fn fast_now(&self) -> Option<FastNow<'_>> {
+        self.fast.as_ref().map(|f| FastNow {
+            nanos: f.now(),
+            fast: f,
+            to_origin: self.to_origin,
+        })
     }
 
-    /// Bucket time `nanos` as (tokio epoch, signed offset from it), for an admitted caller on
-    /// the fast clock: no clock read and no instant arithmetic (see [`Reservation::at`]); the
-    /// last measured skew is close enough for a value nobody sleeps on.
-    ///
-    /// [`Reservation::at`]: crate::bucket::Reservation::at
+    /// The caller's own `now` (bucket time `nanos`, exact) as nanoseconds since the process
+    /// origin, when that fits in an `i64`.
     #[inline]
-    pub(crate) fn admitted_at(&self, nanos: u64) -> (Instant, i64) {
-        let skew = self
-            .fast
-            .as_ref()
-            .map_or(0, |f| f.skew.load(Ordering::Relaxed));
-        // Bucket time stays below 2^63 ns (292 years) for any real process lifetime, and the
-        // skew is a difference of two such times: plain arithmetic cannot overflow here.
-        (self.epoch.0, (nanos as i64).wrapping_add(skew))
+    pub(crate) fn admitted(&self, now: Instant, nanos: u64) -> Option<i64> {
+        match self.fast {
+            // Bucket time is tokio time since the epoch: exact, and one add.
+            None => i64::try_from(nanos).ok()?.checked_add(self.to_origin),
+            // Bucket time went through the skew, which another thread may re-measure: count
+            // from `now` itself so that `at()` hands it back exactly.
+            Some(_) => since_origin(now),
+        }
     }
 
     /// The tokio instant of bucket time `nanos`.
@@ -159,6 +189,33 @@ impl BucketClock {
         let skew = (t - i128::from(n)).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         f.skew.store(skew, Ordering::Relaxed);
         skew
+    }
+}
+
+/// A reading of a bucket's fast clock, holding on to the clock so that an admitted caller's
+/// slot is converted without checking the clock kind again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FastNow<'a> {
+    /// Bucket time now.
+    pub(crate) nanos: u64,
+    fast: &'a Fast,
+    to_origin: i64,
+}
+
+impl FastNow<'_> {
+    /// Bucket time `nanos` as nanoseconds since the process origin, for an admitted caller: no
+    /// clock read and no instant arithmetic (see [`Reservation::at`]); the last measured skew
+    /// is close enough for a value nobody sleeps on.
+    ///
+    /// [`Reservation::at`]: crate::bucket::Reservation::at
+    #[inline]
+    pub(crate) fn admitted(&self, nanos: u64) -> i64 {
+        // Bucket time stays below 2^63 ns (292 years) for any real process lifetime, and the
+        // skew and the distance to the origin are differences of two such times: plain
+        // arithmetic cannot overflow here.
+        (nanos as i64)
+            .wrapping_add(self.fast.skew.load(Ordering::Relaxed))
+            .wrapping_add(self.to_origin)
     }
 }
 
@@ -284,7 +341,10 @@ mod tests {
         // Paused tokio time stands still while the counter runs: the mapping absorbs it.
         tokio::time::advance(Duration::from_secs(3)).await;
         let now = Instant::now();
-        let fast = clock.fast_now().expect("fast clock reads nanoseconds");
+        let fast = clock
+            .fast_now()
+            .expect("fast clock reads nanoseconds")
+            .nanos;
         assert!(fast < 60_000_000_000, "bucket time starts at its epoch");
         // The counter moved by real time only (microseconds), tokio's by 3 s: a mapping through
         // the creation anchor alone would be 3 s off; the re-measured one is off by the real
@@ -299,6 +359,6 @@ mod tests {
             now + Duration::from_secs(1),
         );
         assert!(err < Duration::from_millis(500), "error {err:?}");
-        assert_eq!(BucketClock::new(Clock::Tokio).fast_now(), None);
+        assert!(BucketClock::new(Clock::Tokio).fast_now().is_none());
     }
 }

@@ -318,7 +318,12 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
         Ok(if !exact {
             Reservation::new(inner.clock.instant(slot), token, first.interval())
         } else if slot == now_n {
-            Reservation::admitted(now, token, first.interval())
+            Reservation::admitted_or(
+                inner.clock.admitted(now, now_n),
+                now,
+                token,
+                first.interval(),
+            )
         } else {
             Reservation::new(
                 now.checked_add(Duration::from_nanos(slot - now_n))
@@ -336,13 +341,13 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
         max_wait: Option<Duration>,
     ) -> Result<Reservation, ThrottleError> {
         let inner = &*self.inner;
-        let (Some(now_n), Some(first)) = (inner.clock.fast_now(), inner.cells.first()) else {
+        let (Some(fast), Some(first)) = (inner.clock.fast_now(), inner.cells.first()) else {
             return self.reserve(key, Instant::now(), max_wait);
         };
+        let now_n = fast.nanos;
         let (slot, token) = self.reserve_nanos(key, now_n, max_wait)?;
         Ok(if slot == now_n {
-            let (base, offset) = inner.clock.admitted_at(now_n);
-            Reservation::admitted_since(base, offset, token, first.interval())
+            Reservation::admitted_since_origin(fast.admitted(now_n), token, first.interval())
         } else {
             Reservation::new(inner.clock.instant(slot), token, first.interval())
         })

@@ -114,7 +114,7 @@ impl LocalBucket {
         Ok(if !exact {
             Reservation::new(inner.clock.instant(slot), token, interval)
         } else if slot == now_n {
-            Reservation::admitted(now, token, interval)
+            Reservation::admitted_or(inner.clock.admitted(now, now_n), now, token, interval)
         } else {
             Reservation::new(
                 now.checked_add(Duration::from_nanos(slot - now_n))
@@ -136,11 +136,11 @@ impl LocalBucket {
         let inner = &*self.inner;
         match inner.clock.fast_now() {
             None => self.try_reserve(Instant::now(), max_wait),
-            Some(now_n) => {
+            Some(fast) => {
+                let now_n = fast.nanos;
                 let (slot, token, interval) = inner.reserve_nanos(now_n, max_wait)?;
                 Ok(if slot == now_n {
-                    let (base, offset) = inner.clock.admitted_at(now_n);
-                    Reservation::admitted_since(base, offset, token, interval)
+                    Reservation::admitted_since_origin(fast.admitted(now_n), token, interval)
                 } else {
                     Reservation::new(inner.clock.instant(slot), token, interval)
                 })
@@ -162,44 +162,55 @@ impl Inner {
     ) -> Result<(u64, u64, u64), ThrottleError> {
         // No ceiling is the same as one that can never be exceeded: one comparison either way.
         let limit = max_wait.map_or(u64::MAX, duration_nanos);
-        let primary = self.primary();
-        let (slot, token) = match &self.cells {
-            Cells::Unlimited => (now_n, 0),
-            Cells::One(tat) => {
-                let mut current = tat.load(Ordering::Acquire);
-                loop {
-                    let slot = primary.earliest(current, now_n);
-                    if slot - now_n > limit {
-                        return Err(too_long(slot - now_n, max_wait));
-                    }
-                    let next = primary.after(current, slot);
-                    match tat.compare_exchange_weak(
-                        current,
-                        next,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => break (slot, next),
-                        Err(seen) => current = seen,
-                    }
-                }
-            }
-            Cells::Many(tats) => {
-                let mut tats = lock(tats);
-                let slot = (0..tats.len())
-                    .map(|i| self.cell(i, &primary).earliest(tats[i], now_n))
-                    .max()
-                    .unwrap_or(now_n);
+        // The single-quota cell first and on its own: the common case then reads the cell
+        // kind once and keeps the primary cell in registers (the locked path below would
+        // otherwise have it spilled to the stack for everyone).
+        if let Cells::One(tat) = &self.cells {
+            let primary = self.primary();
+            let mut current = tat.load(Ordering::Acquire);
+            // Uncontended: this load, one compare-exchange, done.
+            loop {
+                let slot = primary.earliest(current, now_n);
                 if slot - now_n > limit {
                     return Err(too_long(slot - now_n, max_wait));
                 }
-                for i in 0..tats.len() {
-                    tats[i] = self.cell(i, &primary).after(tats[i], slot);
+                let next = primary.after(current, slot);
+                match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => return Ok((slot, next, primary.interval())),
+                    Err(seen) => current = seen,
                 }
-                (slot, tats[0])
             }
-        };
-        Ok((slot, token, primary.interval()))
+        }
+        match &self.cells {
+            Cells::Many(tats) => self.reserve_many(tats, now_n, limit, max_wait),
+            Cells::Unlimited | Cells::One(_) => Ok((now_n, 0, self.primary().interval())),
+        }
+    }
+
+    /// [`Inner::reserve_nanos`] for several quotas, under the lock. Kept out of line so that
+    /// the single-quota path around it stays small enough to live in registers.
+    #[inline(never)]
+    fn reserve_many(
+        &self,
+        tats: &Mutex<Vec<u64>>,
+        now_n: u64,
+        limit: u64,
+        max_wait: Option<Duration>,
+    ) -> Result<(u64, u64, u64), ThrottleError> {
+        let primary = self.primary();
+        let mut tats = lock(tats);
+        let slot = (0..tats.len())
+            .map(|i| self.cell(i, &primary).earliest(tats[i], now_n))
+            .max()
+            .unwrap_or(now_n);
+        if slot - now_n > limit {
+            return Err(too_long(slot - now_n, max_wait));
+        }
+        for i in 0..tats.len() {
+            tats[i] = self.cell(i, &primary).after(tats[i], slot);
+        }
+        Ok((slot, tats[0], primary.interval()))
     }
 
     #[inline]

@@ -58,18 +58,24 @@ pub use local::LocalBucket;
 /// bucket.cancel(slot, now); // moved: a slot is returned at most once
 /// ```
 pub struct Reservation {
-    // `at` is `base` moved by `offset` nanoseconds. Buckets that decide in nanoseconds (the
-    // fast clock) hand an admitted caller its slot as (their epoch, nanoseconds) and leave the
-    // instant arithmetic to whoever asks for `at()`: the gate never does on an admit.
-    base: Instant,
-    offset: i64,
+    when: When,
     // What the bucket's state became when this slot was taken, and the interval it added:
     // a cancel is exact only if nobody reserved since, which `token` lets the bucket check.
     token: u64,
     interval: u64,
-    // Set when the bucket decided, at its own "now", that the caller goes at once: the gate
-    // then skips reading the clock again to compare `at` with it.
-    admitted: bool,
+}
+
+/// When a reservation's caller may go. 16 bytes (`Admitted` lives beside the niche in
+/// `Instant`'s nanoseconds), so a whole reservation is four words: it is built and moved on
+/// every admit, where each extra word showed up in the cost.
+#[derive(Clone, Copy)]
+enum When {
+    /// A slot the caller must compare with its own clock (possibly in the future).
+    At(Instant),
+    /// The bucket decided, at its own "now", that the caller goes at once; the slot is
+    /// nanoseconds since the process origin ([`crate::clock::origin`]). The gate then skips
+    /// reading the clock again, and nobody pays for building an `Instant` unless `at()` asks.
+    Admitted(i64),
 }
 
 impl Reservation {
@@ -77,50 +83,60 @@ impl Reservation {
     /// `interval` as they need (they are handed back untouched on cancel).
     pub fn new(at: Instant, token: u64, interval: u64) -> Reservation {
         Reservation {
-            base: at,
-            offset: 0,
+            when: When::At(at),
             token,
             interval,
-            admitted: false,
         }
     }
 
-    /// A reservation whose caller may go at once (`at` is the bucket's now).
-    #[inline]
+    /// A reservation whose caller may go at once (`at` is the bucket's now). An instant too
+    /// far from the process origin to count in nanoseconds stays a plain slot at `at`, which
+    /// the gate admits all the same after comparing it with its clock.
     pub(crate) fn admitted(at: Instant, token: u64, interval: u64) -> Reservation {
-        Reservation::admitted_since(at, 0, token, interval)
+        Reservation::admitted_or(crate::clock::since_origin(at), at, token, interval)
     }
 
-    /// [`Reservation::admitted`] with `at` given as `base` moved by `offset` nanoseconds.
+    /// An admitted reservation at `since_origin` nanoseconds past the process origin, or a
+    /// plain slot at `at` when that did not fit.
     #[inline]
-    pub(crate) fn admitted_since(
-        base: Instant,
-        offset: i64,
+    pub(crate) fn admitted_or(
+        since_origin: Option<i64>,
+        at: Instant,
         token: u64,
         interval: u64,
     ) -> Reservation {
         Reservation {
-            base,
-            offset,
+            when: match since_origin {
+                Some(n) => When::Admitted(n),
+                None => When::At(at),
+            },
             token,
             interval,
-            admitted: true,
+        }
+    }
+
+    /// [`Reservation::admitted`] with the slot already counted from the process origin.
+    #[inline]
+    pub(crate) fn admitted_since_origin(nanos: i64, token: u64, interval: u64) -> Reservation {
+        Reservation {
+            when: When::Admitted(nanos),
+            token,
+            interval,
         }
     }
 
     /// True when the bucket itself decided the caller goes at once.
     #[inline]
     pub(crate) fn is_admitted(&self) -> bool {
-        self.admitted
+        matches!(self.when, When::Admitted(_))
     }
 
     /// When the caller may go.
     #[inline]
     pub fn at(&self) -> Instant {
-        if self.offset == 0 {
-            self.base
-        } else {
-            crate::clock::shift(self.base, self.offset)
+        match self.when {
+            When::At(at) => at,
+            When::Admitted(n) => crate::clock::shift(crate::clock::origin(), n),
         }
     }
 
@@ -201,10 +217,10 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
     fn reserve_now(&self, max_wait: Option<Duration>) -> Reserve {
         let now = Instant::now();
         match self.reserve(now, max_wait) {
-            Reserve::Ready(Ok(r)) if r.at() <= now => Reserve::Ready(Ok(Reservation {
-                admitted: true,
-                ..r
-            })),
+            Reserve::Ready(Ok(r)) if !r.is_admitted() && r.at() <= now => {
+                let at = r.at();
+                Reserve::Ready(Ok(Reservation::admitted(at, r.token, r.interval)))
+            }
             other => other,
         }
     }
@@ -250,4 +266,30 @@ pub(crate) fn interval_for_rate(per_second: f64) -> Result<u64, ConfigError> {
     } else {
         nanos as u64
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Four words: built and moved on every admit.
+    #[test]
+    fn a_reservation_is_four_words() {
+        assert_eq!(std::mem::size_of::<Reservation>(), 32);
+    }
+
+    #[test]
+    fn an_admitted_reservation_hands_back_its_instant_exactly() {
+        let now = Instant::now();
+        for at in [now, now + Duration::new(5, 7)]
+            .into_iter()
+            .chain(now.checked_sub(Duration::new(3, 11)))
+        {
+            let r = Reservation::admitted(at, 4, 9);
+            assert!(r.is_admitted());
+            assert_eq!(r.at(), at);
+            assert_eq!(r, Reservation::new(at, 4, 9));
+            assert_eq!((r.token(), r.interval_nanos()), (4, 9));
+        }
+    }
 }

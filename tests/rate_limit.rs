@@ -378,4 +378,28 @@ mod keyed {
         // Another key is unaffected.
         assert_eq!(svc.clone().oneshot(3).await.unwrap(), 3);
     }
+
+    /// Real time (the fast clock does not follow a paused tokio), but counts only: the next
+    /// slot of a key is a whole second away, far beyond the 10 ms ceiling.
+    #[tokio::test]
+    async fn a_fast_clock_keyed_bucket_drives_the_layer() {
+        let bucket = tower_throttle::bucket::KeyedBucket::with_clock(
+            Quota::per_second(1).unwrap(),
+            tower_throttle::Clock::Fast,
+        );
+        let layer = KeyedRateLimitLayer::with_bucket(bucket.clone(), |r: &u32| *r % 2)
+            .with_max_wait(ms(10));
+        let svc = ServiceBuilder::new().layer(layer.clone()).service(echo());
+        assert_eq!(svc.clone().oneshot(2).await.unwrap(), 2);
+        let err = svc.clone().oneshot(4).await.unwrap_err();
+        assert!(matches!(
+            ThrottleError::from_box(&err),
+            Some(ThrottleError::WaitTooLong { wait, .. }) if *wait > ms(900)
+        ));
+        assert_eq!(svc.clone().oneshot(3).await.unwrap(), 3);
+        // The layer decided on the very bucket it was given.
+        assert_eq!(bucket.clock(), tower_throttle::Clock::Fast);
+        assert_eq!(bucket.len(), 2);
+        assert_eq!(layer.bucket().len(), 2);
+    }
 }

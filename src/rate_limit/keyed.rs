@@ -88,8 +88,32 @@ impl KeyedRateLimitLayer<Option<Authority>, ByAuthority> {
 impl<K: Hash + Eq + Clone, F> KeyedRateLimitLayer<K, F> {
     /// One bucket per `key_fn(&request)`, each enforcing `limits`.
     pub fn new(limits: impl Into<Limits>, key_fn: F) -> Self {
+        KeyedRateLimitLayer::with_bucket(KeyedBucket::new(limits), key_fn)
+    }
+
+    /// One bucket per `key_fn(&request)`, kept in `bucket`: a [`KeyedBucket`] built
+    /// elsewhere, for instance on the cheaper [`Clock::Fast`](crate::Clock::Fast), or shared
+    /// with another layer or read by a metrics task (clones of a bucket share its keys).
+    ///
+    /// ```
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    /// use tower_throttle::bucket::KeyedBucket;
+    /// use tower_throttle::rate_limit::KeyedRateLimitLayer;
+    /// use tower_throttle::{Clock, Quota};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower::BoxError> {
+    /// let per_tenant = KeyedBucket::with_clock(Quota::per_second(10)?, Clock::Fast);
+    /// let layer = KeyedRateLimitLayer::with_bucket(per_tenant.clone(), |tenant: &u32| *tenant);
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(layer)
+    ///     .service(service_fn(|tenant: u32| async move { Ok::<_, std::convert::Infallible>(tenant) }));
+    /// assert_eq!(svc.oneshot(7).await?, 7);
+    /// assert_eq!(per_tenant.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_bucket(bucket: KeyedBucket<K>, key_fn: F) -> Self {
         KeyedRateLimitLayer {
-            bucket: KeyedBucket::new(limits),
+            bucket,
             key_fn,
             max_wait: None,
         }

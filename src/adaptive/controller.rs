@@ -121,6 +121,51 @@ pub(super) fn clamp(rate: f64, min: f64, max: f64) -> f64 {
     }
 }
 
+/// One attempt's outcome, as the probing controllers ([`Cubic`], [`Probe`](super::Probe))
+/// book it.
+pub(super) enum Observed {
+    /// A 503 or timeout: not a rate limit, and no time passes for growth.
+    Transient,
+    /// A 429, with the server's `Retry-After` if any.
+    Throttled(Option<Duration>),
+    /// Accepted; carries the time since the previous outcome, during which growth runs.
+    Accepted(Duration),
+}
+
+/// Records `signal` in the send and accept windows and says what it was. Growth time only
+/// runs while the server is accepting, so an outage pauses a climb instead of letting it run
+/// away.
+pub(super) fn observe(
+    now: Instant,
+    signal: &Signal,
+    last_seen: &mut Option<Instant>,
+    sent: &mut Window,
+    accepted: &mut Window,
+) -> Observed {
+    let dt = last_seen.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+    *last_seen = Some(now);
+    match signal {
+        Signal::Transient => Observed::Transient,
+        Signal::Throttled { retry_after, .. } => {
+            sent.record(now);
+            Observed::Throttled(*retry_after)
+        }
+        Signal::Success { .. } => {
+            sent.record(now);
+            accepted.record(now);
+            Observed::Accepted(dt)
+        }
+    }
+}
+
+/// The next rate on the way to `target`, within [min, max] and never past twice the rate
+/// actually sent: a rate nobody uses proves nothing.
+pub(super) fn grow_towards(target: f64, rate: f64, sent: f64, min: f64, max: f64) -> f64 {
+    let target = clamp(target, min, max);
+    let cap = (2.0 * sent).max(rate);
+    clamp(target.min(cap), min, max)
+}
+
 pub(super) fn check_bounds(start: f64, min: f64, max: f64) -> Result<(), ConfigError> {
     for (name, value) in [("min", min), ("max", max), ("start", start)] {
         if !value.is_finite() || value <= 0.0 {
@@ -872,27 +917,21 @@ impl CubicBuilder {
 impl RateController for Cubic {
     fn on_outcome(&mut self, now: Instant, signal: &Signal) -> Option<f64> {
         let old = self.rate;
-        let dt = self
-            .last_seen
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        self.last_seen = Some(now);
-        match signal {
-            Signal::Transient => return None,
-            Signal::Throttled { retry_after, .. } => {
-                self.sent.record(now);
-                self.on_throttle(now, *retry_after);
-            }
-            Signal::Success { .. } => {
-                self.sent.record(now);
-                self.successes.record(now);
-                // Growth time only runs while the server is accepting, so an outage pauses
-                // the probe instead of letting it run away.
+        match observe(
+            now,
+            signal,
+            &mut self.last_seen,
+            &mut self.sent,
+            &mut self.successes,
+        ) {
+            Observed::Transient => return None,
+            Observed::Throttled(retry_after) => self.on_throttle(now, retry_after),
+            Observed::Accepted(dt) => {
                 self.growth += dt;
                 self.advance_phase();
-                let target = clamp(self.target(), self.cfg.min, self.cfg.max);
-                // Never grow past twice what we actually send: a rate nobody uses proves nothing.
-                let cap = (2.0 * self.sent.rate(now)).max(self.rate);
-                self.rate = clamp(target.min(cap), self.cfg.min, self.cfg.max);
+                let sent = self.sent.rate(now);
+                self.rate =
+                    grow_towards(self.target(), self.rate, sent, self.cfg.min, self.cfg.max);
             }
         }
         (self.rate != old).then_some(self.rate)

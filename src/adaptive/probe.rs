@@ -5,7 +5,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::controller::{
-    check_bounds, check_duration, check_open, clamp, RateController, Signal, Window,
+    check_bounds, check_duration, check_open, clamp, grow_towards, observe, Observed,
+    RateController, Signal, Window,
 };
 use crate::ConfigError;
 
@@ -369,28 +370,21 @@ impl ProbeBuilder {
 impl RateController for Probe {
     fn on_outcome(&mut self, now: Instant, signal: &Signal) -> Option<f64> {
         let old = self.rate;
-        let dt = self
-            .last_seen
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        self.last_seen = Some(now);
-        match signal {
-            Signal::Transient => return None,
-            Signal::Throttled { retry_after, .. } => {
-                self.sent.record(now);
-                self.on_throttle(now, *retry_after);
-            }
-            Signal::Success { .. } => {
-                self.sent.record(now);
-                self.accepted.record(now);
-                // Growth time only runs while the server is accepting, so an outage pauses a
-                // climb instead of letting it run away.
+        match observe(
+            now,
+            signal,
+            &mut self.last_seen,
+            &mut self.sent,
+            &mut self.accepted,
+        ) {
+            Observed::Transient => return None,
+            Observed::Throttled(retry_after) => self.on_throttle(now, retry_after),
+            Observed::Accepted(dt) => {
                 self.growth += dt;
                 self.advance_phase();
-                let target = clamp(self.target(), self.cfg.min, self.cfg.max);
-                // Never grow past twice what is actually sent: a rate nobody uses proves
-                // nothing.
-                let cap = (2.0 * self.sent.rate(now)).max(self.rate);
-                self.rate = clamp(target.min(cap), self.cfg.min, self.cfg.max);
+                let sent = self.sent.rate(now);
+                self.rate =
+                    grow_towards(self.target(), self.rate, sent, self.cfg.min, self.cfg.max);
             }
         }
         (self.rate != old).then_some(self.rate)

@@ -27,6 +27,11 @@
 //! # let _ = (client, bucket);
 //! ```
 //!
+//! [`with_adaptive`](ThrottleMiddleware::with_adaptive) adds the adaptive controller of
+//! [`AdaptiveLayer`] (fed by every attempt) and
+//! [`with_dead_letters`](ThrottleMiddleware::with_dead_letters) the dead-letter store of
+//! [`DeadLetterLayer`] (fed by final failures), each through the same code as the tower layer.
+//!
 //! Errors from this middleware arrive as [`reqwest_middleware::Error::Middleware`];
 //! [`throttle_error`] finds the [`ThrottleError`] inside.
 //!
@@ -38,14 +43,19 @@ use std::future::poll_fn;
 use std::time::SystemTime;
 
 use ::reqwest::{Request, Response};
+use bytes::Bytes;
 use http::Extensions;
 use reqwest_middleware::{Error, Middleware, Next};
 use tokio::time::Instant;
 
+use crate::adaptive::{AdaptiveLayer, RateController};
 use crate::bucket::{Bucket, LocalBucket};
 use crate::classify::{Classify, HttpClassifier, Outcome};
+use crate::dead_letter::layer::Config as DeadLetterConfig;
+use crate::dead_letter::service::{Captured, CapturedUri};
+use crate::dead_letter::{error_text, DeadLetterLayer, DeadLetterStore, DeadLettered};
 use crate::retry::{Attempts, RetryPolicy, Step};
-use crate::{Limits, RateLimitLayer, ThrottleError};
+use crate::{ConfigError, Limits, RateLimitLayer, ThrottleError};
 
 /// A [`Middleware`] applying a shared rate limit and a 429-aware retry policy to a `reqwest`
 /// client; see the [module docs](crate::reqwest).
@@ -55,6 +65,8 @@ use crate::{Limits, RateLimitLayer, ThrottleError};
 pub struct ThrottleMiddleware<B: Bucket + Clone = LocalBucket, C = HttpClassifier> {
     gate: RateLimitLayer<B>,
     policy: Option<RetryPolicy<C>>,
+    adaptive: Option<AdaptiveLayer<B>>,
+    dead_letters: Option<DeadLetterConfig>,
 }
 
 impl ThrottleMiddleware<LocalBucket, HttpClassifier> {
@@ -74,6 +86,8 @@ impl<B: Bucket + Clone> ThrottleMiddleware<B, HttpClassifier> {
         ThrottleMiddleware {
             gate,
             policy: Some(policy),
+            adaptive: None,
+            dead_letters: None,
         }
     }
 }
@@ -85,6 +99,8 @@ impl<B: Bucket + Clone, C> ThrottleMiddleware<B, C> {
         ThrottleMiddleware {
             gate: self.gate,
             policy: Some(policy),
+            adaptive: self.adaptive,
+            dead_letters: self.dead_letters,
         }
     }
 
@@ -96,9 +112,80 @@ impl<B: Bucket + Clone, C> ThrottleMiddleware<B, C> {
         }
     }
 
+    /// Lets `controller` set the shared bucket's rate from what the server does, exactly as
+    /// an [`AdaptiveLayer`] in a tower stack: every attempt's outcome (first or retry; status
+    /// and rate-limit headers, or a transient error) is fed to it, each new rate goes to
+    /// [`Bucket::set_rate`], and a 429 with `Retry-After` holds the bucket. A refusal by the
+    /// gate itself (nothing was sent) is not fed. The bucket's rate is set to the
+    /// controller's now; that fails with [`ConfigError`] when the bucket refuses it.
+    ///
+    /// ```
+    /// use tower_throttle::adaptive::Aimd;
+    /// use tower_throttle::bucket::Bucket;
+    /// use tower_throttle::reqwest::ThrottleMiddleware;
+    /// use tower_throttle::Quota;
+    ///
+    /// # fn main() -> Result<(), tower_throttle::ConfigError> {
+    /// // Start at 20/s; halve on a 429, grow back slowly, never below 1/s or above 50/s.
+    /// let throttle = ThrottleMiddleware::new(Quota::per_second(50)?)
+    ///     .with_adaptive(Aimd::new(20.0, 1.0, 50.0)?)?;
+    /// assert_eq!(throttle.bucket().rate(), 20.0);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_adaptive(
+        self,
+        controller: impl RateController + 'static,
+    ) -> Result<Self, ConfigError> {
+        let layer = AdaptiveLayer::new(self.gate.bucket().clone(), controller)?;
+        Ok(ThrottleMiddleware {
+            adaptive: Some(layer),
+            ..self
+        })
+    }
+
+    /// Keeps every request whose final outcome (after retries) is a failure in `store`, as a
+    /// [`DeadLetterLayer`] outermost in a tower stack would, with its defaults: a response
+    /// that is not 2xx, or any error (including this middleware's own refusals), is
+    /// appended as a [`DeadLetter`](crate::dead_letter::DeadLetter) with `Authorization`,
+    /// `Proxy-Authorization`, `Cookie` and `Set-Cookie` redacted, before the outcome goes
+    /// back. A stored response carries a [`DeadLettered`] extension; an error is returned
+    /// unchanged (so `reqwest_middleware::Error::Reqwest` stays matchable) and the letter's
+    /// id is logged. A streaming body is stored empty. For other redactions, failure rules
+    /// or stats, use [`with_dead_letter_layer`](Self::with_dead_letter_layer).
+    ///
+    /// ```
+    /// use tower_throttle::dead_letter::MemoryStore;
+    /// use tower_throttle::reqwest::ThrottleMiddleware;
+    /// use tower_throttle::Quota;
+    ///
+    /// # fn main() -> Result<(), tower_throttle::ConfigError> {
+    /// let store = MemoryStore::new(); // clones share the letters
+    /// let throttle = ThrottleMiddleware::new(Quota::per_second(10)?).with_dead_letters(store.clone());
+    /// # let _ = throttle;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_dead_letters(self, store: impl DeadLetterStore) -> Self {
+        self.with_dead_letter_layer(DeadLetterLayer::new(store))
+    }
+
+    /// [`with_dead_letters`](Self::with_dead_letters) with the store, redacted headers,
+    /// failure rule and stats of `layer` (which may also serve a tower stack).
+    pub fn with_dead_letter_layer(self, layer: DeadLetterLayer) -> Self {
+        ThrottleMiddleware {
+            dead_letters: Some(layer.config),
+            ..self
+        }
+    }
+
     /// The shared bucket.
     pub fn bucket(&self) -> &B {
         self.gate.bucket()
+    }
+
+    /// The current rate of the adaptive controller, if one was added with
+    /// [`with_adaptive`](Self::with_adaptive).
+    pub fn adaptive_rate(&self) -> Option<f64> {
+        self.adaptive.as_ref().map(AdaptiveLayer::rate)
     }
 
     /// The retry policy, if retrying.
@@ -112,6 +199,8 @@ impl<B: Bucket + Clone, C: Clone> Clone for ThrottleMiddleware<B, C> {
         ThrottleMiddleware {
             gate: self.gate.clone(),
             policy: self.policy.clone(),
+            adaptive: self.adaptive.clone(),
+            dead_letters: self.dead_letters.clone(),
         }
     }
 }
@@ -121,6 +210,8 @@ impl<B: Bucket + Clone, C: fmt::Debug> fmt::Debug for ThrottleMiddleware<B, C> {
         f.debug_struct("ThrottleMiddleware")
             .field("gate", &self.gate)
             .field("policy", &self.policy)
+            .field("adaptive", &self.adaptive)
+            .field("dead_letters", &self.dead_letters.is_some())
             .finish()
     }
 }
@@ -145,15 +236,61 @@ pub fn throttle_error(err: &Error) -> Option<&ThrottleError> {
     }
 }
 
+/// The error inside a `reqwest_middleware::Error`: it is `#[error(transparent)]`, so its
+/// `source()` skips the wrapped error; classifiers and error texts need the wrapped one.
+fn inner_error(err: &Error) -> &(dyn std::error::Error + 'static) {
+    match err {
+        Error::Reqwest(e) => e,
+        Error::Middleware(e) => {
+            let e: &(dyn std::error::Error + Send + Sync + 'static) = e.as_ref();
+            e
+        }
+    }
+}
+
 fn classify<C: Classify>(classifier: &C, result: &Result<Response, Error>) -> Outcome {
     match result {
         Ok(res) => classifier.classify_response(res.status(), res.headers(), SystemTime::now()),
-        // `reqwest_middleware::Error` is `#[error(transparent)]`: its `source()` skips the
-        // wrapped error, so hand the classifier the wrapped error itself.
-        Err(Error::Reqwest(e)) => classifier.classify_error(e),
-        Err(Error::Middleware(e)) => {
-            let e: &(dyn std::error::Error + Send + Sync + 'static) = e.as_ref();
-            classifier.classify_error(e)
+        Err(e) => classifier.classify_error(inner_error(e)),
+    }
+}
+
+impl<B: Bucket + Clone, C> ThrottleMiddleware<B, C> {
+    fn observe(&self, result: &Result<Response, Error>) {
+        let Some(adaptive) = &self.adaptive else {
+            return;
+        };
+        match result {
+            Ok(res) => adaptive.observe_parts(res.status(), res.headers()),
+            Err(e) => adaptive.observe_error(inner_error(e)),
+        }
+    }
+
+    /// Stores the final outcome when it is a failure; a stored response is marked.
+    async fn dead_letter(
+        &self,
+        captured: Option<Captured>,
+        attempts: Option<u32>,
+        result: &mut Result<Response, Error>,
+    ) {
+        let (Some(config), Some(captured)) = (&self.dead_letters, captured) else {
+            return;
+        };
+        let letter = match &*result {
+            Ok(res) if !(config.is_failure)(res.status()) => return,
+            Ok(res) => captured.into_letter(config, Some(res.status().as_u16()), None, attempts),
+            Err(e) => {
+                captured.into_letter(config, None, Some(error_text(inner_error(e))), attempts)
+            }
+        };
+        let Some(id) = config.write(letter).await else {
+            return;
+        };
+        match result {
+            Ok(res) => {
+                res.extensions_mut().insert(DeadLettered { id });
+            }
+            Err(e) => tracing::warn!(id, error = %e, "request failed; stored as a dead letter"),
         }
     }
 }
@@ -175,6 +312,43 @@ where
         if let Some(p) = &mut policy {
             p.start(Instant::now());
         }
+        let captured = self.dead_letters.as_ref().map(|_| capture(&req));
+        let mut result = self.attempts(req, extensions, next, policy.as_mut()).await;
+        let attempts = policy.as_ref().map(RetryPolicy::attempts);
+        self.dead_letter(captured, attempts, &mut result).await;
+        result
+    }
+}
+
+/// The request as a dead letter would keep it (body bytes only when buffered).
+fn capture(req: &Request) -> Captured {
+    let body = req
+        .body()
+        .and_then(|b| b.as_bytes())
+        .map(Bytes::copy_from_slice)
+        .unwrap_or_default();
+    Captured::new(
+        req.method().clone(),
+        CapturedUri::Text(req.url().as_str().to_owned()),
+        req.headers().clone(),
+        body,
+        None,
+    )
+}
+
+impl<B, C> ThrottleMiddleware<B, C>
+where
+    B: Bucket + Clone,
+    C: Classify + Send + Sync + 'static,
+{
+    /// The gate and retry loop: every attempt until the policy is done.
+    async fn attempts(
+        &self,
+        req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+        mut policy: Option<&mut RetryPolicy<C>>,
+    ) -> reqwest_middleware::Result<Response> {
         let mut req = req;
         loop {
             let copy = match policy {
@@ -189,8 +363,9 @@ where
             let url = req.url().clone();
             let mut result = next.clone().run(req, extensions).await;
             drop(permit);
+            self.observe(&result);
 
-            let Some(policy) = &mut policy else {
+            let Some(policy) = policy.as_deref_mut() else {
                 return result;
             };
             let outcome = classify(policy.classifier(), &result);

@@ -1,7 +1,7 @@
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use http::Response;
+use http::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -54,9 +54,16 @@ impl<S, B: Bucket + Clone> Adaptive<S, B> {
 
 impl<B: Bucket + Clone> AdaptiveLayer<B> {
     pub(crate) fn observe_response<T>(&self, response: &Response<T>) {
+        self.observe_parts(response.status(), response.headers());
+    }
+
+    /// Feeds one response, seen as its status and headers, to the controller and the bucket;
+    /// shared with clients whose responses are not `http::Response` (the reqwest adapter).
+    pub(crate) fn observe_parts(&self, status: StatusCode, headers: &HeaderMap) {
         let wall = SystemTime::now();
-        let headers = rate_limit_info(response.headers(), wall).map(|i| HeaderInfo::from(&i));
-        let signal = match self.classifier.classify(response, wall) {
+        let outcome = self.classifier.classify_response(status, headers, wall);
+        let headers = rate_limit_info(headers, wall).map(|i| HeaderInfo::from(&i));
+        let signal = match outcome {
             Outcome::Success => Signal::Success { headers },
             Outcome::RateLimited { retry_after } => Signal::Throttled {
                 retry_after,

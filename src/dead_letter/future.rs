@@ -8,9 +8,8 @@ use std::task::{ready, Context, Poll};
 use pin_project_lite::pin_project;
 use tower::BoxError;
 
-use super::layer::Config;
+use super::layer::{Config, WriteFuture};
 use super::service::Captured;
-use super::store::StoreFuture;
 use super::{error_text, Attempts, DeadLettered, DeadLetteredError};
 
 pin_project! {
@@ -28,7 +27,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F, RB> {
         Calling { #[pin] fut: F, captured: Option<Captured> },
-        Storing { store: StoreFuture<'static, u64>, outcome: Option<Outcome<RB>> },
+        Storing { store: WriteFuture, outcome: Option<Outcome<RB>> },
         Done,
     }
 }
@@ -71,12 +70,11 @@ where
                             resp.extensions().get::<Attempts>().map(|a| a.0),
                         ),
                         Err(e) => {
-                            captured.into_letter(this.config, None, Some(error_text(e)), None)
+                            captured.into_letter(this.config, None, Some(error_text(&**e)), None)
                         }
                     };
-                    let store = this.config.store.clone();
                     this.state.set(State::Storing {
-                        store: Box::pin(async move { store.append(letter).await }),
+                        store: this.config.write(letter),
                         outcome: Some(out),
                     });
                 }
@@ -84,21 +82,9 @@ where
                     let stored = ready!(store.as_mut().poll(cx));
                     let outcome = outcome.take().expect("polled after completion");
                     this.state.set(State::Done);
-                    let stats = this.config.stats.as_ref();
-                    let id = match stored {
-                        Ok(id) => id,
-                        Err(e) => {
-                            if let Some(s) = stats {
-                                s.record_dead_letter_failure();
-                            }
-                            tracing::error!(error = %e, "dead letter could not be written; the request is lost");
-                            return Poll::Ready(outcome);
-                        }
+                    let Some(id) = stored else {
+                        return Poll::Ready(outcome);
                     };
-                    if let Some(s) = stats {
-                        s.record_dead_letter();
-                    }
-                    tracing::debug!(id, "dead letter written");
                     return Poll::Ready(match outcome {
                         Ok(mut resp) => {
                             resp.extensions_mut().insert(DeadLettered { id });

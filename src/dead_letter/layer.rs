@@ -1,4 +1,6 @@
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::header::HeaderName;
@@ -6,7 +8,7 @@ use http::StatusCode;
 use tower_layer::Layer;
 
 use super::record::DEFAULT_REDACTED;
-use super::{DeadLetterStore, DeadLetters};
+use super::{DeadLetter, DeadLetterStore, DeadLetters};
 use crate::metrics::Stats;
 
 pub(crate) type FailureFn = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
@@ -19,6 +21,37 @@ pub(crate) struct Config {
     pub(crate) stats: Option<Stats>,
 }
 
+/// Resolves to the letter's id once it is stored, or `None` when the store failed (logged
+/// and counted).
+pub(crate) type WriteFuture = Pin<Box<dyn Future<Output = Option<u64>> + Send>>;
+
+impl Config {
+    /// Appends `letter` to the store, counting and logging the result: the one write path
+    /// of the tower layer and the reqwest adapter.
+    pub(crate) fn write(&self, letter: DeadLetter) -> WriteFuture {
+        let store = self.store.clone();
+        let stats = self.stats.clone();
+        Box::pin(async move {
+            match store.append(letter).await {
+                Ok(id) => {
+                    if let Some(s) = &stats {
+                        s.record_dead_letter();
+                    }
+                    tracing::debug!(id, "dead letter written");
+                    Some(id)
+                }
+                Err(e) => {
+                    if let Some(s) = &stats {
+                        s.record_dead_letter_failure();
+                    }
+                    tracing::error!(error = %e, "dead letter could not be written; the request is lost");
+                    None
+                }
+            }
+        })
+    }
+}
+
 /// Keeps every request whose final outcome is a failure in a [`DeadLetterStore`]. Put it
 /// outermost, so it sees only final outcomes (after retries). See the
 /// [module docs](crate::dead_letter) for an example.
@@ -27,7 +60,7 @@ pub(crate) struct Config {
 /// `Authorization`, `Proxy-Authorization`, `Cookie` and `Set-Cookie` are redacted.
 #[derive(Clone)]
 pub struct DeadLetterLayer {
-    config: Config,
+    pub(crate) config: Config,
 }
 
 impl DeadLetterLayer {

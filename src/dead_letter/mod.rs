@@ -51,12 +51,12 @@
 
 mod file;
 pub mod future;
-mod layer;
+pub(crate) mod layer;
 mod record;
 #[cfg(feature = "redis")]
 mod redis;
 mod replay;
-mod service;
+pub(crate) mod service;
 mod store;
 
 use std::fmt;
@@ -124,7 +124,7 @@ impl std::error::Error for DeadLetteredError {
 }
 
 /// An error and its sources, `outer: inner: innermost`.
-pub(crate) fn error_text(err: &BoxError) -> String {
+pub(crate) fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(e) = source {

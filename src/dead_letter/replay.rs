@@ -168,7 +168,7 @@ where
             let outcome = match gate.oneshot(req).await {
                 Ok(resp) if (options.is_success)(resp.status()) => Ok(()),
                 Ok(resp) => Err(format!("HTTP {}", resp.status())),
-                Err(e) => Err(error_text(&e)),
+                Err(e) => Err(error_text(&*e)),
             };
             (letter.id, outcome)
         }

@@ -58,14 +58,40 @@ impl<S: fmt::Debug> fmt::Debug for DeadLetters<S> {
 /// failure, so the success path pays for a clone of the header map and the body handle.
 pub(crate) struct Captured {
     method: Method,
-    uri: Uri,
+    uri: CapturedUri,
     headers: HeaderMap,
     body: bytes::Bytes,
     attempts: Option<u32>,
     first_attempt: SystemTime,
 }
 
+/// The request target as the client holds it: tower stacks carry an `http::Uri`, reqwest a
+/// `url::Url` (kept as its text, since a URL that is not a valid `Uri` is still worth keeping).
+pub(crate) enum CapturedUri {
+    Http(Uri),
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    Text(String),
+}
+
 impl Captured {
+    /// Starts the clock for `first_attempt`.
+    pub(crate) fn new(
+        method: Method,
+        uri: CapturedUri,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+        attempts: Option<u32>,
+    ) -> Captured {
+        Captured {
+            method,
+            uri,
+            headers,
+            body,
+            attempts,
+            first_attempt: SystemTime::now(),
+        }
+    }
+
     pub(crate) fn into_letter(
         self,
         config: &Config,
@@ -76,7 +102,10 @@ impl Captured {
         DeadLetter {
             id: 0,
             method: self.method.to_string(),
-            uri: self.uri.to_string(),
+            uri: match self.uri {
+                CapturedUri::Http(uri) => uri.to_string(),
+                CapturedUri::Text(text) => text,
+            },
             headers: redacted_headers(&self.headers, &config.redact),
             body: StoredBody::from_bytes(&self.body),
             status,
@@ -103,15 +132,14 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let captured = Captured {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
+        let captured = Captured::new(
+            req.method().clone(),
+            CapturedUri::Http(req.uri().clone()),
+            req.headers().clone(),
             // A body that can be read only once is stored empty: it is gone once sent.
-            body: req.body().to_bytes().unwrap_or_default(),
-            attempts: req.extensions().get::<Attempts>().map(|a| a.0),
-            first_attempt: SystemTime::now(),
-        };
+            req.body().to_bytes().unwrap_or_default(),
+            req.extensions().get::<Attempts>().map(|a| a.0),
+        );
         ResponseFuture::new(self.inner.call(req), captured, self.config.clone())
     }
 }

@@ -121,6 +121,29 @@ pub(super) fn clamp(rate: f64, min: f64, max: f64) -> f64 {
     }
 }
 
+/// The `start`, `min` and `max` setters that every controller builder has; the optional
+/// `.field` path says where the builder keeps them (`rate_bound_setters!(.cfg)`).
+macro_rules! rate_bound_setters {
+    ($(.$path:ident)*) => {
+        /// The first rate.
+        pub fn start(mut self, rate: f64) -> Self {
+            self$(.$path)*.start = rate;
+            self
+        }
+        /// The lowest rate.
+        pub fn min(mut self, rate: f64) -> Self {
+            self$(.$path)*.min = rate;
+            self
+        }
+        /// The highest rate.
+        pub fn max(mut self, rate: f64) -> Self {
+            self$(.$path)*.max = rate;
+            self
+        }
+    };
+}
+pub(super) use rate_bound_setters;
+
 /// One attempt's outcome, as the probing controllers ([`Cubic`], [`Probe`](super::Probe))
 /// book it.
 pub(super) enum Observed {
@@ -279,21 +302,7 @@ impl Aimd {
 }
 
 impl AimdBuilder {
-    /// The first rate.
-    pub fn start(mut self, rate: f64) -> Self {
-        self.start = rate;
-        self
-    }
-    /// The lowest rate.
-    pub fn min(mut self, rate: f64) -> Self {
-        self.min = rate;
-        self
-    }
-    /// The highest rate.
-    pub fn max(mut self, rate: f64) -> Self {
-        self.max = rate;
-        self
-    }
+    rate_bound_setters!();
     /// Factor applied on a 429, in (0, 1).
     pub fn decrease(mut self, factor: f64) -> Self {
         self.decrease = factor;
@@ -483,21 +492,7 @@ impl HeaderDriven {
 }
 
 impl HeaderDrivenBuilder {
-    /// The first rate.
-    pub fn start(mut self, rate: f64) -> Self {
-        self.start = rate;
-        self
-    }
-    /// The lowest rate.
-    pub fn min(mut self, rate: f64) -> Self {
-        self.min = rate;
-        self
-    }
-    /// The highest rate.
-    pub fn max(mut self, rate: f64) -> Self {
-        self.max = rate;
-        self
-    }
+    rate_bound_setters!();
     /// Fraction kept below the stated limit, in [0, 0.5).
     pub fn margin(mut self, margin: f64) -> Self {
         self.margin = margin;
@@ -821,21 +816,7 @@ impl Cubic {
 }
 
 impl CubicBuilder {
-    /// The first rate.
-    pub fn start(mut self, rate: f64) -> Self {
-        self.cfg.start = rate;
-        self
-    }
-    /// The lowest rate.
-    pub fn min(mut self, rate: f64) -> Self {
-        self.cfg.min = rate;
-        self
-    }
-    /// The highest rate.
-    pub fn max(mut self, rate: f64) -> Self {
-        self.cfg.max = rate;
-        self
-    }
+    rate_bound_setters!(.cfg);
     /// Fraction of the anchor kept right after a throttle event, in (0, 1 - margin).
     pub fn beta(mut self, beta: f64) -> Self {
         self.cfg.beta = beta;

@@ -5,8 +5,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::controller::{
-    check_bounds, check_duration, check_open, clamp, grow_towards, observe, Observed,
-    RateController, Signal, Window,
+    check_bounds, check_duration, check_open, clamp, grow_towards, observe, rate_bound_setters,
+    Observed, RateController, Signal, Window,
 };
 use crate::ConfigError;
 
@@ -269,21 +269,7 @@ impl Probe {
 }
 
 impl ProbeBuilder {
-    /// The first rate.
-    pub fn start(mut self, rate: f64) -> Self {
-        self.cfg.start = rate;
-        self
-    }
-    /// The lowest rate.
-    pub fn min(mut self, rate: f64) -> Self {
-        self.cfg.min = rate;
-        self
-    }
-    /// The highest rate.
-    pub fn max(mut self, rate: f64) -> Self {
-        self.cfg.max = rate;
-        self
-    }
+    rate_bound_setters!(.cfg);
     /// Factor applied to the level when the limit moved down, in (0, 1).
     pub fn beta(mut self, beta: f64) -> Self {
         self.cfg.beta = beta;

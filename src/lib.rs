@@ -6,9 +6,9 @@
 //!
 //! ```rust,ignore
 //! let client = ServiceBuilder::new()
-//!     .layer(DeadLetterLayer::new(store))              // nothing is lost (coming)
+//!     .layer(DeadLetterLayer::new(store))              // nothing is lost: final failures kept
 //!     .layer(RetryLayer::new(policy.with_bucket(bucket.clone()))) // 429 -> Retry-After, 5xx -> backoff
-//!     .layer(AdaptiveLayer::aimd(start, min, max))     // learns an unknown limit (coming)
+//!     .layer(AdaptiveLayer::probe(bucket.clone(), start, min, max)?) // learns an unknown limit
 //!     .layer(RateLimitLayer::with_bucket(bucket))      // the shared gate
 //!     .layer(TimeoutLayer::new(Duration::from_secs(30))) // per attempt
 //!     .service(hyper_client);
@@ -23,10 +23,11 @@
 //! * **Dead letters on top** see only final outcomes: what retries could not deliver.
 //! * **Timeout below the gate**: time spent waiting for a slot is not a failure of the API.
 //!
-//! [`Throttle::builder`] builds the retry, gate and timeout part in one call, and
-//! [`ServiceBuilderExt`] adds `.throttle(limits, policy)`, `.retry_429(..)` and
-//! `.shared_rate_limit(..)` to `ServiceBuilder`; both wire one bucket into the gate and the
-//! retry hold.
+//! [`Throttle::builder`] builds the whole stack in one call (dead letters, adaptive control,
+//! a timeout and stats are optional), and [`ServiceBuilderExt`] adds `.throttle(limits,
+//! policy)`, `.retry_429(..)`, `.shared_rate_limit(..)`, `.adaptive(..)` and
+//! `.dead_letters(..)` to `ServiceBuilder`; both wire one bucket into the gate, the retry hold
+//! and the adaptive controller.
 //!
 //! # With hyper
 //!
@@ -64,6 +65,11 @@
 //! | [`retry`] | [`RetryLayer`], [`RetryPolicy`]: 429-aware retry over `tower::retry` |
 //! | [`classify`] | [`Outcome`], [`Classify`], [`HttpClassifier`]: what a response means |
 //! | [`backoff`], [`headers`] | backoff schedules; `Retry-After` and rate-limit headers |
+//! | [`adaptive`] | [`AdaptiveLayer`] and its rate controllers (AIMD, header-driven, Cubic, Probe); a deterministic simulation |
+//! | [`queue`] | [`QueueLayer`]: bounded queue, concurrency and interval caps, priorities, depth |
+//! | [`dead_letter`] | [`DeadLetterLayer`], [`FileStore`], [`replay`]: nothing is lost |
+//! | [`bulk`] | [`run_bulk`]: a stream of jobs through any stack, with progress and a report |
+//! | [`metrics`] | [`Stats`]: counters, gauges and a health check; the `metrics` facade |
 //! | [`presets`] | ready [`Limits`] for Customer.io, HubSpot, Salesforce, Mailchimp, GA4 |
 //! | [`builder`] | [`ServiceBuilderExt`] and [`Throttle::builder`] |
 //!
@@ -71,10 +77,10 @@
 //!
 //! | feature | enables |
 //! |---|---|
-//! | `mock` | [`mock`]: a real HTTP server that rate-limits like the vendors, for tests and examples |
-//! | `reqwest` | `reqwest`: a `reqwest_middleware::Middleware` with the same gate and retry |
+//! | `mock` | `mock`: a real HTTP server that rate-limits like the vendors, for tests and examples |
+//! | `reqwest` | `reqwest`: a `reqwest_middleware::Middleware` with the same gate, retry, adaptive control and dead letters |
 //! | `metrics` | counters and gauges through the `metrics` facade |
-//! | `redis` | a bucket shared by a fleet of processes through Redis |
+//! | `redis` | `bucket::RedisBucket` and `dead_letter::RedisStore`: one limit and one dead-letter store for a fleet of processes |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]

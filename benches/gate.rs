@@ -19,8 +19,12 @@
 //! source too; `governor/check_fake_clock` uses governor's own atomic fake clock for the same
 //! isolation.
 
-use std::convert::Infallible;
-use std::future::{Future, Ready};
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{gquota, quota, Noop};
+
+use std::future::Future;
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::pin::pin;
@@ -41,41 +45,12 @@ use tower_throttle::{Clock, Limits, LocalBucket, Quota, RateLimit, RateLimitLaye
 
 const KEYS: u64 = 10_000;
 
-/// An inner service that does nothing, so only the gate is measured.
-#[derive(Clone, Copy, Debug)]
-struct Noop;
-
-impl Service<()> for Noop {
-    type Response = ();
-    type Error = Infallible;
-    type Future = Ready<Result<(), Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: ()) -> Self::Future {
-        std::future::ready(Ok(()))
-    }
-}
-
-fn quota() -> Quota {
-    Quota::per_second(1_000_000_000)
-        .and_then(|q| q.with_burst(u32::MAX))
-        .expect("valid quota")
-}
-
 /// Two windows, both far above the load: forces the mutex path.
 fn two_windows() -> Limits {
     let hourly = Quota::per_hour(u32::MAX)
         .and_then(|q| q.with_burst(u32::MAX))
         .expect("valid quota");
     Limits::new(quota()).and(hourly)
-}
-
-fn gquota() -> GQuota {
-    GQuota::per_second(NonZeroU32::new(1_000_000_000).expect("non-zero"))
-        .allow_burst(NonZeroU32::MAX)
 }
 
 fn tower_rate() -> Rate {

@@ -8,8 +8,12 @@
 //! counted (not setup, nor quanta's one-off calibration). Under valgrind the OS clock is a
 //! system call (no vDSO) whose kernel side is not counted: these are user-space instructions.
 
-use std::convert::Infallible;
-use std::future::{Future, Ready};
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+use support::{gquota, quota, Noop};
+
+use std::future::Future;
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::pin::pin;
@@ -24,34 +28,6 @@ use tower::limit::rate::Rate;
 use tower::{Layer, Service};
 use tower_throttle::bucket::KeyedBucket;
 use tower_throttle::{Clock, LocalBucket, Quota, RateLimit, RateLimitLayer};
-
-#[derive(Clone, Copy, Debug)]
-struct Noop;
-
-impl Service<()> for Noop {
-    type Response = ();
-    type Error = Infallible;
-    type Future = Ready<Result<(), Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: ()) -> Self::Future {
-        std::future::ready(Ok(()))
-    }
-}
-
-fn quota() -> Quota {
-    Quota::per_second(1_000_000_000)
-        .and_then(|q| q.with_burst(u32::MAX))
-        .expect("valid quota")
-}
-
-fn gquota() -> GQuota {
-    GQuota::per_second(NonZeroU32::new(1_000_000_000).expect("non-zero"))
-        .allow_burst(NonZeroU32::MAX)
-}
 
 fn ready_call<S: Service<()>>(svc: &mut S, cx: &mut Context<'_>)
 where

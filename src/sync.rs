@@ -12,3 +12,23 @@ pub(crate) use loom::sync::{Mutex, MutexGuard};
 pub(crate) use std::sync::atomic::AtomicU64;
 #[cfg(not(tower_throttle_loom))]
 pub(crate) use std::sync::{Mutex, MutexGuard};
+
+/// A value on cache lines of its own.
+///
+/// A bucket's state is written by every admit, from every core; its configuration (interval,
+/// burst, clock calibration) is only read. Sharing one line would make each admit fetch the
+/// line twice under contention: once to read the configuration after another core's write,
+/// once more to own it for the compare-and-swap. 128 bytes because x86 prefetches lines in
+/// adjacent pairs, so a 64-byte neighbour still bounces.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct OwnLine<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}

@@ -23,16 +23,21 @@ impl Gcra {
         }
     }
 
-    /// [`Gcra::new`] for parameters already known valid (`interval >= 1`), with the burst
-    /// given as `burst - 1`: skips the clamps on the admit path, which rebuilds this on every
-    /// call because `set_rate` may have moved the interval.
+    /// A cell from parameters already known valid (`interval >= 1`, `tolerance` a whole number
+    /// of intervals): the admit path rebuilds its cell from two atomics on every call, because
+    /// `set_rate` may have moved them, and must not pay for the clamps and the multiply.
     #[inline]
-    pub(crate) fn from_valid(interval: u64, extra_burst: u64) -> Gcra {
+    pub(crate) fn from_parts(interval: u64, tolerance: u64) -> Gcra {
         debug_assert!(interval >= 1);
         Gcra {
             interval,
-            tolerance: interval.saturating_mul(extra_burst),
+            tolerance,
         }
+    }
+
+    /// The tolerance of `burst - 1` extra requests at `interval`.
+    pub(crate) fn tolerance_for(interval: u64, extra_burst: u64) -> u64 {
+        interval.saturating_mul(extra_burst)
     }
 
     #[inline]

@@ -19,7 +19,7 @@ impl Gcra {
         let interval = interval.max(1);
         Gcra {
             interval,
-            tolerance: interval.saturating_mul(u64::from(burst.max(1)) - 1),
+            tolerance: Gcra::tolerance_for(interval, u64::from(burst.max(1)) - 1),
         }
     }
 
@@ -43,6 +43,10 @@ impl Gcra {
     #[inline]
     pub(crate) fn interval(&self) -> u64 {
         self.interval
+    }
+
+    pub(crate) fn tolerance(&self) -> u64 {
+        self.tolerance
     }
 
     /// The earliest instant a request that arrives at `now` may go.

@@ -71,10 +71,14 @@ impl LocalBucket {
     /// ```
     pub fn with_clock(limits: impl Into<Limits>, clock: Clock) -> LocalBucket {
         let limits = limits.into();
-        let (primary_burst, primary_interval) = limits
-            .quotas()
-            .first()
-            .map_or((1, 1), |q| (q.burst(), q.interval_nanos()));
+        // The cell every admit rebuilds from atomics, clamped as `Gcra::new` clamps it.
+        let (primary, primary_extra_burst) =
+            limits.quotas().first().map_or((Gcra::new(1, 1), 0), |q| {
+                (
+                    Gcra::new(q.interval_nanos(), q.burst()),
+                    u64::from(q.burst().max(1)) - 1,
+                )
+            });
         let cells = match limits.quotas().len() {
             0 => Cells::Unlimited,
             1 => Cells::One(OwnLine(AtomicU64::new(0))),
@@ -83,12 +87,9 @@ impl LocalBucket {
         LocalBucket {
             inner: Arc::new(Inner {
                 clock: BucketClock::new(clock),
-                primary_extra_burst: u64::from(primary_burst.max(1)) - 1,
-                primary_interval: AtomicU64::new(primary_interval.max(1)),
-                primary_tolerance: AtomicU64::new(Gcra::tolerance_for(
-                    primary_interval.max(1),
-                    u64::from(primary_burst.max(1)) - 1,
-                )),
+                primary_extra_burst,
+                primary_interval: AtomicU64::new(primary.interval()),
+                primary_tolerance: AtomicU64::new(primary.tolerance()),
                 hold: AtomicU64::new(0),
                 limits,
                 cells,

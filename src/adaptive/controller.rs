@@ -144,6 +144,56 @@ macro_rules! rate_bound_setters {
 }
 pub(super) use rate_bound_setters;
 
+/// The setters of the probing controllers' builders for how throttle events are grouped and
+/// how rates are measured (fields `event_hold` and `measure_window` under the given path).
+macro_rules! event_setters {
+    ($(.$path:ident)*) => {
+        /// 429s within this time of a cut (or the server's `Retry-After`, if longer) are one
+        /// event.
+        pub fn event_hold(mut self, d: Duration) -> Self {
+            self$(.$path)*.event_hold = d;
+            self
+        }
+        /// Window over which the accepted and sent rates are measured.
+        pub fn measure_window(mut self, d: Duration) -> Self {
+            self$(.$path)*.measure_window = d;
+            self
+        }
+    };
+}
+pub(super) use event_setters;
+
+/// One throttle event as the probing controllers ([`Cubic`], [`Probe`](super::Probe)) book
+/// it: 429s within a hold of the first are the same event, and sending resumes once the
+/// server's `Retry-After` has passed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ThrottleEvent {
+    /// When sending resumed after the latest event: time spent held says nothing about the
+    /// limit, so rates are measured from here.
+    pub(super) resumed_at: Option<Instant>,
+    ignore_until: Option<Instant>,
+}
+
+impl ThrottleEvent {
+    /// True while a 429 at `now` belongs to the event already booked.
+    pub(super) fn is_ongoing(&self, now: Instant) -> bool {
+        self.ignore_until.is_some_and(|t| now < t)
+    }
+
+    /// Books a new event at `now`: sending resumes after `retry_after`, and 429s until then
+    /// or for `hold`, whichever is longer, are part of it.
+    pub(super) fn begin(&mut self, now: Instant, retry_after: Option<Duration>, hold: Duration) {
+        let wait = retry_after.unwrap_or(Duration::ZERO);
+        self.resumed_at = now.checked_add(wait);
+        self.ignore_until = now.checked_add(wait.max(hold));
+    }
+
+    /// Lets the next 429 count as a new event at once (after a reset).
+    pub(super) fn end_hold(&mut self) {
+        self.ignore_until = None;
+    }
+}
+
 /// One attempt's outcome, as the probing controllers ([`Cubic`], [`Probe`](super::Probe))
 /// book it.
 pub(super) enum Observed {
@@ -656,8 +706,7 @@ pub struct Cubic {
     /// Growth time: advances only while successes arrive.
     growth: Duration,
     last_seen: Option<Instant>,
-    ignore_until: Option<Instant>,
-    resumed_at: Option<Instant>,
+    event: ThrottleEvent,
     anchor: Option<f64>,
     cruise: Duration,
     successes: Window,
@@ -765,12 +814,12 @@ impl Cubic {
     }
 
     fn on_throttle(&mut self, now: Instant, retry_after: Option<Duration>) {
-        if self.ignore_until.is_some_and(|t| now < t) {
+        if self.event.is_ongoing(now) {
             return;
         }
         // Accepted rate since sends resumed after the last hold: time spent held says
         // nothing about the limit.
-        let measured = self.successes.rate_since(now, self.resumed_at);
+        let measured = self.successes.rate_since(now, self.event.resumed_at);
         let believed_failed = matches!(self.phase, Phase::Cruise { .. } | Phase::Recover { .. });
         let (anchor, stable) = match (self.anchor, believed_failed) {
             // The level we settled on was refused: the limit moved down. Trust a fresh
@@ -809,9 +858,7 @@ impl Cubic {
             from,
             to,
         };
-        let wait = retry_after.unwrap_or(Duration::ZERO);
-        self.resumed_at = now.checked_add(wait);
-        self.ignore_until = now.checked_add(wait.max(self.cfg.event_hold));
+        self.event.begin(now, retry_after, self.cfg.event_hold);
     }
 }
 
@@ -843,16 +890,7 @@ impl CubicBuilder {
         self.cfg.probe_doubling = d;
         self
     }
-    /// 429s within this time of a cut (or the server's `Retry-After`, if longer) are one event.
-    pub fn event_hold(mut self, d: Duration) -> Self {
-        self.cfg.event_hold = d;
-        self
-    }
-    /// Window over which accepted and sent rates are measured.
-    pub fn measure_window(mut self, d: Duration) -> Self {
-        self.cfg.measure_window = d;
-        self
-    }
+    event_setters!(.cfg);
     /// Checks every value.
     pub fn build(self) -> Result<Cubic, ConfigError> {
         let c = self.cfg;
@@ -885,8 +923,7 @@ impl CubicBuilder {
             },
             growth: Duration::ZERO,
             last_seen: None,
-            ignore_until: None,
-            resumed_at: None,
+            event: ThrottleEvent::default(),
             anchor: None,
             cruise: c.cruise,
             successes: Window::new(c.measure_window),
@@ -933,7 +970,7 @@ impl RateController for Cubic {
             until: self.growth + self.cfg.cruise,
         };
         self.cruise = self.cfg.cruise;
-        self.ignore_until = None;
+        self.event.end_hold();
     }
 }
 

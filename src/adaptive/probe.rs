@@ -5,8 +5,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::controller::{
-    check_bounds, check_duration, check_open, clamp, grow_towards, observe, rate_bound_setters,
-    Observed, RateController, Signal, Window,
+    check_bounds, check_duration, check_open, clamp, event_setters, grow_towards, observe,
+    rate_bound_setters, Observed, RateController, Signal, ThrottleEvent, Window,
 };
 use crate::ConfigError;
 
@@ -72,8 +72,7 @@ pub struct Probe {
     /// Growth time: advances only while successes arrive.
     growth: Duration,
     last_seen: Option<Instant>,
-    ignore_until: Option<Instant>,
-    resumed_at: Option<Instant>,
+    event: ThrottleEvent,
     /// The rate to cruise at.
     level: f64,
     /// Whether `level` has been held for `prove` without a 429.
@@ -196,7 +195,7 @@ impl Probe {
     }
 
     fn on_throttle(&mut self, now: Instant, retry_after: Option<Duration>) {
-        if self.ignore_until.is_some_and(|t| now < t) {
+        if self.event.is_ongoing(now) {
             return;
         }
         let sending = self.rate;
@@ -207,7 +206,7 @@ impl Probe {
                 // higher of the accepted rate and beta x sent: if that is still too high, how
                 // soon it is refused says by how much.
                 let cut = self.cfg.beta * sending;
-                let accepted = self.accepted.rate_since(now, self.resumed_at);
+                let accepted = self.accepted.rate_since(now, self.event.resumed_at);
                 self.cruise = self.cfg.cruise;
                 self.cruise_at(accepted.map_or(cut, |a| a.min(sending).max(cut)));
             }
@@ -237,6 +236,7 @@ impl Probe {
                     // of one second accepts `level` for `limit / level` seconds; a token bucket
                     // with a burst of about `margin x level`, for `margin / excess` seconds.
                     let survived = self
+                        .event
                         .resumed_at
                         .map_or(f64::MAX, |t| now.saturating_duration_since(t).as_secs_f64());
                     let survived = survived.max(1e-3);
@@ -262,9 +262,7 @@ impl Probe {
             }
         }
         self.rate = self.level;
-        let wait = retry_after.unwrap_or(Duration::ZERO);
-        self.resumed_at = now.checked_add(wait);
-        self.ignore_until = now.checked_add(wait.max(self.cfg.event_hold));
+        self.event.begin(now, retry_after, self.cfg.event_hold);
     }
 }
 
@@ -302,16 +300,7 @@ impl ProbeBuilder {
         self.cfg.prove = d;
         self
     }
-    /// 429s within this time of a cut (or the server's `Retry-After`, if longer) are one event.
-    pub fn event_hold(mut self, d: Duration) -> Self {
-        self.cfg.event_hold = d;
-        self
-    }
-    /// Window over which the accepted and sent rates are measured.
-    pub fn measure_window(mut self, d: Duration) -> Self {
-        self.cfg.measure_window = d;
-        self
-    }
+    event_setters!(.cfg);
     /// Checks every value.
     pub fn build(self) -> Result<Probe, ConfigError> {
         let c = self.cfg;
@@ -339,8 +328,7 @@ impl ProbeBuilder {
             },
             growth: Duration::ZERO,
             last_seen: None,
-            ignore_until: None,
-            resumed_at: None,
+            event: ThrottleEvent::default(),
             level: c.start,
             proven: false,
             floor: None,
@@ -391,7 +379,7 @@ impl RateController for Probe {
         self.ceiling = None;
         self.cruise = self.cfg.cruise;
         self.cruise_at(self.rate);
-        self.ignore_until = None;
+        self.event.end_hold();
     }
 }
 

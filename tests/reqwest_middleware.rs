@@ -67,12 +67,7 @@ async fn reqwest_paced_client_never_exceeds_a_rolling_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reqwest_429_storm_holds_the_shared_bucket_and_every_record_arrives() {
     // Server 40/s burst 10; client paced at 40/s but misconfigured with burst 40.
-    let server = MockServer::builder()
-        .limit(ServerLimit::token_bucket(40.0, 10).unwrap())
-        .retry_after(RetryAfterFormat::Seconds)
-        .start()
-        .await
-        .unwrap();
+    let server = common::storm_server().await;
     let mw = ThrottleMiddleware::new(Quota::per_second(40).unwrap().with_burst(40).unwrap());
     let results = send_all(client(mw), server.url("/v1/track"), 120, 40).await;
     assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");

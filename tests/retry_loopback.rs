@@ -8,7 +8,7 @@ mod common;
 
 use common::{client, send_all};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
+use tower_throttle::mock::{MockServer, ServerLimit};
 use tower_throttle::retry::{RetryLayer, RetryPolicy};
 use tower_throttle::{Backoff, Jitter, LocalBucket, Quota, RateLimitLayer};
 
@@ -16,12 +16,7 @@ use tower_throttle::{Backoff, Jitter, LocalBucket, Quota, RateLimitLayer};
 async fn a_429_storm_is_waited_out_by_everyone_and_every_request_succeeds() {
     // The server: 40/s with a burst of 10. The client: paced at 40/s, but misconfigured with a
     // burst of 40, so it opens with a storm of 429s.
-    let server = MockServer::builder()
-        .limit(ServerLimit::token_bucket(40.0, 10).unwrap())
-        .retry_after(RetryAfterFormat::Seconds)
-        .start()
-        .await
-        .unwrap();
+    let server = common::storm_server().await;
     let bucket = LocalBucket::new(Quota::per_second(40).unwrap().with_burst(40).unwrap());
     let svc = ServiceBuilder::new()
         .layer(RetryLayer::new(

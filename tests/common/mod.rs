@@ -69,3 +69,15 @@ where
 pub fn attempts(extensions: &http::Extensions) -> u32 {
     extensions.get::<Attempts>().map_or(0, |a| a.0)
 }
+
+/// The 429-storm server: 40/s with a burst of 10, answering 429 with `Retry-After` in seconds.
+/// A client paced at 40/s but configured with a burst of 40 opens against it with a storm.
+pub async fn storm_server() -> tower_throttle::mock::MockServer {
+    use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
+    MockServer::builder()
+        .limit(ServerLimit::token_bucket(40.0, 10).expect("valid server limit"))
+        .retry_after(RetryAfterFormat::Seconds)
+        .start()
+        .await
+        .expect("mock server starts")
+}

@@ -6,6 +6,11 @@
 //! ```
 //!
 //! Without `REDIS_URL` the example starts its own `redis-server` (from PATH) on a free port.
+//!
+//! `fleet --worker <redis-url> <api-url> <key> <seconds> <callers> <workers> <limit>` runs one
+//! worker as its own process (the fleet test `tests/fleet_processes.rs` starts four of them and
+//! kills Redis under them): `callers` concurrent callers sharing `limit` per second with the
+//! other `workers - 1` processes, failing open at a `1 / workers` share.
 //! Each worker has its own `RedisBucket` handle and connection (as separate processes would)
 //! and runs several concurrent callers through `RateLimitLayer`. The mock server enforces the
 //! limit as a rolling window, so any burst past it shows up as a 429. The run is repeated with
@@ -165,8 +170,81 @@ async fn admit_latency(url: &str, lease: u32) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// One worker process: `callers` callers through one `RedisBucket` for `seconds`; prints how
+/// many requests it sent.
+async fn worker(args: &[String]) -> Result<(), BoxError> {
+    let [url, api, key, seconds, callers, workers, limit] = args else {
+        return Err("usage: fleet --worker <redis-url> <api-url> <key> <seconds> <callers> <workers> <limit>".into());
+    };
+    let limits = Limits::new(Quota::per_second(limit.parse()?)?);
+    let workers: u32 = workers.parse()?;
+    let conn = RedisBucket::connection_manager(url, Duration::from_millis(200)).await?;
+    let bucket = RedisBucket::builder(limits.clone(), key.as_str())
+        .timeout(Duration::from_millis(200))
+        .retry_interval(Duration::from_millis(500))
+        .fail_mode(FailMode::open_share(&limits, workers)?)
+        .build(conn)?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let svc = ServiceBuilder::new()
+        .layer(RateLimitLayer::with_bucket(bucket.clone()))
+        .service(client);
+    let uri: http::Uri = api.parse()?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds.parse()?);
+    // Each switch between Redis and the fallback, on stderr, for the fleet test's log.
+    let watched = bucket.clone();
+    tokio::spawn(async move {
+        let mut degraded = false;
+        loop {
+            if watched.is_degraded() != degraded {
+                degraded = !degraded;
+                eprintln!(
+                    "worker {}: {} at {:?}",
+                    std::process::id(),
+                    if degraded { "fallback" } else { "redis" },
+                    started.elapsed()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let tasks: Vec<_> = (0..callers.parse::<usize>()?)
+        .map(|_| {
+            let (svc, uri) = (svc.clone(), uri.clone());
+            tokio::spawn(async move {
+                let mut sent = 0u64;
+                loop {
+                    let mut svc = svc.clone();
+                    if svc.ready().await.is_err() {
+                        continue;
+                    }
+                    if Instant::now() >= deadline {
+                        return sent;
+                    }
+                    let req = http::Request::get(uri.clone())
+                        .body(Full::new(Bytes::new()))
+                        .expect("a valid request");
+                    if svc.call(req).await.is_ok() {
+                        sent += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut sent = 0;
+    for t in tasks {
+        sent += t.await?;
+    }
+    println!("sent {sent} {:?}", bucket.stats());
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--worker") {
+        return worker(&args[2..]).await;
+    }
     let (url, _own) = redis_url().await?;
     println!(
         "{WORKERS} workers x {CALLERS_PER_WORKER} callers sharing {LIMIT} req/s through {url} for {RUN:?}"

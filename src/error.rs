@@ -129,6 +129,14 @@ pub enum ThrottleError {
         /// Why the request could not be retried.
         reason: String,
     },
+    /// A request costs more units than some window of the limits can ever admit at once (its
+    /// burst): it would wait forever. Split it (smaller batches) or raise that window's burst.
+    CostTooHigh {
+        /// The request's cost in units.
+        cost: u64,
+        /// The smallest burst among the windows.
+        burst: u64,
+    },
     /// A shared bucket (Redis) could not be reached and the layer is configured to fail closed.
     BucketUnavailable {
         /// What went wrong.
@@ -157,6 +165,10 @@ impl fmt::Display for ThrottleError {
             ThrottleError::NotReplayable { reason } => write!(
                 f,
                 "request not retried because its body cannot be replayed ({reason}); send a buffered body (Bytes, Full) to get retries"
+            ),
+            ThrottleError::CostTooHigh { cost, burst } => write!(
+                f,
+                "rate limit: a request costing {cost} units can never be admitted, the smallest window burst is {burst}; split it or raise the burst"
             ),
             ThrottleError::BucketUnavailable { reason } => {
                 write!(f, "shared rate-limit bucket unavailable (failing closed): {reason}")

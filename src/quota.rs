@@ -88,9 +88,45 @@ impl Quota {
         Quota::new(count, Duration::from_secs(3_600))
     }
 
-    /// `count` requests per day (24 h rolling).
+    /// `count` requests per day (24 h rolling), **evenly paced**: 40,000 per day is one every
+    /// 2.16 s. That is what a process spreading a daily budget over the day wants; as the
+    /// second window beside a short one it slows everything to that pace. For a daily
+    /// allowance that the short window may spend as it needs, use [`Quota::daily`].
     pub fn per_day(count: u32) -> Result<Quota, ConfigError> {
         Quota::new(count, Duration::from_secs(86_400))
+    }
+
+    /// An allowance of `count` requests in any `period`, with no pacing inside it: the shape of
+    /// a daily or hourly API budget beside a short rate window.
+    ///
+    /// As a token bucket it holds `ceil(count / 2)` requests at the start and refills
+    /// `floor(count / 2) + 1` per period. A bucket with burst `b` admits at most
+    /// `b - 1 + refill` in any interval of one refill period, which here is exactly `count`:
+    /// never more than the allowance in any period, rolling or reset at midnight. The price of
+    /// the guarantee is the sustained rate: after the first half is spent the bucket earns back
+    /// about half the allowance per period. [`Quota::count`] and [`Quota::burst`] report the
+    /// bucket (refill and burst), not `count`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_throttle::Quota;
+    ///
+    /// let hourly = Quota::allowance(1_000, Duration::from_secs(3_600))?;
+    /// assert_eq!((hourly.burst(), hourly.count()), (500, 501));
+    /// # Ok::<(), tower_throttle::ConfigError>(())
+    /// ```
+    ///
+    /// Errors: [`ConfigError::ZeroRate`] for a zero count, and those of [`Quota::new`].
+    pub fn allowance(count: u32, period: Duration) -> Result<Quota, ConfigError> {
+        if count == 0 {
+            return Err(ConfigError::ZeroRate);
+        }
+        Quota::new(count / 2 + 1, period)?.with_burst(count.div_ceil(2))
+    }
+
+    /// [`Quota::allowance`] over 24 hours: a daily budget that never paces the short window.
+    pub fn daily(count: u32) -> Result<Quota, ConfigError> {
+        Quota::allowance(count, Duration::from_secs(86_400))
     }
 
     /// Allows `burst` requests at once after an idle spell (token-bucket shape).
@@ -143,14 +179,20 @@ impl Quota {
 /// use std::time::Duration;
 /// use tower_throttle::{Limits, Quota};
 ///
-/// // HubSpot: 100 per 10 s and 40,000 per day, both at once.
-/// let hubspot = Limits::new(Quota::new(100, Duration::from_secs(10))?)
-///     .and(Quota::per_day(40_000)?)
+/// // 100 per 10 s and an allowance of 40,000 per day, both at once. `Quota::daily` is the
+/// // allowance shape: the 10 s window sets the pace, the day only caps the total.
+/// // (`Quota::per_day` would pace one request every 2.16 s.)
+/// let limits = Limits::new(Quota::new(100, Duration::from_secs(10))?)
+///     .and(Quota::daily(40_000)?)
 ///     .with_concurrency(10)?;
-/// assert_eq!(hubspot.quotas().len(), 2);
-/// assert_eq!(hubspot.concurrency(), Some(10));
+/// assert_eq!(limits.quotas().len(), 2);
+/// assert_eq!(limits.concurrency(), Some(10));
 /// # Ok::<(), tower_throttle::ConfigError>(())
 /// ```
+///
+/// The concurrency cap travels with the limits: a [`LocalBucket`](crate::LocalBucket) or
+/// [`KeyedBucket`](crate::bucket::KeyedBucket) built from them enforces it (per key for the
+/// latter) in every layer built on that bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Limits {
     // Sorted by period, shortest first: the shortest window is the one adaptive control drives.
@@ -176,7 +218,8 @@ impl Limits {
         }
     }
 
-    /// Adds a quota; a request must satisfy every one.
+    /// Adds a quota; a request must satisfy every one. A longer window beside a short one is
+    /// usually an allowance ([`Quota::daily`], [`Quota::allowance`]), not a pace.
     pub fn and(mut self, quota: Quota) -> Limits {
         let at = self
             .quotas

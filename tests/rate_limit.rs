@@ -296,7 +296,9 @@ async fn rate_can_change_at_run_time() {
     assert_eq!(first, vec![ms(0), ms(100)]);
     svc.bucket().set_rate(2.0).unwrap();
     let rest = sequential_offsets(&mut svc, 2, start).await;
-    assert_eq!(rest, vec![ms(200), ms(700)]);
+    // The cut applies from the last call on: one new interval (500 ms) after it, not the
+    // slot the old rate had promised at 200 ms.
+    assert_eq!(rest, vec![ms(600), ms(1_100)]);
     assert!(svc.bucket().set_rate(f64::NAN).is_err());
     assert!(svc.bucket().set_rate(0.0).is_err());
     assert!(svc.bucket().set_rate(-1.0).is_err());

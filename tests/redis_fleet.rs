@@ -5,9 +5,8 @@
 //! `CI=true`, where a missing server is a failure (`.ci/run` installs it).
 #![cfg(all(feature = "redis", feature = "mock"))]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,91 +19,11 @@ use tower_throttle::bucket::{FailMode, RedisBucket, RedisStats, Reservation, Res
 use tower_throttle::mock::{max_in_any_window, MockServer, ServerLimit};
 use tower_throttle::{Bucket, Limits, Quota, RateLimitLayer, ThrottleError};
 
+use common::redis::RedisServer;
+
 /// The timing-sensitive tests take turns: on a small CI machine, several fleets at once
 /// would measure each other's scheduling jitter rather than the bucket.
 static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A `redis-server` child process on its own port, killed on drop.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    /// Starts a server, or returns `None` (after printing why) when the binary is missing
-    /// outside CI.
-    fn start(test: &str) -> Option<RedisServer> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("redis-server is not on PATH, and CI=true requires the Redis tests to run");
-            }
-            eprintln!(
-                "NOTICE: skipping {test}: redis-server is not on PATH \
-                 (install it, e.g. `apt-get install redis-server`, to run the Redis fleet tests)"
-            );
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = RedisServer { port, child: None };
-        server.spawn();
-        Some(server)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !self.answers_ping() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not answer on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn answers_ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 async fn bucket(
     server: &RedisServer,

@@ -1,27 +1,42 @@
 //! One bucket per key (a host, a workspace, an API token), with idle keys forgotten.
 //!
+//! Every key decides with the admission core ([`core`](super::core)), exactly as a
+//! [`LocalBucket`](crate::LocalBucket) does: several windows at once, weighted costs, holds
+//! that are a floor and spend nothing. A 429 from one destination holds that
+//! destination only ([`KeyedBucket::hold_until`]); callers of that key already waiting for an
+//! earlier slot re-slot behind the hold when they wake.
+//!
 //! A key whose every window has refilled (TAT at or before now) behaves exactly like a key
 //! never seen, so forgetting it changes no decision: eviction is free of error, not a
-//! heuristic. Sweeps are amortised over reservations (a shard is swept once it has served as
-//! many reservations as it holds keys), so a map never grows past the keys active within one
-//! window (the unbounded growth governor#171 reports). The map is split into shards, each
-//! behind its own short mutex, so unrelated keys rarely contend.
+//! heuristic. Two sweeps keep memory bounded (governor#171 reports the unbounded growth):
+//! a shard is swept once it has served as many reservations as it holds keys, and every
+//! reservation on any key also advances a round-robin over all shards, so shards that no longer
+//! get traffic are reached too. Each sweep shrinks its table when most of it is free, so memory
+//! is returned, not just reused. [`KeyedBucket::evict_idle`] sweeps everything at once (call it
+//! from a timer after a burst of one-off keys).
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use hashbrown::hash_table::{Entry, HashTable};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::{Gcra, Reservation};
+use super::core::{self, Cell, Release};
+use super::Reservation;
 use crate::clock::{duration_nanos, BucketClock, Clock};
 use crate::{Limits, ThrottleError};
 
 const SHARDS: usize = 32;
 const MIN_SWEEP_INTERVAL: usize = 1_024;
+/// The round-robin sweeps one shard per this many reservations, at least, or more rarely when
+/// there are many keys: about `SHARDS * ROUND_ROBIN_SHARE` entries looked at per reservation.
+const ROUND_ROBIN_SHARE: usize = 8;
 
 /// A set of independent buckets, one per key, all with the same [`Limits`].
 ///
@@ -47,12 +62,24 @@ pub struct KeyedBucket<K> {
 struct Inner<K> {
     clock: BucketClock,
     limits: Limits,
-    cells: Vec<Gcra>,
+    cells: Vec<Cell>,
     // SipHash with a random key: keys (hosts, tenants) can come from outside, so the map must
     // not be open to collision flooding. Hashed once per call: the hash picks the shard and
     // is handed to the shard's table as is.
     hasher: RandomState,
     shards: Box<[Mutex<Shard<K>>]>,
+    /// Keys tracked across all shards (approximate between sweeps), which paces the
+    /// round-robin sweep.
+    keys: AtomicUsize,
+    reservations: AtomicUsize,
+    /// Holds in force, by key: only keys a server refused are here, so it stays small.
+    holds: Mutex<HashMap<K, (u64, Release)>>,
+    /// How many entries `holds` has (expired ones included until the next hold prunes them):
+    /// while zero, an admit never touches the map.
+    held_keys: AtomicUsize,
+    /// Per-key in-flight caps, when the limits carry one; a key's entry lives while a permit or
+    /// a waiter does.
+    caps: Option<(usize, Mutex<HashMap<K, Arc<Semaphore>>>)>,
 }
 
 struct Shard<K> {
@@ -114,6 +141,7 @@ fn shard_of(hash: u64) -> usize {
 impl<K: Hash + Eq + Clone> Shard<K> {
     /// Hands `f` the key's TATs, creating them if the key is new or was forgotten. With
     /// `sweep_at` (a reservation's now) it first sweeps, now and then (amortised over calls).
+    /// Returns whether a key was added, beside `f`'s result.
     #[inline]
     fn with_tats<R>(
         &mut self,
@@ -126,15 +154,19 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         if let Some(now_n) = sweep_at {
             self.since_sweep += 1;
             if self.since_sweep >= self.table.len().max(MIN_SWEEP_INTERVAL) {
-                self.since_sweep = 0;
-                self.table.retain_active(now_n);
+                self.sweep(now_n, inner);
             }
         }
         let windows = inner.cells.len();
-        match &mut self.table {
+        let before = self.table.len();
+        let out = match &mut self.table {
             Table::One(t) => f(entry(t, key, hash, &inner.hasher, windows).as_slice_mut()),
             Table::Many(t) => f(entry(t, key, hash, &inner.hasher, windows).as_slice_mut()),
+        };
+        if self.table.len() > before {
+            inner.keys.fetch_add(1, Ordering::Relaxed);
         }
+        out
     }
 
     fn get_mut(&mut self, key: &K, hash: u64) -> Option<&mut [u64]> {
@@ -146,6 +178,21 @@ impl<K: Hash + Eq + Clone> Shard<K> {
                 .find_mut(hash, |(k, _)| k == key)
                 .map(|(_, v)| v.as_slice_mut()),
         }
+    }
+
+    /// Forgets keys that have fully refilled at `now_n` and gives memory back; returns how
+    /// many keys went.
+    fn sweep(&mut self, now_n: u64, inner: &Inner<K>) -> usize {
+        self.since_sweep = 0;
+        let gone = self.table.retain_active(now_n, &inner.hasher);
+        if gone > 0 {
+            let _ = inner
+                .keys
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| {
+                    Some(k.saturating_sub(gone))
+                });
+        }
+        gone
     }
 }
 
@@ -163,6 +210,20 @@ fn entry<'a, K: Hash + Eq + Clone, T: Tats>(
     }
 }
 
+/// Drops idle entries, then shrinks the table when three quarters of it are free.
+fn retain_and_shrink<K: Hash, T: Tats>(
+    table: &mut HashTable<(K, T)>,
+    now_n: u64,
+    hasher: &RandomState,
+) -> usize {
+    let before = table.len();
+    table.retain(|(_, tats)| tats.latest() > now_n);
+    if table.capacity() > 4 * table.len() + 64 {
+        table.shrink_to(2 * table.len(), |(k, _)| hasher.hash_one(k));
+    }
+    before - table.len()
+}
+
 impl<K> Table<K> {
     fn len(&self) -> usize {
         match self {
@@ -171,14 +232,21 @@ impl<K> Table<K> {
         }
     }
 
-    /// Forgets keys that have fully refilled at `now_n`; returns how many.
-    fn retain_active(&mut self, now_n: u64) -> usize {
-        let before = self.len();
+    fn capacity(&self) -> usize {
         match self {
-            Table::One(t) => t.retain(|(_, tat)| tat.latest() > now_n),
-            Table::Many(t) => t.retain(|(_, tats)| tats.latest() > now_n),
+            Table::One(t) => t.capacity(),
+            Table::Many(t) => t.capacity(),
         }
-        before - self.len()
+    }
+}
+
+impl<K: Hash> Table<K> {
+    /// Forgets keys that have fully refilled at `now_n`; returns how many.
+    fn retain_active(&mut self, now_n: u64, hasher: &RandomState) -> usize {
+        match self {
+            Table::One(t) => retain_and_shrink(t, now_n, hasher),
+            Table::Many(t) => retain_and_shrink(t, now_n, hasher),
+        }
     }
 }
 
@@ -188,7 +256,7 @@ impl<K> KeyedBucket<K> {
         self.inner
             .shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).table.len())
+            .map(|s| lock(s).table.len())
             .sum()
     }
 
@@ -197,9 +265,24 @@ impl<K> KeyedBucket<K> {
         self.len() == 0
     }
 
+    /// Table slots allocated across all shards (at least [`KeyedBucket::len`]): what memory
+    /// the keys occupy, which sweeps give back.
+    pub fn capacity(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| lock(s).table.capacity())
+            .sum()
+    }
+
     /// The clock this bucket decides on.
     pub fn clock(&self) -> Clock {
         self.inner.clock.kind()
+    }
+
+    /// The limits every key gets.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
     }
 }
 
@@ -221,6 +304,12 @@ impl<K> fmt::Debug for KeyedBucket<K> {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Shards, holds and caps are maps of plain values, never left half-updated: poisoning is
+    // harmless.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl<K: Hash + Eq + Clone> KeyedBucket<K> {
     /// Buckets enforcing `limits` for each key separately, deciding on tokio's clock.
     pub fn new(limits: impl Into<Limits>) -> KeyedBucket<K> {
@@ -228,13 +317,14 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
     }
 
     /// Buckets enforcing `limits` for each key separately, reading `clock` for callers that
-    /// arrive "now" ([`KeyedBucket::reserve_now`]); see [`Clock`] for the trade-off.
+    /// arrive "now" ([`KeyedBucket::reserve_now`]); see [`Clock`] for the trade-off. A
+    /// concurrency cap in `limits` applies per key ([`KeyedBucket::acquire`]).
     pub fn with_clock(limits: impl Into<Limits>, clock: Clock) -> KeyedBucket<K> {
         let limits = limits.into();
-        let cells: Vec<Gcra> = limits
+        let cells: Vec<Cell> = limits
             .quotas()
             .iter()
-            .map(|q| Gcra::new(q.interval_nanos(), q.burst()))
+            .map(|q| Cell::new(q.interval_nanos(), q.burst()))
             .collect();
         let shards = (0..SHARDS)
             .map(|_| {
@@ -251,10 +341,15 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
         KeyedBucket {
             inner: Arc::new(Inner {
                 clock: BucketClock::new(clock),
+                caps: limits.concurrency().map(|n| (n, Mutex::new(HashMap::new()))),
                 limits,
                 cells,
                 hasher: RandomState::new(),
                 shards,
+                keys: AtomicUsize::new(0),
+                reservations: AtomicUsize::new(0),
+                holds: Mutex::new(HashMap::new()),
+                held_keys: AtomicUsize::new(0),
             }),
         }
     }
@@ -263,11 +358,21 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
     #[inline]
     fn shard(&self, key: &K) -> (u64, MutexGuard<'_, Shard<K>>) {
         let hash = self.inner.hasher.hash_one(key);
-        // A shard is a map of plain numbers, never left half-updated: poisoning is harmless.
-        let shard = self.inner.shards[shard_of(hash)]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        (hash, shard)
+        (hash, lock(&self.inner.shards[shard_of(hash)]))
+    }
+
+    /// Every so many reservations, sweeps the next shard in turn (never the caller's own,
+    /// which is not locked yet: one lock at a time).
+    #[inline]
+    fn round_robin(&self, now_n: u64) {
+        let inner = &*self.inner;
+        let n = inner.reservations.fetch_add(1, Ordering::Relaxed);
+        let every = (inner.keys.load(Ordering::Relaxed) / (SHARDS * ROUND_ROBIN_SHARE))
+            .max(MIN_SWEEP_INTERVAL);
+        if n % every == every - 1 {
+            let shard = (n / every) % SHARDS;
+            lock(&inner.shards[shard]).sweep(now_n, inner);
+        }
     }
 
     /// The decision in bucket time for `key`: its slot and the token to cancel it with.
@@ -276,30 +381,32 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
         &self,
         key: &K,
         now_n: u64,
+        cost: u32,
         max_wait: Option<Duration>,
     ) -> Result<(u64, u64), ThrottleError> {
+        self.round_robin(now_n);
         let inner = &*self.inner;
         let limit = max_wait.map_or(u64::MAX, duration_nanos);
+        let cost = u64::from(cost.max(1));
+        // A held key's paced release is read and written under the holds lock, taken before the
+        // shard's (always in that order); while no key is held, admits never touch it.
+        let mut holds = (inner.held_keys.load(Ordering::Acquire) > 0).then(|| lock(&inner.holds));
+        let mut release = holds
+            .as_ref()
+            .and_then(|h| h.get(key))
+            .map_or(Release::default(), |h| h.1);
         let (hash, mut shard) = self.shard(key);
-        shard.with_tats(key, hash, inner, Some(now_n), |tats| {
-            let slot = inner
-                .cells
-                .iter()
-                .zip(tats.iter())
-                .map(|(c, t)| c.earliest(*t, now_n))
-                .max()
-                .unwrap_or(now_n);
-            if slot - now_n > limit {
-                return Err(ThrottleError::WaitTooLong {
-                    wait: Duration::from_nanos(slot - now_n),
-                    max_wait: max_wait.unwrap_or(Duration::MAX),
-                });
+        let decided = shard.with_tats(key, hash, inner, Some(now_n), |tats| {
+            core::admit(&inner.cells, tats, &mut release, now_n, cost, limit)
+                .map(|slot| (slot, tats[0]))
+                .map_err(|r| r.error(cost, max_wait))
+        });
+        if let (Ok(_), Some(holds)) = (&decided, holds.as_mut()) {
+            if let Some(h) = holds.get_mut(key) {
+                h.1 = release;
             }
-            for (c, t) in inner.cells.iter().zip(tats.iter_mut()) {
-                *t = c.after(*t, slot);
-            }
-            Ok((slot, tats[0]))
-        })
+        }
+        decided
     }
 
     /// Reserves the next slot for `key`; see [`Bucket::reserve`](crate::Bucket::reserve).
@@ -309,29 +416,37 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
         now: Instant,
         max_wait: Option<Duration>,
     ) -> Result<Reservation, ThrottleError> {
+        self.reserve_weighted(key, now, 1, max_wait)
+    }
+
+    /// Reserves `cost` units of every window for `key`; see
+    /// [`Bucket::reserve_weighted`](crate::Bucket::reserve_weighted).
+    pub fn reserve_weighted(
+        &self,
+        key: &K,
+        now: Instant,
+        cost: u32,
+        max_wait: Option<Duration>,
+    ) -> Result<Reservation, ThrottleError> {
         let inner = &*self.inner;
-        let Some(first) = inner.cells.first() else {
+        if inner.cells.is_empty() {
             return Ok(Reservation::admitted(now, 0, 0));
-        };
+        }
         let (now_n, exact) = inner.clock.offset(now);
-        let (slot, token) = self.reserve_nanos(key, now_n, max_wait)?;
-        Ok(if !exact {
-            Reservation::new(inner.clock.instant(slot), token, first.interval())
+        let (slot, token) = self.reserve_nanos(key, now_n, cost, max_wait)?;
+        let r = if !exact {
+            Reservation::new(inner.clock.instant(slot), token, 0)
         } else if slot == now_n {
-            Reservation::admitted_or(
-                inner.clock.admitted(now, now_n),
-                now,
-                token,
-                first.interval(),
-            )
+            Reservation::admitted_or(inner.clock.admitted(now, now_n), now, token, 0)
         } else {
             Reservation::new(
                 now.checked_add(Duration::from_nanos(slot - now_n))
                     .unwrap_or_else(|| inner.clock.instant(slot)),
                 token,
-                first.interval(),
+                0,
             )
-        })
+        };
+        Ok(r.with_cost(cost.max(1)))
     }
 
     /// [`KeyedBucket::reserve`] for a caller arriving now, read from the bucket's [`Clock`].
@@ -340,17 +455,28 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
         key: &K,
         max_wait: Option<Duration>,
     ) -> Result<Reservation, ThrottleError> {
+        self.reserve_weighted_now(key, 1, max_wait)
+    }
+
+    /// [`KeyedBucket::reserve_weighted`] for a caller arriving now.
+    pub fn reserve_weighted_now(
+        &self,
+        key: &K,
+        cost: u32,
+        max_wait: Option<Duration>,
+    ) -> Result<Reservation, ThrottleError> {
         let inner = &*self.inner;
-        let (Some(fast), Some(first)) = (inner.clock.fast_now(), inner.cells.first()) else {
-            return self.reserve(key, Instant::now(), max_wait);
+        let Some(fast) = inner.clock.fast_now().filter(|_| !inner.cells.is_empty()) else {
+            return self.reserve_weighted(key, Instant::now(), cost, max_wait);
         };
         let now_n = fast.nanos;
-        let (slot, token) = self.reserve_nanos(key, now_n, max_wait)?;
-        Ok(if slot == now_n {
-            Reservation::admitted_since_origin(fast.admitted(now_n), token, first.interval())
+        let (slot, token) = self.reserve_nanos(key, now_n, cost, max_wait)?;
+        let r = if slot == now_n {
+            Reservation::admitted_since_origin(fast.admitted(now_n), token, 0)
         } else {
-            Reservation::new(inner.clock.instant(slot), token, first.interval())
-        })
+            Reservation::new(inner.clock.instant(slot), token, 0)
+        };
+        Ok(r.with_cost(cost.max(1)))
     }
 
     /// Hands back an unused reservation for `key` (exact when it was the key's last one).
@@ -359,46 +485,111 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
         let now_n = inner.clock.nanos(now);
         let (hash, mut shard) = self.shard(key);
         if let Some(tats) = shard.get_mut(key, hash) {
-            if tats.first() == Some(&reservation.token()) {
-                for (c, t) in inner.cells.iter().zip(tats.iter_mut()) {
-                    *t = Gcra::undo(*t, c.interval(), now_n);
-                }
-            }
+            core::cancel(
+                &inner.cells,
+                tats,
+                reservation.token(),
+                u64::from(reservation.cost()),
+                now_n,
+            );
         }
     }
 
-    /// Holds `key` until `until`; its next callers go paced after it. Callers of that key
-    /// already waiting for an earlier slot keep it (unlike [`LocalBucket`](crate::LocalBucket),
-    /// a keyed bucket stores no per-key hold, to stay small).
+    /// Holds `key` until `until`: nobody of that key goes before it; after it the key's
+    /// windows release as they would have (see [`Bucket::hold_until`](crate::Bucket::hold_until)).
+    /// Other keys are untouched, and no window of the key spends anything. Callers of that key
+    /// already waiting for an earlier slot re-slot behind the hold when they wake
+    /// ([`KeyedBucket::is_current`]).
     pub fn hold_until(&self, key: &K, until: Instant) {
         let inner = &*self.inner;
-        if inner.cells.is_empty() {
-            return;
-        }
         let until_n = inner.clock.nanos(until);
-        let (hash, mut shard) = self.shard(key);
-        shard.with_tats(key, hash, inner, None, |tats| {
-            for (c, t) in inner.cells.iter().zip(tats.iter_mut()) {
-                *t = c.hold(*t, until_n);
-            }
-        });
+        let now_n = inner.clock.nanos(Instant::now());
+        let shortest = inner.cells.first().copied().unwrap_or(Cell::new(1, 1));
+        let mut holds = lock(&inner.holds);
+        // Finished holds go first (over, and their release disarmed): the map holds only keys
+        // refused recently.
+        holds.retain(|_, h| !h.1.is_over(now_n));
+        let h = holds
+            .entry(key.clone())
+            .or_insert((0, Release::default()));
+        *h = (h.0.max(until_n), h.1.after_hold(&shortest, now_n, until_n));
+        inner.held_keys.store(holds.len(), Ordering::Release);
     }
 
-    /// Forgets every key that has fully refilled at `now`; returns how many were dropped.
-    /// Reservations sweep on their own; call this to reclaim memory after a burst of keys.
+    /// The end of `key`'s hold, if one is in force at `now`.
+    pub fn held_until(&self, key: &K, now: Instant) -> Option<Instant> {
+        let inner = &*self.inner;
+        let now_n = inner.clock.nanos(now);
+        let hold = lock(&inner.holds).get(key)?.0;
+        (hold > now_n).then(|| inner.clock.instant(hold))
+    }
+
+    /// Whether a caller of `key` holding `reservation` may still go at its slot: false when a
+    /// hold of that key began since and covers the slot (the caller reserves again).
+    pub fn is_current(&self, key: &K, reservation: &Reservation, now: Instant) -> bool {
+        !matches!(self.held_until(key, now), Some(h) if h > reservation.at())
+    }
+
+    /// Waits for one of `key`'s in-flight permits when the limits carry a concurrency cap
+    /// (each key has its own); `None` at once when they do not. Hold the permit while the
+    /// request is in flight.
+    pub async fn acquire(&self, key: &K) -> Option<KeyedPermit<K>> {
+        let (cap, map) = self.inner.caps.as_ref()?;
+        let semaphore = Arc::clone(
+            lock(map)
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(*cap))),
+        );
+        // The semaphore lives as long as this bucket, which never closes it.
+        let permit = semaphore.acquire_owned().await.ok()?;
+        Some(KeyedPermit {
+            permit: Some(permit),
+            bucket: self.clone(),
+            key: key.clone(),
+        })
+    }
+
+    /// Forgets every key that has fully refilled at `now`; returns how many were dropped, and
+    /// gives their memory back. Reservations sweep on their own; call this from a timer to
+    /// reclaim memory promptly after a burst of one-off keys.
     pub fn evict_idle(&self, now: Instant) -> usize {
-        let now_n = self.inner.clock.nanos(now);
-        self.inner
+        let inner = &*self.inner;
+        let now_n = inner.clock.nanos(now);
+        inner
             .shards
             .iter()
-            .map(|shard| {
-                shard
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .table
-                    .retain_active(now_n)
-            })
+            .map(|shard| lock(shard).sweep(now_n, inner))
             .sum()
+    }
+}
+
+/// A key's in-flight permit from [`KeyedBucket::acquire`]; dropping it frees the slot (and the
+/// key's cap entry once nobody holds or waits for it).
+pub struct KeyedPermit<K: Hash + Eq + Clone> {
+    permit: Option<OwnedSemaphorePermit>,
+    bucket: KeyedBucket<K>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> Drop for KeyedPermit<K> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        if let Some((cap, map)) = &self.bucket.inner.caps {
+            let mut map = lock(map);
+            // Only the map's own reference left and every permit back: nobody waits on it.
+            if map
+                .get(&self.key)
+                .is_some_and(|s| Arc::strong_count(s) == 1 && s.available_permits() == *cap)
+            {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> fmt::Debug for KeyedPermit<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedPermit").finish_non_exhaustive()
     }
 }
 
@@ -454,14 +645,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn hold_applies_to_one_key_only() {
+    async fn hold_applies_to_one_key_only_and_voids_its_earlier_slots() {
         let b = KeyedBucket::new(Quota::per_second(10).unwrap());
         let now = Instant::now();
+        b.reserve(&"x", now, None).unwrap();
+        let waiting = b.reserve(&"x", now, None).unwrap();
+        assert!(b.is_current(&"x", &waiting, now));
         b.hold_until(&"x", now + Duration::from_secs(5));
+        assert!(!b.is_current(&"x", &waiting, now), "the hold voids the earlier slot");
         assert_eq!(
             b.reserve(&"x", now, None).unwrap().at() - now,
             Duration::from_secs(5)
         );
+        assert_eq!(b.held_until(&"x", now), Some(now + Duration::from_secs(5)));
+        assert_eq!(b.held_until(&"y", now), None);
         assert_eq!(b.reserve(&"y", now, None).unwrap().at(), now);
     }
 

@@ -1,17 +1,21 @@
-//! The in-process bucket: one GCRA cell per quota, shared through an `Arc`.
+//! The in-process bucket: the admission core's cells behind atomics, shared through an `Arc`.
 //!
 //! A single quota (the common case) lives in one `AtomicU64` updated with compare-and-swap:
 //! one CAS per admitted request, no lock, no allocation. Several quotas must be admitted
 //! together (a caller refused by the daily window must not consume a per-second slot), which
-//! one CAS cannot do, so that case takes a short mutex; it is still allocation-free.
+//! one CAS cannot do, so that case takes a short mutex; it is still allocation-free. Either
+//! way the decision is [`core`](super::core)'s.
 
+use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{interval_for_rate, Bucket, Gcra, Reservation, Reserve, Snapshot};
+use super::core::{self, Cell, Epochs, Release};
+use super::{interval_for_rate, Bucket, Reservation, Reserve, Snapshot};
 use crate::clock::{duration_nanos, BucketClock, Clock};
 use crate::sync::{AtomicU64, Mutex, MutexGuard, OwnLine};
 use crate::{ConfigError, Limits, ThrottleError};
@@ -19,35 +23,57 @@ use crate::{ConfigError, Limits, ThrottleError};
 /// A token bucket in this process, shared by every clone.
 ///
 /// Built from [`Limits`] (or a single [`Quota`](crate::Quota)); see the
-/// [module docs](crate::bucket) for an example.
-#[derive(Debug, Clone)]
+/// [module docs](crate::bucket) for an example. The limits' concurrency cap, if any, lives in
+/// the bucket too, so every layer built on it shares one cap.
+#[derive(Clone)]
 pub struct LocalBucket {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     clock: BucketClock,
     limits: Limits,
-    /// Burst of the shortest window less one; its interval is `primary_interval`, which
-    /// `set_rate` moves (and keeps at least 1, as `Quota` does), and `primary_tolerance` follows
-    /// it. The two are stored apart: a caller racing `set_rate` may pair the new interval with
-    /// the old tolerance for one decision, which is within the change it is racing anyway.
-    primary_extra_burst: u64,
+    concurrency: Option<Arc<Semaphore>>,
+    /// The shortest window's cell, which `set_rate` moves. Stored as two atomics read on every
+    /// admit: a caller racing `set_rate` may pair the new interval with the old tolerance for
+    /// one decision, which is within the change it is racing anyway.
     primary_interval: AtomicU64,
     primary_tolerance: AtomicU64,
-    /// End of the latest hold in epoch nanoseconds (0: none). Waiters compare their slot to it.
+    /// The shortest window as configured, for its burst in requests.
+    configured: Option<Cell>,
+    /// End of the latest hold in bucket nanoseconds (0: none). Waiters compare their slot to it.
     hold: AtomicU64,
+    /// The hold and paced release after it, and whether one may apply (non-zero) mirrored in an
+    /// atomic, so that the admit path sees "none" with one load and never takes the lock then.
+    release: Mutex<Release>,
+    release_at: AtomicU64,
+    /// [`Epochs`] packed as `reslot << 32 | change`.
+    epochs: AtomicU64,
     cells: Cells,
 }
 
-#[derive(Debug)]
 enum Cells {
     /// No quota: only a concurrency cap (or nothing) applies.
     Unlimited,
     One(OwnLine<AtomicU64>),
-    /// Several quotas; the `Vec` holds one TAT per quota, shortest period first.
-    Many(OwnLine<Mutex<Vec<u64>>>),
+    /// Several quotas, shortest period first, decided together under the lock.
+    Many(OwnLine<Mutex<Windows>>),
+}
+
+struct Windows {
+    cells: Vec<Cell>,
+    tats: Vec<u64>,
+}
+
+fn unpack(packed: u64) -> Epochs {
+    Epochs {
+        change: packed as u32,
+        reslot: (packed >> 32) as u32,
+    }
+}
+
+fn pack(e: Epochs) -> u64 {
+    u64::from(e.reslot) << 32 | u64::from(e.change)
 }
 
 impl LocalBucket {
@@ -71,26 +97,31 @@ impl LocalBucket {
     /// ```
     pub fn with_clock(limits: impl Into<Limits>, clock: Clock) -> LocalBucket {
         let limits = limits.into();
-        // The cell every admit rebuilds from atomics, clamped as `Gcra::new` clamps it.
-        let (primary, primary_extra_burst) =
-            limits.quotas().first().map_or((Gcra::new(1, 1), 0), |q| {
-                (
-                    Gcra::new(q.interval_nanos(), q.burst()),
-                    u64::from(q.burst().max(1)) - 1,
-                )
-            });
-        let cells = match limits.quotas().len() {
+        let all: Vec<Cell> = limits
+            .quotas()
+            .iter()
+            .map(|q| Cell::new(q.interval_nanos(), q.burst()))
+            .collect();
+        let primary = all.first().copied().unwrap_or(Cell::new(1, 1));
+        let cells = match all.len() {
             0 => Cells::Unlimited,
             1 => Cells::One(OwnLine(AtomicU64::new(0))),
-            n => Cells::Many(OwnLine(Mutex::new(vec![0; n]))),
+            n => Cells::Many(OwnLine(Mutex::new(Windows {
+                cells: all.clone(),
+                tats: vec![0; n],
+            }))),
         };
         LocalBucket {
             inner: Arc::new(Inner {
                 clock: BucketClock::new(clock),
-                primary_extra_burst,
+                concurrency: limits.concurrency().map(|n| Arc::new(Semaphore::new(n))),
                 primary_interval: AtomicU64::new(primary.interval()),
                 primary_tolerance: AtomicU64::new(primary.tolerance()),
+                configured: all.first().copied(),
                 hold: AtomicU64::new(0),
+                release: Mutex::new(Release::default()),
+                release_at: AtomicU64::new(0),
+                epochs: AtomicU64::new(0),
                 limits,
                 cells,
             }),
@@ -107,6 +138,47 @@ impl LocalBucket {
         self.inner.clock.kind()
     }
 
+    /// Restarts the bucket as if it had just sent a full burst at `now`: slots reserved ahead
+    /// are forgotten (their callers re-slot elsewhere) and the shortest window has nothing left
+    /// to burst, so it paces from `now`. The Redis bucket does this to its fallback when it
+    /// switches source, so the two never add up.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn drain(&self, now: Instant) {
+        let inner = &*self.inner;
+        let now_n = inner.clock.nanos(now);
+        let drained = |cell: &Cell, tat: u64, shortest: bool| {
+            let kept = cell.rebase(cell, tat, now_n, false);
+            if shortest {
+                kept.max(now_n.saturating_add(cell.tolerance()))
+            } else {
+                kept
+            }
+        };
+        match &inner.cells {
+            Cells::Unlimited => {}
+            Cells::One(tat) => {
+                let primary = inner.primary();
+                let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                    Some(drained(&primary, t, true))
+                });
+            }
+            Cells::Many(windows) => {
+                let mut w = lock(windows);
+                let Windows { cells, tats } = &mut *w;
+                for (i, (cell, tat)) in cells.iter().zip(tats.iter_mut()).enumerate() {
+                    *tat = drained(cell, *tat, i == 0);
+                }
+            }
+        }
+        inner.bump(true);
+    }
+
+    /// The change epoch a reservation made now would carry.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn epoch(&self) -> u32 {
+        self.inner.epochs().change
+    }
+
     /// [`Bucket::reserve`] without the `Reserve` wrapper: a local bucket never needs I/O.
     #[inline]
     pub fn try_reserve(
@@ -114,23 +186,36 @@ impl LocalBucket {
         now: Instant,
         max_wait: Option<Duration>,
     ) -> Result<Reservation, ThrottleError> {
+        self.try_reserve_weighted(now, 1, max_wait)
+    }
+
+    /// [`Bucket::reserve_weighted`] without the `Reserve` wrapper.
+    #[inline]
+    pub fn try_reserve_weighted(
+        &self,
+        now: Instant,
+        cost: u32,
+        max_wait: Option<Duration>,
+    ) -> Result<Reservation, ThrottleError> {
         let inner = &*self.inner;
+        let cost = cost.max(1);
         let (now_n, exact) = inner.clock.offset(now);
-        let (slot, token, interval) = inner.reserve_nanos(now_n, max_wait)?;
+        let (slot, token, epoch) = inner.reserve_nanos(now_n, cost, max_wait)?;
         // An admitted caller (the hot path) goes at `now` itself; only a future slot needs an
         // instant built from nanoseconds.
-        Ok(if !exact {
-            Reservation::new(inner.clock.instant(slot), token, interval)
+        let r = if !exact {
+            Reservation::new(inner.clock.instant(slot), token, epoch)
         } else if slot == now_n {
-            Reservation::admitted_or(inner.clock.admitted(now, now_n), now, token, interval)
+            Reservation::admitted_or(inner.clock.admitted(now, now_n), now, token, epoch)
         } else {
             Reservation::new(
                 now.checked_add(Duration::from_nanos(slot - now_n))
                     .unwrap_or_else(|| inner.clock.instant(slot)),
                 token,
-                interval,
+                epoch,
             )
-        })
+        };
+        Ok(r.with_cost(cost))
     }
 
     /// [`LocalBucket::try_reserve`] for a caller arriving now, read from the bucket's
@@ -149,11 +234,11 @@ impl LocalBucket {
             None => self.try_reserve(Instant::now(), max_wait),
             Some(fast) => {
                 let now_n = fast.nanos;
-                let (slot, token, interval) = inner.reserve_nanos(now_n, max_wait)?;
+                let (slot, token, epoch) = inner.reserve_nanos(now_n, 1, max_wait)?;
                 Ok(if slot == now_n {
-                    Reservation::admitted_since_origin(fast.admitted(now_n), token, interval)
+                    Reservation::admitted_since_origin(fast.admitted(now_n), token, epoch)
                 } else {
-                    Reservation::new(inner.clock.instant(slot), token, interval)
+                    Reservation::new(inner.clock.instant(slot), token, epoch)
                 })
             }
         }
@@ -162,105 +247,143 @@ impl LocalBucket {
 
 impl Inner {
     /// The decision in bucket time: the caller's slot, the token to cancel it with, and the
-    /// interval it consumed. Nothing is reserved when the slot is more than `max_wait` away.
+    /// change epoch it was made under. Nothing is reserved when refused.
     // Always inlined: called from the two admit entry points, and a call would pass the
     // result through memory, which on this path costs as much as the decision itself.
     #[inline(always)]
     fn reserve_nanos(
         &self,
         now_n: u64,
+        cost: u32,
         max_wait: Option<Duration>,
-    ) -> Result<(u64, u64, u64), ThrottleError> {
-        // The single-quota cell is the fall-through and everything else one cold call away: the
-        // common case then reads the cell kind once, keeps its state in registers, and runs as
-        // straight-line code (taken branches cost front-end cycles next to the clock read's
-        // microcode).
-        let Cells::One(tat) = &self.cells else {
-            return self.reserve_other(now_n, max_wait);
+    ) -> Result<(u64, u64, u32), ThrottleError> {
+        // The single-quota cell at cost 1 is the fall-through and everything else one cold
+        // call away: the common case then reads the cell kind once, keeps its state in
+        // registers, and runs as straight-line code (taken branches cost front-end cycles next
+        // to the clock read's microcode).
+        // A paced release after a hold (rare, and short) is decided under its lock.
+        let (Cells::One(tat), 1, 0) = (&self.cells, cost, self.release_at.load(Ordering::Relaxed))
+        else {
+            return self.reserve_other(now_n, cost, max_wait);
         };
         // No ceiling is the same as one that can never be exceeded: one comparison either way.
         let limit = max_wait.map_or(u64::MAX, duration_nanos);
         let primary = self.primary();
+        let epoch = self.epochs.load(Ordering::Relaxed) as u32;
         let mut current = tat.load(Ordering::Acquire);
         // Uncontended: this load, one compare-exchange, done.
         loop {
-            let slot = primary.earliest(current, now_n);
+            let slot = primary.earliest(current, now_n, 1);
             if slot - now_n > limit {
-                return Err(too_long(slot - now_n, max_wait));
+                return Err(core::Refusal::TooLong(slot - now_n).error(1, max_wait));
             }
-            let next = primary.after(current, slot);
+            let next = primary.after(current, slot, 1);
             match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok((slot, next, primary.interval())),
+                Ok(_) => return Ok((slot, next, epoch)),
                 Err(seen) => current = seen,
             }
         }
     }
 
-    /// [`Inner::reserve_nanos`] for buckets without exactly one quota: several quotas, under the
-    /// lock, or none (a concurrency cap alone). Cold only in the sense of code layout: it keeps
+    /// [`Inner::reserve_nanos`] for everything but one unit of a single quota with no release
+    /// armed: several quotas, under the lock; a weighted request; a paced release after a hold;
+    /// or no quota (a concurrency cap alone). Cold only in the sense of code layout: it keeps
     /// the single-quota path around it small enough to live in registers.
     #[cold]
     #[inline(never)]
     fn reserve_other(
         &self,
         now_n: u64,
+        cost: u32,
         max_wait: Option<Duration>,
-    ) -> Result<(u64, u64, u64), ThrottleError> {
-        let primary = self.primary();
-        let Cells::Many(tats) = &self.cells else {
-            return Ok((now_n, 0, primary.interval()));
-        };
+    ) -> Result<(u64, u64, u32), ThrottleError> {
         let limit = max_wait.map_or(u64::MAX, duration_nanos);
-        let mut tats = lock(tats);
-        let slot = (0..tats.len())
-            .map(|i| self.cell(i, &primary).earliest(tats[i], now_n))
-            .max()
-            .unwrap_or(now_n);
-        if slot - now_n > limit {
-            return Err(too_long(slot - now_n, max_wait));
+        let cost64 = u64::from(cost);
+        let refused = |r: core::Refusal| r.error(cost64, max_wait);
+        let mut release = lock(&self.release);
+        let mut next = *release;
+        let decided = match &self.cells {
+            // No quota: the release after a hold is the only thing a caller can wait for.
+            Cells::Unlimited => {
+                core::admit(&[], &mut [], &mut next, now_n, cost64, limit).map(|s| (s, 0))
+            }
+            Cells::One(tat) => {
+                let cells = [self.primary()];
+                let mut current = tat.load(Ordering::Acquire);
+                loop {
+                    let mut tats = [current];
+                    next = *release;
+                    let slot = match core::admit(&cells, &mut tats, &mut next, now_n, cost64, limit)
+                    {
+                        Ok(slot) => slot,
+                        Err(r) => break Err(r),
+                    };
+                    match tat.compare_exchange_weak(
+                        current,
+                        tats[0],
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => break Ok((slot, tats[0])),
+                        Err(seen) => current = seen,
+                    }
+                }
+            }
+            Cells::Many(windows) => {
+                let mut w = lock(windows);
+                let Windows { cells, tats } = &mut *w;
+                core::admit(cells, tats, &mut next, now_n, cost64, limit).map(|s| (s, tats[0]))
+            }
+        };
+        let (slot, token) = decided.map_err(refused)?;
+        *release = next;
+        // Back to the lock-free path once the hold has passed and its pace stopped binding.
+        if next.is_over(now_n) {
+            self.release_at.store(0, Ordering::Release);
         }
-        for i in 0..tats.len() {
-            tats[i] = self.cell(i, &primary).after(tats[i], slot);
-        }
-        Ok((slot, tats[0], primary.interval()))
+        Ok((slot, token, self.epochs().change))
     }
 
     #[inline]
-    fn primary(&self) -> Gcra {
-        Gcra::from_parts(
+    fn primary(&self) -> Cell {
+        Cell::from_parts(
             self.primary_interval.load(Ordering::Relaxed),
             self.primary_tolerance.load(Ordering::Relaxed),
         )
     }
 
-    /// Window `i`'s cell; window 0 follows the run-time rate.
-    fn cell(&self, i: usize, primary: &Gcra) -> Gcra {
-        if i == 0 {
-            *primary
-        } else {
-            let q = &self.limits.quotas()[i];
-            Gcra::new(q.interval_nanos(), q.burst())
+    fn epochs(&self) -> Epochs {
+        unpack(self.epochs.load(Ordering::Acquire))
+    }
+
+    fn bump(&self, cut: bool) {
+        let _ = self
+            .epochs
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                let mut e = unpack(p);
+                e.bump(cut);
+                Some(pack(e))
+            });
+    }
+
+    /// Bucket time now, on the bucket's own clock.
+    fn now_nanos(&self) -> u64 {
+        match self.clock.fast_now() {
+            Some(fast) => fast.nanos,
+            None => self.clock.nanos(Instant::now()),
         }
     }
 }
 
-#[cold]
-fn too_long(wait: u64, max_wait: Option<Duration>) -> ThrottleError {
-    ThrottleError::WaitTooLong {
-        wait: Duration::from_nanos(wait),
-        max_wait: max_wait.unwrap_or(Duration::MAX),
-    }
-}
-
-fn lock(m: &Mutex<Vec<u64>>) -> MutexGuard<'_, Vec<u64>> {
-    // The guarded data is a plain array of numbers that is never left half-written, so a
-    // panic elsewhere while holding the lock cannot have broken it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data is plain numbers, each write complete before the next: a panic
+    // elsewhere while holding the lock cannot have left it half-updated.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Bucket for LocalBucket {
-    fn reserve(&self, now: Instant, max_wait: Option<Duration>) -> Reserve {
-        Reserve::Ready(self.try_reserve(now, max_wait))
+    fn reserve_weighted(&self, now: Instant, cost: u32, max_wait: Option<Duration>) -> Reserve {
+        Reserve::Ready(self.try_reserve_weighted(now, cost, max_wait))
     }
 
     #[inline]
@@ -271,52 +394,46 @@ impl Bucket for LocalBucket {
     fn cancel(&self, reservation: Reservation, now: Instant) {
         let inner = &*self.inner;
         let now_n = inner.clock.nanos(now);
+        let cost = u64::from(reservation.cost());
         match &inner.cells {
             Cells::Unlimited => {}
             Cells::One(tat) => {
-                let back = Gcra::undo(reservation.token, reservation.interval, now_n);
+                if inner.epochs().change != reservation.epoch() {
+                    return;
+                }
+                let back = inner.primary().undo(reservation.token(), cost, now_n);
                 // Fails when someone reserved after us: then the slot is forgotten, because
                 // handing it back would let two callers share one instant.
                 let _ = tat.compare_exchange(
-                    reservation.token,
+                    reservation.token(),
                     back,
                     Ordering::AcqRel,
                     Ordering::Relaxed,
                 );
             }
-            Cells::Many(tats) => {
-                let mut tats = lock(tats);
-                if tats[0] != reservation.token {
+            Cells::Many(windows) => {
+                let mut w = lock(windows);
+                if inner.epochs().change != reservation.epoch() {
                     return;
                 }
-                tats[0] = Gcra::undo(reservation.token, reservation.interval, now_n);
-                for (i, tat) in tats.iter_mut().enumerate().skip(1) {
-                    let q = &inner.limits.quotas()[i];
-                    *tat = Gcra::undo(*tat, q.interval_nanos(), now_n);
-                }
+                let Windows { cells, tats } = &mut *w;
+                core::cancel(cells, tats, reservation.token(), cost, now_n);
             }
         }
     }
 
     fn hold_until(&self, until: Instant) {
+        // A floor under every later slot and a paced release after it; no window's state
+        // moves (see `core`).
         let inner = &*self.inner;
         let until_n = inner.clock.nanos(until);
-        inner.hold.fetch_max(until_n, Ordering::AcqRel);
-        let primary = inner.primary();
-        match &inner.cells {
-            Cells::Unlimited => {}
-            Cells::One(tat) => {
-                let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                    Some(primary.hold(t, until_n))
-                });
-            }
-            Cells::Many(tats) => {
-                let mut tats = lock(tats);
-                for i in 0..tats.len() {
-                    tats[i] = inner.cell(i, &primary).hold(tats[i], until_n);
-                }
-            }
+        let now_n = inner.now_nanos();
+        let mut release = lock(&inner.release);
+        *release = release.after_hold(&inner.primary(), now_n, until_n);
+        if !release.is_over(now_n) {
+            inner.release_at.store(release.floor.max(1), Ordering::Release);
         }
+        inner.hold.fetch_max(until_n, Ordering::AcqRel);
     }
 
     fn held_until(&self, now: Instant) -> Option<Instant> {
@@ -325,14 +442,48 @@ impl Bucket for LocalBucket {
         (hold != 0 && hold > inner.clock.nanos(now)).then(|| inner.clock.instant(hold))
     }
 
+    fn is_current(&self, reservation: &Reservation, now: Instant) -> bool {
+        if self.inner.epochs().is_stale(reservation.epoch()) {
+            return false;
+        }
+        !matches!(self.held_until(now), Some(hold) if hold > reservation.at())
+    }
+
     fn set_rate(&self, per_second: f64) -> Result<(), ConfigError> {
         let interval = interval_for_rate(per_second)?;
         let inner = &*self.inner;
-        inner.primary_tolerance.store(
-            Gcra::tolerance_for(interval, inner.primary_extra_burst),
-            Ordering::Relaxed,
-        );
-        inner.primary_interval.store(interval, Ordering::Relaxed);
+        let Some(configured) = inner.configured else {
+            return Ok(());
+        };
+        let new = configured.with_interval(interval);
+        let old = inner.primary();
+        if new == old {
+            return Ok(());
+        }
+        let cut = new.interval() > old.interval();
+        let now_n = inner.now_nanos();
+        // The new cell first: an admit racing the rebase then paces at the new rate behind the
+        // old state, which is the conservative half of the race.
+        inner
+            .primary_tolerance
+            .store(new.tolerance(), Ordering::Relaxed);
+        inner
+            .primary_interval
+            .store(new.interval(), Ordering::Relaxed);
+        match &inner.cells {
+            Cells::Unlimited => {}
+            Cells::One(tat) => {
+                let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                    Some(old.rebase(&new, t, now_n, !cut))
+                });
+            }
+            Cells::Many(windows) => {
+                let mut w = lock(windows);
+                w.tats[0] = old.rebase(&new, w.tats[0], now_n, !cut);
+                w.cells[0] = new;
+            }
+        }
+        inner.bump(cut);
         Ok(())
     }
 
@@ -343,29 +494,55 @@ impl Bucket for LocalBucket {
     fn snapshot(&self, now: Instant) -> Snapshot {
         let inner = &*self.inner;
         let now_n = inner.clock.nanos(now);
-        let primary = inner.primary();
-        let tats: Vec<u64> = match &inner.cells {
-            Cells::Unlimited => Vec::new(),
-            Cells::One(tat) => vec![tat.load(Ordering::Acquire)],
-            Cells::Many(tats) => lock(tats).clone(),
+        let floor = {
+            let release = lock(&inner.release);
+            release.floor.max(release.at)
         };
-        let mut available = u64::MAX;
-        let mut next_free = now_n;
-        for (i, tat) in tats.iter().enumerate() {
-            let cell = inner.cell(i, &primary);
-            available = available.min(cell.available(*tat, now_n));
-            next_free = next_free.max(cell.earliest(*tat, now_n));
-        }
+        let (available, next_free) = match &inner.cells {
+            Cells::Unlimited => (u64::MAX, now_n.max(floor)),
+            Cells::One(tat) => {
+                let cells = [inner.primary()];
+                let tats = [tat.load(Ordering::Acquire)];
+                (
+                    core::available(&cells, &tats, now_n),
+                    core::next_free(&cells, &tats, now_n, floor),
+                )
+            }
+            Cells::Many(windows) => {
+                let w = lock(windows);
+                (
+                    core::available(&w.cells, &w.tats, now_n),
+                    core::next_free(&w.cells, &w.tats, now_n, floor),
+                )
+            }
+        };
+        // Nothing can go before the hold's end.
+        let available = if floor > now_n { 0 } else { available };
         Snapshot {
             available,
             next_free: inner.clock.instant(next_free),
-            rate_per_second: if tats.is_empty() {
+            rate_per_second: if matches!(inner.cells, Cells::Unlimited) {
                 f64::INFINITY
             } else {
                 self.rate()
             },
             held_until: self.held_until(now),
         }
+    }
+
+    fn concurrency(&self) -> Option<&Arc<Semaphore>> {
+        self.inner.concurrency.as_ref()
+    }
+}
+
+impl fmt::Debug for LocalBucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The limits as the user wrote them and the run-time rate; not the cells' internals.
+        f.debug_struct("LocalBucket")
+            .field("limits", &self.inner.limits)
+            .field("rate_per_second", &self.rate())
+            .field("clock", &self.clock())
+            .finish()
     }
 }
 
@@ -386,13 +563,13 @@ mod tests {
         let inner = &*bucket.inner;
         let t0 = 5_000 * MS;
         for _ in 0..3 {
-            let (slot, _, interval) = inner.reserve_nanos(t0, None).unwrap();
-            assert_eq!((slot, interval), (t0, 100 * MS));
+            let (slot, _, _) = inner.reserve_nanos(t0, 1, None).unwrap();
+            assert_eq!(slot, t0);
         }
-        assert_eq!(inner.reserve_nanos(t0, None).unwrap().0, t0 + 100 * MS);
-        assert_eq!(inner.reserve_nanos(t0, None).unwrap().0, t0 + 200 * MS);
+        assert_eq!(inner.reserve_nanos(t0, 1, None).unwrap().0, t0 + 100 * MS);
+        assert_eq!(inner.reserve_nanos(t0, 1, None).unwrap().0, t0 + 200 * MS);
         // A ceiling below the next wait reserves nothing and reports the wait.
-        match inner.reserve_nanos(t0, Some(Duration::from_millis(250))) {
+        match inner.reserve_nanos(t0, 1, Some(Duration::from_millis(250))) {
             Err(ThrottleError::WaitTooLong { wait, .. }) => {
                 assert_eq!(wait, Duration::from_millis(300))
             }
@@ -400,8 +577,8 @@ mod tests {
         }
         // 300 ms later every reserved slot has passed: the next goes at once, then paced.
         let t1 = t0 + 300 * MS;
-        assert_eq!(inner.reserve_nanos(t1, None).unwrap().0, t1);
-        assert_eq!(inner.reserve_nanos(t1, None).unwrap().0, t1 + 100 * MS);
+        assert_eq!(inner.reserve_nanos(t1, 1, None).unwrap().0, t1);
+        assert_eq!(inner.reserve_nanos(t1, 1, None).unwrap().0, t1 + 100 * MS);
     }
 
     /// The burst is a number of requests, not a span of time: after `set_rate` the same three
@@ -416,16 +593,16 @@ mod tests {
         let inner = &*bucket.inner;
         let t0 = 5_000 * MS;
         for _ in 0..3 {
-            assert_eq!(inner.reserve_nanos(t0, None).unwrap().0, t0);
+            assert_eq!(inner.reserve_nanos(t0, 1, None).unwrap().0, t0);
         }
-        assert_eq!(inner.reserve_nanos(t0, None).unwrap().0, t0 + 1_000 * MS);
+        assert_eq!(inner.reserve_nanos(t0, 1, None).unwrap().0, t0 + 1_000 * MS);
         // And back up: a faster rate shrinks the tolerance with the interval.
         bucket.set_rate(100.0).unwrap();
         let t1 = t0 + 10_000 * MS;
         for _ in 0..3 {
-            assert_eq!(inner.reserve_nanos(t1, None).unwrap().0, t1);
+            assert_eq!(inner.reserve_nanos(t1, 1, None).unwrap().0, t1);
         }
-        assert_eq!(inner.reserve_nanos(t1, None).unwrap().0, t1 + 10 * MS);
+        assert_eq!(inner.reserve_nanos(t1, 1, None).unwrap().0, t1 + 10 * MS);
     }
 
     /// Real time, but counts only: a slow machine cannot make a paced slot immediate unless it

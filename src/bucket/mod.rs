@@ -21,7 +21,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod gcra;
+pub(crate) mod core;
 mod keyed;
 mod local;
 #[cfg(feature = "redis")]
@@ -30,17 +30,19 @@ mod redis;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use tokio::sync::Semaphore;
 
 use crate::{ConfigError, ThrottleError};
 
 #[cfg(feature = "redis")]
 pub use self::redis::{FailMode, RedisBucket, RedisBucketBuilder, RedisStats};
 pub use crate::clock::Clock;
-pub(crate) use gcra::Gcra;
-pub use keyed::KeyedBucket;
+pub use keyed::{KeyedBucket, KeyedPermit};
 pub use local::LocalBucket;
 
 /// A slot handed out by a bucket: the caller may start at [`Reservation::at`].
@@ -59,10 +61,13 @@ pub use local::LocalBucket;
 /// ```
 pub struct Reservation {
     when: When,
-    // What the bucket's state became when this slot was taken, and the interval it added:
-    // a cancel is exact only if nobody reserved since, which `token` lets the bucket check.
+    // What the bucket's state became when this slot was taken: a cancel is exact only if
+    // nobody reserved since, which `token` lets the bucket check.
     token: u64,
-    interval: u64,
+    // The bucket's change counter when the slot was taken (see `Bucket::is_current`).
+    epoch: u32,
+    // Units taken: 1 for a plain request, more for a weighted one.
+    cost: u32,
 }
 
 /// When a reservation's caller may go. 16 bytes (`Admitted` lives beside the niche in
@@ -79,21 +84,28 @@ enum When {
 }
 
 impl Reservation {
-    /// Builds a reservation; bucket implementations outside this crate use `token` and
-    /// `interval` as they need (they are handed back untouched on cancel).
-    pub fn new(at: Instant, token: u64, interval: u64) -> Reservation {
+    /// Builds a reservation of one unit; bucket implementations outside this crate use
+    /// `token` and `epoch` as they need (they are handed back untouched on cancel).
+    pub fn new(at: Instant, token: u64, epoch: u32) -> Reservation {
         Reservation {
             when: When::At(at),
             token,
-            interval,
+            epoch,
+            cost: 1,
         }
+    }
+
+    /// The same reservation, standing for `cost` units.
+    pub fn with_cost(mut self, cost: u32) -> Reservation {
+        self.cost = cost;
+        self
     }
 
     /// A reservation whose caller may go at once (`at` is the bucket's now). An instant too
     /// far from the process origin to count in nanoseconds stays a plain slot at `at`, which
     /// the gate admits all the same after comparing it with its clock.
-    pub(crate) fn admitted(at: Instant, token: u64, interval: u64) -> Reservation {
-        Reservation::admitted_or(crate::clock::since_origin(at), at, token, interval)
+    pub(crate) fn admitted(at: Instant, token: u64, epoch: u32) -> Reservation {
+        Reservation::admitted_or(crate::clock::since_origin(at), at, token, epoch)
     }
 
     /// An admitted reservation at `since_origin` nanoseconds past the process origin, or a
@@ -103,7 +115,7 @@ impl Reservation {
         since_origin: Option<i64>,
         at: Instant,
         token: u64,
-        interval: u64,
+        epoch: u32,
     ) -> Reservation {
         Reservation {
             when: match since_origin {
@@ -111,17 +123,19 @@ impl Reservation {
                 None => When::At(at),
             },
             token,
-            interval,
+            epoch,
+            cost: 1,
         }
     }
 
     /// [`Reservation::admitted`] with the slot already counted from the process origin.
     #[inline]
-    pub(crate) fn admitted_since_origin(nanos: i64, token: u64, interval: u64) -> Reservation {
+    pub(crate) fn admitted_since_origin(nanos: i64, token: u64, epoch: u32) -> Reservation {
         Reservation {
             when: When::Admitted(nanos),
             token,
-            interval,
+            epoch,
+            cost: 1,
         }
     }
 
@@ -145,15 +159,23 @@ impl Reservation {
         self.token
     }
 
-    /// The interval the reservation consumed, in nanoseconds.
-    pub fn interval_nanos(&self) -> u64 {
-        self.interval
+    /// The bucket's change counter when the slot was taken.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The units this reservation took.
+    pub fn cost(&self) -> u32 {
+        self.cost
     }
 }
 
 impl PartialEq for Reservation {
     fn eq(&self, other: &Self) -> bool {
-        self.at() == other.at() && self.token == other.token && self.interval == other.interval
+        self.at() == other.at()
+            && self.token == other.token
+            && self.epoch == other.epoch
+            && self.cost == other.cost
     }
 }
 
@@ -164,7 +186,8 @@ impl fmt::Debug for Reservation {
         f.debug_struct("Reservation")
             .field("at", &self.at())
             .field("token", &self.token)
-            .field("interval", &self.interval)
+            .field("epoch", &self.epoch)
+            .field("cost", &self.cost)
             .finish()
     }
 }
@@ -205,11 +228,21 @@ pub struct Snapshot {
 
 /// The contract every bucket keeps, in-process or shared through Redis.
 ///
-/// Implementations are handles: cloning one shares the same state.
+/// Implementations are handles: cloning one shares the same state. The arithmetic behind every
+/// method is the admission core's (see `src/bucket/core.rs` and the crate's DESIGN notes):
+/// several windows admitted atomically, holds that never spend a window's allowance, rate
+/// changes that reach callers already waiting.
 pub trait Bucket: Send + Sync + fmt::Debug + 'static {
     /// Reserves the next free slot for a caller arriving at `now`. If that slot is more than
     /// `max_wait` away, nothing is reserved and the error says how long the wait would be.
-    fn reserve(&self, now: Instant, max_wait: Option<Duration>) -> Reserve;
+    fn reserve(&self, now: Instant, max_wait: Option<Duration>) -> Reserve {
+        self.reserve_weighted(now, 1, max_wait)
+    }
+
+    /// [`Bucket::reserve`] for a request that costs `cost` units (records, bytes, tokens) of
+    /// every window at once. A cost above some window's burst is refused with
+    /// [`ThrottleError::CostTooHigh`]; a cost of 0 counts as 1.
+    fn reserve_weighted(&self, now: Instant, cost: u32, max_wait: Option<Duration>) -> Reserve;
 
     /// [`Bucket::reserve`] for a caller arriving now, as told by the bucket's own clock; this
     /// is what the gate calls. The default reads `tokio::time::Instant::now()`; a bucket with
@@ -219,24 +252,41 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
         match self.reserve(now, max_wait) {
             Reserve::Ready(Ok(r)) if !r.is_admitted() && r.at() <= now => {
                 let at = r.at();
-                Reserve::Ready(Ok(Reservation::admitted(at, r.token, r.interval)))
+                let cost = r.cost;
+                Reserve::Ready(Ok(
+                    Reservation::admitted(at, r.token, r.epoch).with_cost(cost)
+                ))
             }
             other => other,
         }
     }
 
-    /// Hands back a reservation that will not be used. Exact when nobody reserved after it;
-    /// otherwise the slot is forgotten (never admitted twice).
+    /// Hands back a reservation that will not be used. Exact when nobody reserved after it
+    /// (and the rate did not change since); otherwise the slot is forgotten (never admitted
+    /// twice).
     fn cancel(&self, reservation: Reservation, now: Instant);
 
     /// Makes every caller wait until `until`, including those already waiting for an earlier
-    /// slot; after it they go paced, one interval apart. A later hold extends an earlier one.
+    /// slot (they re-slot behind it when they wake). A hold is a floor, not a spend: no
+    /// window's allowance is used by it. After it, a window paced one request per interval
+    /// releases waiters one interval apart; a token-bucket window releases what it holds. A
+    /// later hold extends an earlier one.
     fn hold_until(&self, until: Instant);
 
     /// The end of the current hold, if one is set and `now` has not passed it.
     fn held_until(&self, now: Instant) -> Option<Instant>;
 
-    /// Changes the rate of the shortest window at run time (requests per second).
+    /// Whether a caller that reserved `reservation` earlier may still go at its slot. False
+    /// when, since it was taken, a hold began that covers the slot, or the rate was cut (its
+    /// slot was paced at the old rate), or (Redis) the bucket switched between the server and
+    /// its fallback: the caller then hands nothing back and reserves again. The gate asks on
+    /// every wake-up, so a cut reaches callers already waiting within one new interval.
+    fn is_current(&self, reservation: &Reservation, now: Instant) -> bool {
+        !matches!(self.held_until(now), Some(hold) if hold > reservation.at())
+    }
+
+    /// Changes the rate of the shortest window at run time (requests per second). A cut
+    /// applies to callers already waiting too (see [`Bucket::is_current`]).
     fn set_rate(&self, per_second: f64) -> Result<(), ConfigError>;
 
     /// The current rate of the shortest window, in requests per second.
@@ -244,6 +294,13 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
 
     /// A view of the bucket at `now`.
     fn snapshot(&self, now: Instant) -> Snapshot;
+
+    /// The cap on requests in flight that came with the bucket's [`Limits`](crate::Limits),
+    /// shared by every layer built on this bucket (a limit belongs to the workspace, not to a
+    /// handle).
+    fn concurrency(&self) -> Option<&Arc<Semaphore>> {
+        None
+    }
 }
 
 /// Converts a rate in requests per second to a whole-nanosecond interval, rounded up so that
@@ -289,7 +346,7 @@ mod tests {
             assert!(r.is_admitted());
             assert_eq!(r.at(), at);
             assert_eq!(r, Reservation::new(at, 4, 9));
-            assert_eq!((r.token(), r.interval_nanos()), (4, 9));
+            assert_eq!((r.token(), r.epoch(), r.cost()), (4, 9, 1));
         }
     }
 }

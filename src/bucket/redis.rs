@@ -11,54 +11,87 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::Script;
 use tokio::time::Instant;
 
+use super::core::Epochs;
 use super::{interval_for_rate, Bucket, LocalBucket, Reservation, Reserve, Snapshot};
 use crate::clock::duration_nanos;
 use crate::{ConfigError, Limits, Quota, ThrottleError};
 
-/// The admit decision, atomic on the server. Times are microseconds of the server clock: a
-/// Lua number is a double, exact for integers below 2^53, which microseconds since 1970 are
-/// (nanoseconds would not be).
+/// The admission core ([`core`](super::core)) in Lua, atomic on the server. Times are
+/// microseconds of the server clock: a Lua number is a double, exact for integers below 2^53,
+/// which microseconds since 1970 are (nanoseconds would not be). The property model in
+/// `tests/properties.rs` runs against this script on a real server, as it does against the
+/// in-process buckets, which is what keeps the two in step.
 ///
-/// ARGV: want, max_wait_us (-1: none), hold_rel_us (-1: none), set_iv_us (-1: none),
-/// idle_ttl_ms, quota count, then per quota interval_us and burst (shortest window first).
+/// ARGV: want, cost, max_wait_us (-1: none), hold_rel_us (-1: none), set_iv_us (-1: none),
+/// idle_ttl_ms, not_before_rel_us (-1: none; this request's own lower bound), quota count,
+/// then per quota interval_us and burst (shortest window first).
 /// Returns {now, hold, interval of the shortest window, refused slot or 0, slots...}.
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local key = KEYS[1]
 local want = tonumber(ARGV[1])
-local max_wait = tonumber(ARGV[2])
-local hold_rel = tonumber(ARGV[3])
-local set_iv = tonumber(ARGV[4])
-local ttl = tonumber(ARGV[5])
-local nq = tonumber(ARGV[6])
-local fields = {'hold', 'iv'}
-for i = 1, nq do fields[i + 2] = 't' .. i end
+local cost = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
+local hold_rel = tonumber(ARGV[4])
+local set_iv = tonumber(ARGV[5])
+local ttl = tonumber(ARGV[6])
+local not_before = tonumber(ARGV[7])
+local nq = tonumber(ARGV[8])
+local fields = {'hold', 'iv', 'rat', 'riv'}
+for i = 1, nq do fields[i + 4] = 't' .. i end
 local vals = redis.call('HMGET', key, unpack(fields))
 local hold = tonumber(vals[1]) or 0
 local stored_iv = tonumber(vals[2])
-if set_iv > 0 then stored_iv = set_iv end
-if hold_rel >= 0 and now + hold_rel > hold then hold = now + hold_rel end
-local iv, tol, tat = {}, {}, {}
+local rat = tonumber(vals[3]) or 0
+local riv = tonumber(vals[4]) or 1
+local iv, tol, burst, tat = {}, {}, {}, {}
 for i = 1, nq do
-  local interval = tonumber(ARGV[5 + 2 * i])
-  local burst = tonumber(ARGV[6 + 2 * i])
+  local interval = tonumber(ARGV[7 + 2 * i])
+  burst[i] = tonumber(ARGV[8 + 2 * i])
   if i == 1 and stored_iv then interval = stored_iv end
   iv[i] = interval
-  tol[i] = interval * (burst - 1)
-  local ti = tonumber(vals[2 + i]) or 0
-  -- Nobody goes before the hold, and release after it is paced, not one burst.
-  if hold > 0 and hold + tol[i] > ti then ti = hold + tol[i] end
-  tat[i] = ti
+  tol[i] = interval * (burst[i] - 1)
+  tat[i] = tonumber(vals[4 + i]) or 0
+end
+-- A hold is a floor, not a spend: no window moves. It arms the paced release: slots from the
+-- hold's end one shortest interval apart, or the burst spread over the hold if faster.
+if hold_rel > 0 then
+  local hold_end = now + hold_rel
+  if hold_end > hold then hold = hold_end end
+  local spread = math.floor(hold_rel / burst[1])
+  riv = iv[1]
+  if spread < riv then riv = spread end
+  if riv < 1 then riv = 1 end
+  if hold_end > rat then rat = hold_end end
+end
+-- A rate change rebases the shortest window (core.rs, Cell::rebase): a cut keeps what one
+-- burst and the unit that emptied it account for, rescaled (the callers reserved ahead
+-- re-slot); a raise leaves TAT as it is.
+if set_iv > 0 and set_iv ~= iv[1] then
+  local ntol = set_iv * (burst[1] - 1)
+  local owed = tat[1] - now
+  if owed > 0 and set_iv > iv[1] then
+    local gone = owed
+    if gone > tol[1] + iv[1] then gone = tol[1] + iv[1] end
+    tat[1] = now + math.ceil(gone * set_iv / iv[1])
+  end
+  iv[1] = set_iv
+  tol[1] = ntol
+  stored_iv = set_iv
 end
 local slots = {}
 local refused = 0
 for j = 1, want do
-  local slot = now
+  local free = now
+  if not_before >= 0 and now + not_before > free then free = now + not_before end
   for i = 1, nq do
-    local e = tat[i] - tol[i]
-    if e > slot then slot = e end
+    local e = tat[i] + (cost - 1) * iv[i] - tol[i]
+    if e > free then free = e end
   end
+  local slot = free
+  if rat > slot then slot = rat end
+  if hold > slot then slot = hold end
   if max_wait >= 0 and slot - now > max_wait then
     if j == 1 then refused = slot end
     break
@@ -66,15 +99,18 @@ for j = 1, want do
   for i = 1, nq do
     local base = tat[i]
     if slot > base then base = slot end
-    tat[i] = base + iv[i]
+    tat[i] = base + cost * iv[i]
   end
+  if rat == 0 or free >= rat then rat = 0 else rat = slot + riv * cost end
   slots[j] = slot
 end
 local last = hold
-local args = {'hold', string.format('%.0f', hold)}
+if rat > last then last = rat end
+local args = {'hold', string.format('%.0f', hold), 'rat', string.format('%.0f', rat),
+  'riv', string.format('%.0f', riv)}
 if stored_iv then
-  args[3] = 'iv'
-  args[4] = string.format('%.0f', stored_iv)
+  args[#args + 1] = 'iv'
+  args[#args + 1] = string.format('%.0f', stored_iv)
 end
 for i = 1, nq do
   args[#args + 1] = 't' .. i
@@ -259,9 +295,18 @@ impl RedisBucketBuilder {
             ("retry_interval", self.retry_interval),
             ("idle_ttl", self.idle_ttl),
         ] {
-            if d.as_millis() == 0 {
+            if d.is_zero() {
                 return Err(ConfigError::Zero { name });
             }
+        }
+        // The key's expiry is set in whole milliseconds (PEXPIRE); timeouts and intervals may
+        // be as short as a loopback server allows.
+        if self.idle_ttl < Duration::from_millis(1) {
+            return Err(ConfigError::OutOfRange {
+                name: "idle_ttl",
+                value: self.idle_ttl.as_secs_f64(),
+                expected: "at least 1 ms (Redis expires keys in whole milliseconds)",
+            });
         }
         if let FailMode::Open { local } = &self.fail_mode {
             if local.quotas().is_empty() {
@@ -290,6 +335,7 @@ impl RedisBucketBuilder {
             .map(|q| (micros_up(q.interval_nanos()), q.burst()))
             .collect();
         let primary = quotas[0].interval_nanos();
+        let min_burst = quotas.iter().map(|q| u64::from(q.burst())).min().unwrap_or(1);
         let min_other = quotas[1..]
             .iter()
             .map(Quota::interval_nanos)
@@ -308,6 +354,7 @@ impl RedisBucketBuilder {
                 configured_primary: primary,
                 primary_interval: AtomicU64::new(primary),
                 min_other_interval: min_other,
+                min_burst,
                 fallback,
                 limits: self.limits,
                 state: Mutex::new(State::default()),
@@ -393,8 +440,8 @@ impl RedisBucketBuilder {
 /// # Holds and the adaptive rate
 ///
 /// [`Bucket::hold_until`] voids this worker's leased slots before the hold and writes the hold
-/// to the server, where it pushes every TAT past it; every worker's next round trip lands after
-/// it and brings the hold back, so [`Bucket::held_until`] (answered from that cached value) makes
+/// to the server, where it is a floor under every slot (it spends no window's allowance);
+/// every worker's next round trip lands after it and brings the hold back, so [`Bucket::held_until`] (answered from that cached value) makes
 /// sleeping callers elsewhere in the fleet queue again. Slots a worker already leased before
 /// the hold was set may still be used by that worker (at most `lease_size - 1`); use
 /// `lease_size(1)` where holds must take effect on the very next request. Until the server
@@ -434,6 +481,8 @@ struct Inner {
     /// Nanoseconds between paced requests of the shortest window, as last set or seen.
     primary_interval: AtomicU64,
     min_other_interval: u64,
+    /// The smallest burst of the windows: a weighted request above it is refused locally.
+    min_burst: u64,
     fallback: Option<LocalBucket>,
     limits: Limits,
     state: Mutex<State>,
@@ -455,6 +504,11 @@ struct State {
     /// future may be dropped before it answers, so the mark must expire on its own).
     probe_until: Option<Instant>,
     last_error: String,
+    /// Set after Redis came back: until then server slots also pass the fallback bucket.
+    recovering_until: Option<Instant>,
+    /// Tags reservations: a rate cut, or a switch between the server and the fallback, makes
+    /// older reservations stale so their callers re-slot from the source now in use.
+    epochs: Epochs,
 }
 
 /// Slots granted to this worker, earliest first.
@@ -560,6 +614,38 @@ impl Reply {
     }
 }
 
+/// Whether requests go one per round trip, paced by the fallback: in the window after Redis
+/// came back.
+fn want_single(recovering_until: Option<Instant>, now: Instant) -> bool {
+    recovering_until.is_some_and(|u| now < u)
+}
+
+/// Where a reservation came from: the server, or the fallback bucket while Redis was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Server,
+    Fallback,
+}
+
+/// A reservation's epoch: the change generation in the high 31 bits, the source in the low bit.
+fn tag(epochs: Epochs, source: Source) -> u32 {
+    epochs.change << 1 | u32::from(source == Source::Fallback)
+}
+
+fn source(epoch: u32) -> Source {
+    if epoch & 1 == 1 {
+        Source::Fallback
+    } else {
+        Source::Server
+    }
+}
+
+/// Whether a tagged reservation predates the last re-slot: [`Epochs::is_stale`] on tags, both
+/// sides shifted alike so wrapping stays consistent.
+fn stale(epochs: Epochs, tagged: u32) -> bool {
+    ((epochs.reslot << 1).wrapping_sub(tagged & !1) as i32) > 0
+}
+
 fn micros_up(nanos: u64) -> u64 {
     nanos.div_ceil(1_000).max(1)
 }
@@ -644,26 +730,27 @@ impl Inner {
         Duration::from_nanos(smallest / 2)
     }
 
-    fn reservation(&self, slot: Leased) -> Reservation {
+    /// A server slot handed to a caller.
+    fn reservation(&self, slot: Leased, st: &State, cost: u32) -> Reservation {
         bump(&self.counters.reservations, 1);
-        // Interval 0 marks a Redis slot (fallback reservations carry their bucket's interval).
-        Reservation::new(slot.at, slot.server_us, 0)
+        Reservation::new(slot.at, slot.server_us, tag(st.epochs, Source::Server)).with_cost(cost)
     }
 
     fn fallback(
         &self,
         now: Instant,
+        cost: u32,
         max_wait: Option<Duration>,
     ) -> Result<Reservation, ThrottleError> {
         bump(&self.counters.fallbacks, 1);
         match &self.fallback {
             Some(local) => {
                 tracing::debug!(key = %self.key, "redis unavailable: reserving from the local fallback bucket");
-                let r = local.try_reserve(now, max_wait);
-                if r.is_ok() {
-                    bump(&self.counters.reservations, 1);
-                }
-                r
+                let r = local.try_reserve_weighted(now, cost, max_wait)?;
+                bump(&self.counters.reservations, 1);
+                let epochs = lock(&self.state).epochs;
+                Ok(Reservation::new(r.at(), r.token(), tag(epochs, Source::Fallback))
+                    .with_cost(r.cost()))
             }
             None => {
                 let last = lock(&self.state).last_error.clone();
@@ -678,19 +765,23 @@ impl Inner {
     async fn call(
         &self,
         want: u32,
+        cost: u32,
         max_wait: Option<Duration>,
         hold_rel_us: Option<u64>,
         set_iv_us: Option<u64>,
+        not_before_rel_us: Option<u64>,
     ) -> Result<Reply, String> {
         bump(&self.counters.round_trips, 1);
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(&self.key)
             .arg(want)
+            .arg(cost)
             .arg(max_wait.map_or(-1, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 2)))
             .arg(hold_rel_us.map_or(-1, |h| i64::try_from(h).unwrap_or(i64::MAX / 2)))
             .arg(set_iv_us.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX / 2)))
             .arg(self.idle_ttl_ms)
+            .arg(not_before_rel_us.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX / 2)))
             .arg(self.quota_args.len());
         for (interval, burst) in &self.quota_args {
             invocation.arg(*interval).arg(*burst);
@@ -719,6 +810,14 @@ impl Inner {
             retry_in = ?self.retry_interval,
             "redis rate-limit bucket unreachable; {mode}"
         );
+        if st.down_until.is_none() {
+            // Switching to the fallback: callers waiting on server slots re-slot from it, and it
+            // starts drained (paced, no burst), so the two sources never add up.
+            st.epochs.bump(true);
+            if let Some(local) = &self.fallback {
+                local.drain(now);
+            }
+        }
         st.down_until = Some(now + self.retry_interval);
         st.probe_until = None;
         st.last_error = error;
@@ -732,11 +831,20 @@ impl Inner {
         arrived: Instant,
         sent_hold: Option<Instant>,
         sent_rate: Option<u64>,
+        cost: u32,
         max_wait: Option<Duration>,
     ) -> Option<Result<Reservation, ThrottleError>> {
         let mut st = lock(&self.state);
         if st.down_until.take().is_some() {
             tracing::info!(key = %self.key, "redis rate-limit bucket reachable again");
+            // Callers waiting on fallback slots re-slot from the server, and for as long as
+            // another worker may still be on its fallback (its probe comes within a retry
+            // interval), server slots pass the fallback too.
+            st.epochs.bump(true);
+            st.recovering_until = Some(arrived + self.retry_interval + self.timeout);
+            if let Some(local) = &self.fallback {
+                local.drain(arrived);
+            }
         }
         st.probe_until = None;
         if sent_hold.is_some() && st.hold_pending == sent_hold {
@@ -746,8 +854,12 @@ impl Inner {
             st.rate_pending = None;
         }
         if st.rate_pending.is_none() && reply.primary_us > 0 {
-            self.primary_interval
-                .store(reply.primary_us.saturating_mul(1_000), Ordering::Relaxed);
+            let seen = reply.primary_us.saturating_mul(1_000);
+            let before = self.primary_interval.swap(seen, Ordering::Relaxed);
+            if seen > before {
+                // Another worker cut the fleet's rate: our waiters were paced at the old one.
+                st.epochs.bump(true);
+            }
         }
         let mut hold_local = None;
         if reply.hold > reply.now {
@@ -773,6 +885,17 @@ impl Inner {
             }));
         }
         bump(&self.counters.granted, reply.slots.len() as u64);
+        if cost > 1 || want_single(st.recovering_until, arrived) {
+            // A weighted slot, or one paced by the fallback, is the caller's alone: it never
+            // joins the lease of single units.
+            let server_us = *reply.slots.first()?;
+            let mut at = reply.local(server_us, arrived);
+            if let Some(h) = hold_local.filter(|_| server_us >= reply.hold) {
+                at = at.max(h);
+            }
+            let leased = Leased { at, server_us };
+            return Some(Ok(self.reservation(leased, &st, cost)));
+        }
         for &server_us in &reply.slots {
             let mut at = reply.local(server_us, arrived);
             if let Some(h) = hold_local.filter(|_| server_us >= reply.hold) {
@@ -787,7 +910,7 @@ impl Inner {
         let taken = st.lease.take(arrived, self.grace(), None, &mut expired);
         bump(&self.counters.expired, expired);
         match taken {
-            Take::Slot(slot) => Some(Ok(self.reservation(slot))),
+            Take::Slot(slot) => Some(Ok(self.reservation(slot, &st, 1))),
             // Unreachable: fresh slots are never stale at `arrived`; answer like a refusal.
             Take::TooFar(wait) => Some(Err(ThrottleError::WaitTooLong {
                 wait,
@@ -800,24 +923,37 @@ impl Inner {
     /// A reservation that needs the server: one round trip for `lease_size` slots.
     async fn round_trip(
         self: Arc<Self>,
+        cost: u32,
         max_wait: Option<Duration>,
         hold: Option<Instant>,
         rate: Option<u64>,
+        not_before: Option<Instant>,
     ) -> Result<Reservation, ThrottleError> {
         let sent = Instant::now();
         let hold_rel = hold.map(|h| micros_up(duration_nanos(h.saturating_duration_since(sent))));
-        match self.call(self.lease_size, max_wait, hold_rel, rate).await {
+        let not_before_rel =
+            not_before.map(|t| micros_up(duration_nanos(t.saturating_duration_since(sent))));
+        // A weighted or paced-by-the-fallback request is the caller's alone: no lease.
+        let want = if cost > 1 || not_before.is_some() {
+            1
+        } else {
+            self.lease_size
+        };
+        match self
+            .call(want, cost, max_wait, hold_rel, rate, not_before_rel)
+            .await
+        {
             Ok(reply) => {
                 let arrived = Instant::now();
-                match self.absorb(&reply, arrived, hold, rate, max_wait) {
+                match self.absorb(&reply, arrived, hold, rate, cost, max_wait) {
                     Some(result) => result,
-                    None => self.fallback(arrived, max_wait),
+                    None => self.fallback(arrived, cost, max_wait),
                 }
             }
             Err(error) => {
                 let now = Instant::now();
                 self.failed(error, now);
-                self.fallback(now, max_wait)
+                self.fallback(now, cost, max_wait)
             }
         }
     }
@@ -836,9 +972,9 @@ impl Inner {
         let hold_rel = hold
             .filter(|h| *h > sent)
             .map(|h| micros_up(duration_nanos(h - sent)));
-        match self.call(0, None, hold_rel, rate).await {
+        match self.call(0, 1, None, hold_rel, rate, None).await {
             Ok(reply) => {
-                self.absorb(&reply, Instant::now(), hold, rate, None);
+                self.absorb(&reply, Instant::now(), hold, rate, 1, None);
             }
             Err(error) => self.failed(error, Instant::now()),
         }
@@ -853,31 +989,41 @@ impl Inner {
 }
 
 impl Bucket for RedisBucket {
-    fn reserve(&self, now: Instant, max_wait: Option<Duration>) -> Reserve {
+    fn reserve_weighted(&self, now: Instant, cost: u32, max_wait: Option<Duration>) -> Reserve {
         let inner = &self.inner;
+        let cost = cost.max(1);
+        if u64::from(cost) > inner.min_burst {
+            // Known without asking: no window could ever admit it at once.
+            return Reserve::Ready(Err(ThrottleError::CostTooHigh {
+                cost: u64::from(cost),
+                burst: inner.min_burst,
+            }));
+        }
         let mut st = lock(&inner.state);
-        let mut expired = 0;
-        let taken = st.lease.take(now, inner.grace(), max_wait, &mut expired);
-        bump(&inner.counters.expired, expired);
-        match taken {
-            Take::Slot(slot) => {
-                drop(st);
-                bump(&inner.counters.from_lease, 1);
-                return Reserve::Ready(Ok(inner.reservation(slot)));
+        let recovering = want_single(st.recovering_until, now) && st.down_until.is_none();
+        if cost == 1 && !recovering {
+            let mut expired = 0;
+            let taken = st.lease.take(now, inner.grace(), max_wait, &mut expired);
+            bump(&inner.counters.expired, expired);
+            match taken {
+                Take::Slot(slot) => {
+                    bump(&inner.counters.from_lease, 1);
+                    return Reserve::Ready(Ok(inner.reservation(slot, &st, 1)));
+                }
+                Take::TooFar(wait) => {
+                    // The server could only offer a later slot: refuse without a round trip.
+                    return Reserve::Ready(Err(ThrottleError::WaitTooLong {
+                        wait,
+                        max_wait: max_wait.unwrap_or(Duration::ZERO),
+                    }));
+                }
+                Take::Empty => {}
             }
-            Take::TooFar(wait) => {
-                // The server could only offer a later slot: refuse without a round trip.
-                return Reserve::Ready(Err(ThrottleError::WaitTooLong {
-                    wait,
-                    max_wait: max_wait.unwrap_or(Duration::ZERO),
-                }));
-            }
-            Take::Empty => {}
         }
         match st.down_until {
             Some(until) if now < until || st.probe_until.is_some_and(|p| now < p) => {
                 drop(st);
-                return Reserve::Ready(inner.fallback(now, max_wait));
+                return Reserve::Ready(inner.fallback(now, cost, max_wait));
             }
             // This caller probes; the others keep falling back until it answers.
             Some(_) => st.probe_until = Some(now + inner.timeout),
@@ -886,15 +1032,35 @@ impl Bucket for RedisBucket {
         let hold = st.hold_pending.filter(|h| *h > now);
         let rate = st.rate_pending;
         drop(st);
-        Reserve::Pending(Box::pin(Arc::clone(inner).round_trip(max_wait, hold, rate)))
+        // Just after Redis came back, other workers may still be on their fallback shares
+        // until their own probe succeeds: a request then first takes this worker's share, and
+        // the server schedules it no earlier than that, so the two sources never add up and
+        // the server's schedule stays the fleet's real one.
+        let not_before = match (&inner.fallback, recovering) {
+            (Some(local), true) => match local.try_reserve_weighted(now, cost, max_wait) {
+                Ok(r) => Some(r.at()),
+                Err(e) => return Reserve::Ready(Err(e)),
+            },
+            _ => None,
+        };
+        Reserve::Pending(Box::pin(
+            Arc::clone(inner).round_trip(cost, max_wait, hold, rate, not_before),
+        ))
     }
 
     fn cancel(&self, reservation: Reservation, now: Instant) {
         let inner = &self.inner;
-        if reservation.interval_nanos() != 0 {
+        if source(reservation.epoch()) == Source::Fallback {
             if let Some(local) = &inner.fallback {
-                local.cancel(reservation, now);
+                // Re-issued under the local bucket's own epoch: exact if it was its latest.
+                let back = Reservation::new(reservation.at(), reservation.token(), local.epoch())
+                    .with_cost(reservation.cost());
+                local.cancel(back, now);
             }
+            return;
+        }
+        // A weighted slot cannot be split into single units for the lease: it is forgotten.
+        if reservation.cost() > 1 {
             return;
         }
         // Still this worker's slot: the next local caller may use it, within the same grace.
@@ -905,13 +1071,20 @@ impl Bucket for RedisBucket {
                 .into_iter()
                 .chain(st.hold_seen.map(|(_, at)| at))
                 .any(|hold| reservation.at() < hold);
-            if !voided {
+            if !voided && !stale(st.epochs, reservation.epoch()) {
                 st.lease.put(Leased {
                     at: reservation.at(),
                     server_us: reservation.token(),
                 });
             }
         }
+    }
+
+    fn is_current(&self, reservation: &Reservation, now: Instant) -> bool {
+        if stale(lock(&self.inner.state).epochs, reservation.epoch()) {
+            return false;
+        }
+        !matches!(self.held_until(now), Some(hold) if hold > reservation.at())
     }
 
     fn hold_until(&self, until: Instant) {
@@ -944,16 +1117,20 @@ impl Bucket for RedisBucket {
         let inner = &self.inner;
         let interval = interval_for_rate(per_second)?;
         let us = micros_up(interval);
-        inner
+        let before = inner
             .primary_interval
-            .store(us.saturating_mul(1_000), Ordering::Relaxed);
+            .swap(us.saturating_mul(1_000), Ordering::Relaxed);
         if let Some(local) = &inner.fallback {
             // The fallback keeps its share: scale its rate by the same factor.
             let factor = inner.configured_primary as f64 / interval as f64;
             let local_rate = local.limits().quotas()[0].rate_per_second() * factor;
             local.set_rate(local_rate)?;
         }
-        lock(&inner.state).rate_pending = Some(us);
+        {
+            let mut st = lock(&inner.state);
+            st.rate_pending = Some(us);
+            st.epochs.bump(us.saturating_mul(1_000) > before);
+        }
         inner.spawn_push();
         Ok(())
     }

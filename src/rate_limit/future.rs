@@ -4,6 +4,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::sync::OwnedSemaphorePermit;
@@ -12,7 +13,7 @@ use tower::util::Oneshot;
 use tower::BoxError;
 use tower_service::Service;
 
-use crate::bucket::{KeyedBucket, Reservation};
+use crate::bucket::{KeyedBucket, KeyedPermit, Reservation};
 use crate::ThrottleError;
 
 pin_project! {
@@ -48,9 +49,12 @@ where
     }
 }
 
+type Acquire<K> = Pin<Box<dyn Future<Output = Option<KeyedPermit<K>>> + Send>>;
+
 pin_project! {
-    /// Response future of [`KeyedRateLimit`](super::KeyedRateLimit): sleeps until the key's
-    /// slot, then drives the inner service.
+    /// Response future of [`KeyedRateLimit`](super::KeyedRateLimit): takes the key's in-flight
+    /// permit (when its limits carry a cap), sleeps until the key's slot (re-slotting if a hold
+    /// of that key voided it meanwhile), then drives the inner service.
     pub struct KeyedResponseFuture<S, Req, K>
     where
         S: Service<Req>,
@@ -60,7 +64,11 @@ pin_project! {
     {
         #[pin]
         state: KeyedState<S, Req>,
+        acquiring: Option<Acquire<K>>,
         slot: SlotGuard<K>,
+        permit: Option<KeyedPermit<K>>,
+        call: Option<(S, Req)>,
+        max_wait: Option<Duration>,
     }
 }
 
@@ -71,48 +79,58 @@ pin_project! {
         S: Service<Req>,
     {
         Refused { error: Option<ThrottleError> },
-        Waiting { #[pin] sleep: Sleep, call: Option<(S, Req)> },
+        Acquiring,
+        Reserving,
+        Waiting { #[pin] sleep: Sleep },
         Calling { #[pin] fut: Oneshot<S, Req> },
     }
 }
 
-/// Returns the key's slot if the future is dropped before the slot is used.
+/// The key's bucket, and the slot to return if the future is dropped before using it.
 struct SlotGuard<K: Hash + Eq + Clone> {
-    held: Option<(KeyedBucket<K>, K, Reservation)>,
+    bucket: KeyedBucket<K>,
+    key: K,
+    held: Option<Reservation>,
 }
 
 impl<K: Hash + Eq + Clone> Drop for SlotGuard<K> {
     fn drop(&mut self) {
-        if let Some((bucket, key, reservation)) = self.held.take() {
-            bucket.cancel(&key, reservation, Instant::now());
+        if let Some(reservation) = self.held.take() {
+            self.bucket.cancel(&self.key, reservation, Instant::now());
         }
     }
 }
 
-impl<S: Service<Req>, Req, K: Hash + Eq + Clone> KeyedResponseFuture<S, Req, K> {
-    pub(crate) fn waiting(
+impl<S: Service<Req>, Req, K: Hash + Eq + Clone + Send + Sync + 'static>
+    KeyedResponseFuture<S, Req, K>
+{
+    pub(crate) fn new(
         bucket: KeyedBucket<K>,
         key: K,
-        reservation: Reservation,
+        max_wait: Option<Duration>,
         svc: S,
         req: Req,
     ) -> Self {
-        let at = reservation.at();
+        // A cap is taken before the slot, so a caller stuck behind it sits on no rate slot.
+        let acquiring: Option<Acquire<K>> = bucket.limits().concurrency().map(|_| {
+            let (b, k) = (bucket.clone(), key.clone());
+            Box::pin(async move { b.acquire(&k).await }) as Acquire<K>
+        });
         KeyedResponseFuture {
-            state: KeyedState::Waiting {
-                sleep: tokio::time::sleep_until(at),
-                call: Some((svc, req)),
+            state: if acquiring.is_some() {
+                KeyedState::Acquiring
+            } else {
+                KeyedState::Reserving
             },
+            acquiring,
             slot: SlotGuard {
-                held: Some((bucket, key, reservation)),
+                bucket,
+                key,
+                held: None,
             },
-        }
-    }
-
-    pub(crate) fn refused(error: ThrottleError) -> Self {
-        KeyedResponseFuture {
-            state: KeyedState::Refused { error: Some(error) },
-            slot: SlotGuard { held: None },
+            permit: None,
+            call: Some((svc, req)),
+            max_wait,
         }
     }
 }
@@ -133,16 +151,53 @@ where
                     let e = error.take().expect("polled after completion");
                     return Poll::Ready(Err(e.into()));
                 }
-                KeyedStateProj::Waiting { sleep, call } => {
+                KeyedStateProj::Acquiring => {
+                    let fut = this.acquiring.as_mut().expect("acquiring implies a future");
+                    *this.permit = ready!(fut.as_mut().poll(cx));
+                    *this.acquiring = None;
+                    this.state.set(KeyedState::Reserving);
+                }
+                KeyedStateProj::Reserving => {
+                    let guard = &mut *this.slot;
+                    match guard.bucket.reserve_now(&guard.key, *this.max_wait) {
+                        Ok(r) if r.is_admitted() || r.at() <= Instant::now() => {
+                            let (svc, req) = this.call.take().expect("polled after completion");
+                            this.state.set(KeyedState::Calling {
+                                fut: Oneshot::new(svc, req),
+                            });
+                        }
+                        Ok(r) => {
+                            let at = r.at();
+                            guard.held = Some(r);
+                            this.state.set(KeyedState::Waiting {
+                                sleep: tokio::time::sleep_until(at),
+                            });
+                        }
+                        Err(e) => {
+                            *this.permit = None;
+                            this.state.set(KeyedState::Refused { error: Some(e) });
+                        }
+                    }
+                }
+                KeyedStateProj::Waiting { sleep } => {
                     ready!(sleep.poll(cx));
-                    this.slot.held = None;
-                    let (svc, req) = call.take().expect("polled after completion");
-                    this.state.set(KeyedState::Calling {
-                        fut: Oneshot::new(svc, req),
-                    });
+                    let guard = &mut *this.slot;
+                    let r = guard.held.take().expect("waiting implies a slot");
+                    if guard.bucket.is_current(&guard.key, &r, Instant::now()) {
+                        let (svc, req) = this.call.take().expect("polled after completion");
+                        this.state.set(KeyedState::Calling {
+                            fut: Oneshot::new(svc, req),
+                        });
+                    } else {
+                        // A hold of this key came while we slept: the old slot is void.
+                        this.state.set(KeyedState::Reserving);
+                    }
                 }
                 KeyedStateProj::Calling { fut } => {
-                    return fut.poll(cx).map_err(Into::into);
+                    let out = ready!(fut.poll(cx));
+                    // The in-flight slot is free as soon as the answer is in.
+                    *this.permit = None;
+                    return Poll::Ready(out.map_err(Into::into));
                 }
             }
         }

@@ -92,18 +92,17 @@ impl<B: Bucket + Clone> Gate<B> {
                     self.admit(result)?;
                 }
                 State::Waiting(reservation) => {
-                    let at = reservation.at();
                     let sleep = self.sleep.as_mut().expect("waiting implies a timer");
                     ready!(sleep.as_mut().poll(cx));
                     let now = Instant::now();
-                    self.state = match self.bucket.held_until(now) {
-                        // A 429 arrived while we slept: the bucket was pushed past the hold,
-                        // so our old slot is void and we queue again behind the hold.
-                        Some(hold) if hold > at => State::Idle,
-                        _ => match std::mem::replace(&mut self.state, State::Idle) {
-                            State::Waiting(r) => State::Ready(r),
-                            _ => unreachable!("state checked above"),
-                        },
+                    let current = self.bucket.is_current(reservation, now);
+                    self.state = match std::mem::replace(&mut self.state, State::Idle) {
+                        State::Waiting(r) if current => State::Ready(r),
+                        // A 429 hold or a rate cut came while we slept: our slot was taken
+                        // under an older rate or before the hold, so we queue again (the old
+                        // slot is void, not handed back).
+                        State::Waiting(_) => State::Idle,
+                        _ => unreachable!("state checked above"),
                     };
                 }
             }

@@ -225,15 +225,12 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let key = self.key_fn.key(&req);
-        match self.bucket.reserve_now(&key, self.max_wait) {
-            Ok(reservation) => KeyedResponseFuture::waiting(
-                self.bucket.clone(),
-                key,
-                reservation,
-                self.inner.clone(),
-                req,
-            ),
-            Err(e) => KeyedResponseFuture::refused(e),
-        }
+        KeyedResponseFuture::new(
+            self.bucket.clone(),
+            key,
+            self.max_wait,
+            self.inner.clone(),
+            req,
+        )
     }
 }

@@ -29,25 +29,19 @@ pub struct RateLimitLayer<B = LocalBucket> {
 impl RateLimitLayer<LocalBucket> {
     /// A layer with an in-process bucket enforcing `limits` (and their concurrency cap, if any).
     pub fn new(limits: impl Into<Limits>) -> Self {
-        let limits = limits.into();
-        let concurrency = limits.concurrency().map(|n| Arc::new(Semaphore::new(n)));
-        RateLimitLayer {
-            bucket: LocalBucket::new(limits),
-            max_wait: None,
-            concurrency,
-            stats: None,
-        }
+        RateLimitLayer::with_bucket(LocalBucket::new(limits))
     }
 }
 
 impl<B: Bucket + Clone> RateLimitLayer<B> {
     /// A layer over an existing bucket: share one bucket between several stacks, or use a
-    /// Redis bucket for a fleet.
+    /// Redis bucket for a fleet. The concurrency cap of the limits the bucket was built from
+    /// comes with it, shared by every layer on that bucket.
     pub fn with_bucket(bucket: B) -> Self {
         RateLimitLayer {
+            concurrency: bucket.concurrency().cloned(),
             bucket,
             max_wait: None,
-            concurrency: None,
             stats: None,
         }
     }
@@ -60,7 +54,8 @@ impl<B: Bucket + Clone> RateLimitLayer<B> {
         self
     }
 
-    /// Caps requests in flight across every service built by this layer.
+    /// Caps requests in flight across every service built by this layer, in place of the cap
+    /// that came with the bucket's limits.
     pub fn with_concurrency(mut self, max_in_flight: usize) -> Result<Self, ConfigError> {
         if max_in_flight == 0 {
             return Err(ConfigError::Zero {

@@ -29,9 +29,9 @@ impl<S> RateLimit<S, LocalBucket> {
     /// between several services, build them from one [`RateLimitLayer`](super::RateLimitLayer)
     /// or clone this service.
     pub fn new(inner: S, limits: impl Into<Limits>) -> Self {
-        let limits = limits.into();
-        let cap = limits.concurrency().map(|n| Arc::new(Semaphore::new(n)));
-        RateLimit::from_parts(inner, LocalBucket::new(limits), None, cap, None)
+        let bucket = LocalBucket::new(limits);
+        let cap = bucket.concurrency().cloned();
+        RateLimit::from_parts(inner, bucket, None, cap, None)
     }
 }
 

@@ -1,6 +1,9 @@
 //! Helpers shared by the loopback integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "redis")]
+pub mod redis;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;

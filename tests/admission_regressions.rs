@@ -114,7 +114,10 @@ async fn a_keyed_limiter_can_be_held_per_destination() {
     let bucket = KeyedBucket::new(Quota::per_second(10).unwrap());
     let arrivals: Arc<Mutex<Vec<(u8, Duration)>>> = Arc::default();
     let svc = ServiceBuilder::new()
-        .layer(KeyedRateLimitLayer::with_bucket(bucket.clone(), |k: &u8| *k))
+        .layer(KeyedRateLimitLayer::with_bucket(
+            bucket.clone(),
+            |k: &u8| *k,
+        ))
         .service(service_fn({
             let arrivals = arrivals.clone();
             move |k: u8| {
@@ -137,10 +140,13 @@ async fn a_keyed_limiter_can_be_held_per_destination() {
     // Key 0: its first call, then nothing until the hold ends, then paced.
     let held: Vec<Duration> = of(0).collect();
     assert_eq!(held[0], Duration::ZERO);
-    assert!(held[1..].iter().all(|t| *t >= Duration::from_secs(5)), "{held:?}");
+    assert!(
+        held[1..].iter().all(|t| *t >= Duration::from_secs(5)),
+        "{held:?}"
+    );
     assert_eq!(*held.last().unwrap(), Duration::from_millis(5_800));
     // Key 1 never noticed.
-    assert_eq!(of(1).last().unwrap(), Duration::from_millis(900));
+    assert_eq!(of(1).next_back().unwrap(), Duration::from_millis(900));
 }
 
 /// 4. `RateLimitLayer::with_bucket` dropped the concurrency cap of the limits its bucket was
@@ -193,7 +199,9 @@ async fn with_bucket_keeps_the_concurrency_cap_of_the_limits() {
     peak.store(0, Ordering::SeqCst);
     let keyed = ServiceBuilder::new()
         .layer(KeyedRateLimitLayer::new(
-            Limits::new(Quota::per_second(1_000).unwrap()).with_concurrency(1).unwrap(),
+            Limits::new(Quota::per_second(1_000).unwrap())
+                .with_concurrency(1)
+                .unwrap(),
             |k: &u8| *k,
         ))
         .service(slow);
@@ -269,8 +277,14 @@ async fn a_keyed_hold_is_a_floor_that_resumes_paced() {
             .collect()
     };
     let ms = |v: [u64; 6]| v.map(Duration::from_millis).to_vec();
-    assert_eq!(slots(&paced), ms([2_000, 2_100, 2_200, 2_300, 2_400, 2_500]));
-    assert_eq!(slots(&bursty), ms([2_000, 2_100, 2_200, 2_300, 2_400, 2_500]));
+    assert_eq!(
+        slots(&paced),
+        ms([2_000, 2_100, 2_200, 2_300, 2_400, 2_500])
+    );
+    assert_eq!(
+        slots(&bursty),
+        ms([2_000, 2_100, 2_200, 2_300, 2_400, 2_500])
+    );
     // The bursty key's burst is still there once the pace has stopped binding.
     let later = now + Duration::from_secs(10);
     let burst = (0..5)
@@ -286,7 +300,11 @@ async fn a_hold_keeps_a_single_daily_windows_allowance() {
     let bucket = LocalBucket::new(presets::salesforce(100_000).unwrap());
     let now = Instant::now();
     bucket.hold_until(now + Duration::from_secs(1));
-    assert_eq!(bucket.snapshot(now).available, 0, "nothing goes during the hold");
+    assert_eq!(
+        bucket.snapshot(now).available,
+        0,
+        "nothing goes during the hold"
+    );
     let after = now + Duration::from_secs(1);
     assert_eq!(bucket.snapshot(after).available, 50_000);
 }
@@ -299,7 +317,10 @@ async fn a_weighted_request_takes_its_cost_of_every_window() {
         .and(Quota::per_minute(1_000).unwrap().with_burst(500).unwrap());
     let bucket = LocalBucket::new(limits);
     let now = Instant::now();
-    assert_eq!(bucket.try_reserve_weighted(now, 100, None).unwrap().at(), now);
+    assert_eq!(
+        bucket.try_reserve_weighted(now, 100, None).unwrap().at(),
+        now
+    );
     let next = bucket.try_reserve_weighted(now, 100, None).unwrap();
     assert_eq!(next.at() - now, Duration::from_secs(1));
     assert_eq!(next.cost(), 100);
@@ -337,4 +358,50 @@ async fn the_service_still_works_when_ready_is_polled_by_hand() {
     svc.ready().await.unwrap();
     assert!(start.elapsed() >= Duration::from_millis(900));
     assert_eq!(svc.call(2).await.unwrap(), 2);
+}
+
+/// Weighted admission through the gate: each request at its cost, atomically across windows,
+/// refused at once when it could never fit, and re-slotted behind a hold that came while it
+/// waited.
+#[tokio::test(start_paused = true)]
+async fn the_weighted_gate_admits_each_request_at_its_cost() {
+    use tower_throttle::rate_limit::{Cost, WeightedRateLimitLayer};
+    let limits = Limits::new(Quota::per_second(100).unwrap().with_burst(100).unwrap())
+        .and(Quota::per_minute(600).unwrap().with_burst(300).unwrap());
+    let layer = WeightedRateLimitLayer::new(limits);
+    let bucket = layer.bucket().clone();
+    let start = Instant::now();
+    let arrivals: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let svc = ServiceBuilder::new().layer(layer).service(service_fn({
+        let arrivals = arrivals.clone();
+        move |_req: http::Request<()>| {
+            arrivals.lock().unwrap().push(start.elapsed());
+            async { Ok::<_, Infallible>(()) }
+        }
+    }));
+    let weighted = |n: u32| {
+        let mut req = http::Request::new(());
+        req.extensions_mut().insert(Cost(n));
+        req
+    };
+    // 100 at once, then the next 100 one second later.
+    svc.clone().oneshot(weighted(100)).await.unwrap();
+    svc.clone().oneshot(weighted(100)).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    // Above the shortest window's burst: refused with a typed error, nothing spent.
+    let err = svc.clone().oneshot(weighted(101)).await.unwrap_err();
+    assert!(matches!(
+        tower_throttle::ThrottleError::from_box(&err),
+        Some(tower_throttle::ThrottleError::CostTooHigh {
+            cost: 101,
+            burst: 100
+        })
+    ));
+    // A third batch waits for its slot; a hold arrives meanwhile and pushes it past the hold.
+    let waiting = tokio::spawn(svc.clone().oneshot(weighted(100)));
+    tokio::task::yield_now().await;
+    bucket.hold_until(Instant::now() + Duration::from_secs(5));
+    waiting.await.unwrap().unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(6));
+    assert_eq!(arrivals.lock().unwrap().len(), 3);
 }

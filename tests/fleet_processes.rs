@@ -51,7 +51,11 @@ async fn a_fleet_of_processes_stays_within_the_limit_across_a_redis_kill_and_res
         .map(|_| {
             Command::new(&worker)
                 .args(["--worker", &redis.url(), &mock.url("/v1/track"), &key])
-                .args([RUN_SECS.to_string(), CALLERS.to_string(), WORKERS.to_string()])
+                .args([
+                    RUN_SECS.to_string(),
+                    CALLERS.to_string(),
+                    WORKERS.to_string(),
+                ])
                 .arg(LIMIT.to_string())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

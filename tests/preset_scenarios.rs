@@ -96,7 +96,10 @@ async fn scenario(name: &str, limits: Limits) {
 async fn one_429_costs_every_preset_only_its_hold() {
     let all: Vec<(&str, Limits)> = vec![
         ("customerio_track", presets::customerio_track()),
-        ("customerio_transactional", presets::customerio_transactional()),
+        (
+            "customerio_transactional",
+            presets::customerio_transactional(),
+        ),
         ("customerio_broadcasts", presets::customerio_broadcasts()),
         ("hubspot", presets::hubspot()),
         ("salesforce(100_000)", presets::salesforce(100_000).unwrap()),

@@ -34,9 +34,10 @@
 //!   rate change since); anything else is forgotten, never handed out twice.
 //!
 //! What the core leaves conservative: a caller re-slotted after a cut, or after a hold that
-//! voided its slot, counts once more against the longer windows (its first unit cannot be
-//! taken out of the middle of their schedules safely). The loss is bounded by the callers
-//! waiting at that moment, or by the hold's length times the rate.
+//! voided its slot, hands its slot back first, which is exact only for the latest reservation
+//! (and not across a rate change); otherwise its first unit counts once more against the
+//! longer windows, because it cannot be taken out of the middle of their schedules safely.
+//! The loss is bounded by the callers waiting at that moment.
 
 use std::time::Duration;
 
@@ -332,11 +333,30 @@ mod tests {
         let cells = [Cell::new(100 * MS, 5)];
         let mut tats = [0];
         for _ in 0..5 {
-            assert_eq!(admit(&cells, &mut tats, &mut Release::default(), 0, 1, 0), Ok(0));
+            assert_eq!(
+                admit(&cells, &mut tats, &mut Release::default(), 0, 1, 0),
+                Ok(0)
+            );
         }
-        assert_eq!(admit(&cells, &mut tats, &mut Release::default(), 0, 1, 0), Err(Refusal::TooLong(100 * MS)));
-        assert_eq!(admit(&cells, &mut tats, &mut Release::default(), 100 * MS, 1, 0), Ok(100 * MS));
-        assert_eq!(admit(&cells, &mut tats, &mut Release::default(), 100 * MS, 1, NONE), Ok(200 * MS));
+        assert_eq!(
+            admit(&cells, &mut tats, &mut Release::default(), 0, 1, 0),
+            Err(Refusal::TooLong(100 * MS))
+        );
+        assert_eq!(
+            admit(&cells, &mut tats, &mut Release::default(), 100 * MS, 1, 0),
+            Ok(100 * MS)
+        );
+        assert_eq!(
+            admit(
+                &cells,
+                &mut tats,
+                &mut Release::default(),
+                100 * MS,
+                1,
+                NONE
+            ),
+            Ok(200 * MS)
+        );
     }
 
     #[test]
@@ -353,16 +373,25 @@ mod tests {
     fn a_cost_takes_that_many_units_of_every_window_at_once() {
         let cells = [Cell::new(10 * MS, 10), Cell::new(100 * MS, 20)];
         let mut tats = [0, 0];
-        assert_eq!(admit(&cells, &mut tats, &mut Release::default(), 0, 10, NONE), Ok(0));
+        assert_eq!(
+            admit(&cells, &mut tats, &mut Release::default(), 0, 10, NONE),
+            Ok(0)
+        );
         assert_eq!(available(&cells, &tats, 0), 0);
         // Ten more: the short window refills in 100 ms.
-        assert_eq!(admit(&cells, &mut tats, &mut Release::default(), 0, 10, NONE), Ok(100 * MS));
+        assert_eq!(
+            admit(&cells, &mut tats, &mut Release::default(), 0, 10, NONE),
+            Ok(100 * MS)
+        );
         // The long window has spent its 20 less the one it earned back in 100 ms; the short
         // window is empty again and refills one unit per 10 ms.
         assert_eq!(available(&cells, &tats, 100 * MS), 0);
         assert_eq!(next_free(&cells, &tats, 100 * MS, 0), 110 * MS);
         // Two units: the long window has earned back only one by then.
-        assert_eq!(admit(&cells, &mut tats, &mut Release::default(), 100 * MS, 2, 0), Err(Refusal::TooLong(100 * MS)));
+        assert_eq!(
+            admit(&cells, &mut tats, &mut Release::default(), 100 * MS, 2, 0),
+            Err(Refusal::TooLong(100 * MS))
+        );
         // More than a window's burst can never go at once: refused, nothing spent.
         let before = tats;
         assert_eq!(
@@ -376,9 +405,15 @@ mod tests {
     fn a_caller_refused_by_one_window_consumes_nothing_in_the_others() {
         let cells = [Cell::new(10 * MS, 1), Cell::new(1_000 * MS, 1)];
         let mut tats = [0, 0];
-        assert_eq!(admit(&cells, &mut tats, &mut Release::default(), 0, 1, 0), Ok(0));
+        assert_eq!(
+            admit(&cells, &mut tats, &mut Release::default(), 0, 1, 0),
+            Ok(0)
+        );
         let before = tats;
-        assert_eq!(admit(&cells, &mut tats, &mut Release::default(), 0, 1, 50 * MS), Err(Refusal::TooLong(1_000 * MS)));
+        assert_eq!(
+            admit(&cells, &mut tats, &mut Release::default(), 0, 1, 50 * MS),
+            Err(Refusal::TooLong(1_000 * MS))
+        );
         assert_eq!(tats, before);
     }
 
@@ -399,7 +434,10 @@ mod tests {
             cells[1].available(before[1], 2_200 * MS) - 3
         );
         // Once the windows are the later constraint, the pace disarms.
-        assert_eq!(admit(&cells, &mut tats, &mut release, 5_000 * MS, 1, NONE), Ok(5_000 * MS));
+        assert_eq!(
+            admit(&cells, &mut tats, &mut release, 5_000 * MS, 1, NONE),
+            Ok(5_000 * MS)
+        );
         assert!(release.is_over(5_000 * MS));
         // A daily allowance's burst is spread over the hold's length: 50,000 within 1 s.
         let daily = [Cell::new(1_728 * MS, 50_000)];
@@ -424,7 +462,10 @@ mod tests {
         admit(&cells, &mut tats, &mut Release::default(), 0, 1, NONE).unwrap();
         let token = tats[0];
         admit(&cells, &mut tats, &mut Release::default(), 0, 1, NONE).unwrap();
-        assert!(!cancel(&cells, &mut tats, token, 1, 0), "not the latest: forgotten");
+        assert!(
+            !cancel(&cells, &mut tats, token, 1, 0),
+            "not the latest: forgotten"
+        );
         let latest = tats[0];
         assert!(cancel(&cells, &mut tats, latest, 1, 0));
     }

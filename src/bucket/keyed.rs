@@ -79,8 +79,11 @@ struct Inner<K> {
     held_keys: AtomicUsize,
     /// Per-key in-flight caps, when the limits carry one; a key's entry lives while a permit or
     /// a waiter does.
-    caps: Option<(usize, Mutex<HashMap<K, Arc<Semaphore>>>)>,
+    caps: Option<(usize, Caps<K>)>,
 }
+
+/// Each key's in-flight semaphore, while a permit or a waiter needs it.
+type Caps<K> = Mutex<HashMap<K, Arc<Semaphore>>>;
 
 struct Shard<K> {
     table: Table<K>,
@@ -253,11 +256,7 @@ impl<K: Hash> Table<K> {
 impl<K> KeyedBucket<K> {
     /// Keys currently tracked.
     pub fn len(&self) -> usize {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| lock(s).table.len())
-            .sum()
+        self.inner.shards.iter().map(|s| lock(s).table.len()).sum()
     }
 
     /// True when no key is tracked.
@@ -341,7 +340,9 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
         KeyedBucket {
             inner: Arc::new(Inner {
                 clock: BucketClock::new(clock),
-                caps: limits.concurrency().map(|n| (n, Mutex::new(HashMap::new()))),
+                caps: limits
+                    .concurrency()
+                    .map(|n| (n, Mutex::new(HashMap::new()))),
                 limits,
                 cells,
                 hasher: RandomState::new(),
@@ -509,9 +510,7 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
         // Finished holds go first (over, and their release disarmed): the map holds only keys
         // refused recently.
         holds.retain(|_, h| !h.1.is_over(now_n));
-        let h = holds
-            .entry(key.clone())
-            .or_insert((0, Release::default()));
+        let h = holds.entry(key.clone()).or_insert((0, Release::default()));
         *h = (h.0.max(until_n), h.1.after_hold(&shortest, now_n, until_n));
         inner.held_keys.store(holds.len(), Ordering::Release);
     }
@@ -652,7 +651,10 @@ mod tests {
         let waiting = b.reserve(&"x", now, None).unwrap();
         assert!(b.is_current(&"x", &waiting, now));
         b.hold_until(&"x", now + Duration::from_secs(5));
-        assert!(!b.is_current(&"x", &waiting, now), "the hold voids the earlier slot");
+        assert!(
+            !b.is_current(&"x", &waiting, now),
+            "the hold voids the earlier slot"
+        );
         assert_eq!(
             b.reserve(&"x", now, None).unwrap().at() - now,
             Duration::from_secs(5)

@@ -431,7 +431,9 @@ impl Bucket for LocalBucket {
         let mut release = lock(&inner.release);
         *release = release.after_hold(&inner.primary(), now_n, until_n);
         if !release.is_over(now_n) {
-            inner.release_at.store(release.floor.max(1), Ordering::Release);
+            inner
+                .release_at
+                .store(release.floor.max(1), Ordering::Release);
         }
         inner.hold.fetch_max(until_n, Ordering::AcqRel);
     }

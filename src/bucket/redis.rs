@@ -335,7 +335,11 @@ impl RedisBucketBuilder {
             .map(|q| (micros_up(q.interval_nanos()), q.burst()))
             .collect();
         let primary = quotas[0].interval_nanos();
-        let min_burst = quotas.iter().map(|q| u64::from(q.burst())).min().unwrap_or(1);
+        let min_burst = quotas
+            .iter()
+            .map(|q| u64::from(q.burst()))
+            .min()
+            .unwrap_or(1);
         let min_other = quotas[1..]
             .iter()
             .map(Quota::interval_nanos)
@@ -749,8 +753,10 @@ impl Inner {
                 let r = local.try_reserve_weighted(now, cost, max_wait)?;
                 bump(&self.counters.reservations, 1);
                 let epochs = lock(&self.state).epochs;
-                Ok(Reservation::new(r.at(), r.token(), tag(epochs, Source::Fallback))
-                    .with_cost(r.cost()))
+                Ok(
+                    Reservation::new(r.at(), r.token(), tag(epochs, Source::Fallback))
+                        .with_cost(r.cost()),
+                )
             }
             None => {
                 let last = lock(&self.state).last_error.clone();

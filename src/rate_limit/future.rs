@@ -16,6 +16,8 @@ use tower_service::Service;
 use crate::bucket::{KeyedBucket, KeyedPermit, Reservation};
 use crate::ThrottleError;
 
+pub use super::weighted::WeightedFuture;
+
 pin_project! {
     /// Response future of [`RateLimit`](super::RateLimit): the inner future, holding the
     /// concurrency permit (if capped) until the response arrives.
@@ -189,7 +191,9 @@ where
                             fut: Oneshot::new(svc, req),
                         });
                     } else {
-                        // A hold of this key came while we slept: the old slot is void.
+                        // A hold of this key came while we slept: the old slot is void. Handed
+                        // back first, exact when it is still the key's latest.
+                        guard.bucket.cancel(&guard.key, r, Instant::now());
                         this.state.set(KeyedState::Reserving);
                     }
                 }

@@ -99,9 +99,13 @@ impl<B: Bucket + Clone> Gate<B> {
                     self.state = match std::mem::replace(&mut self.state, State::Idle) {
                         State::Waiting(r) if current => State::Ready(r),
                         // A 429 hold or a rate cut came while we slept: our slot was taken
-                        // under an older rate or before the hold, so we queue again (the old
-                        // slot is void, not handed back).
-                        State::Waiting(_) => State::Idle,
+                        // under an older rate or before the hold, so we queue again. Handing
+                        // it back first is exact when it is still the latest (then no window
+                        // counts it twice), and a no-op otherwise.
+                        State::Waiting(r) => {
+                            self.bucket.cancel(r, now);
+                            State::Idle
+                        }
                         _ => unreachable!("state checked above"),
                     };
                 }

@@ -29,14 +29,17 @@
 //! ```
 //!
 //! [`KeyedRateLimitLayer`] keeps one bucket per destination; read its docs for how waiting
-//! differs when the key comes from the request.
+//! differs when the key comes from the request. [`WeightedRateLimitLayer`] admits each request
+//! at its [`Cost`] (records, bytes, tokens), for limits that count more than calls.
 
 pub mod future;
 mod gate;
 mod keyed;
 mod layer;
 mod service;
+mod weighted;
 
 pub use keyed::{ByAuthority, KeyFn, KeyedRateLimit, KeyedRateLimitLayer};
 pub use layer::RateLimitLayer;
 pub use service::RateLimit;
+pub use weighted::{Cost, WeightedRateLimit, WeightedRateLimitLayer};

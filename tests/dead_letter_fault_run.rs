@@ -85,7 +85,7 @@ async fn ten_thousand_requests_under_faults_each_end_exactly_once() {
     let backoff = Backoff::builder()
         .base(Duration::from_millis(10))
         .max_delay(Duration::from_millis(1_500))
-        .max_retries(3)
+        .max_retries(2)
         .jitter(Jitter::Full)
         .build()
         .unwrap();

@@ -675,3 +675,40 @@ async fn list_page_pages_by_id_under_removals() {
     }
     assert_eq!(ids_of(&memory.list_page(2, 2).await.unwrap()), [3, 4]);
 }
+
+/// `replay` pages through the store: more letters than one page, letters that fail again are
+/// not sent twice in a run, and `max` counts across pages.
+#[tokio::test(start_paused = true)]
+async fn replay_pages_through_a_store_larger_than_a_page() {
+    let store = MemoryStore::new();
+    for n in 0..600 {
+        let body = StoredBody::Text(format!("user-{n}"));
+        store
+            .append(DeadLetter { body, ..letter(n) })
+            .await
+            .unwrap();
+    }
+    let api = Api::default();
+    for n in (0..600).step_by(7) {
+        api.failing.lock().unwrap().insert(format!("user-{n}"));
+    }
+    let rate = Quota::per_second(10_000).unwrap();
+    let first = replay(&store, api.service(), ReplayOptions::new(rate).max(300))
+        .await
+        .unwrap();
+    assert_eq!(first.attempted, 300);
+    assert_eq!((first.delivered, first.failed.len()), (257, 43));
+    assert_eq!(first.remaining, 343);
+    let second = replay(
+        &store,
+        api.service(),
+        ReplayOptions::new(rate).concurrency(8),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.attempted, 343);
+    assert_eq!((second.delivered, second.remaining), (257, 86));
+    let delivered = api.delivered.lock().unwrap().clone();
+    let unique: BTreeSet<&String> = delivered.iter().collect();
+    assert_eq!((delivered.len(), unique.len()), (514, 514));
+}

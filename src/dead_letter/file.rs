@@ -46,8 +46,8 @@ pub const DEFAULT_COMPACTION_THRESHOLD: usize = 64;
 /// [`list_page`](DeadLetterStore::list_page) never wait for an append's `fsync`.
 ///
 /// Files written by earlier versions (without a `next_id` line) are read as they are. A
-/// compacted file starts with a `next_id` line that versions before 0.2 refuse as "not a dead
-/// letter".
+/// compacted file starts with a `next_id` line, which earlier versions of this crate refuse
+/// as "not a dead letter".
 ///
 /// ```
 /// use tower_throttle::dead_letter::{DeadLetterStore, FileStore, FileStoreError};

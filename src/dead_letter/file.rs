@@ -372,8 +372,13 @@ impl Shared {
             .open(&path)
         {
             Ok(file) => {
-                // A new file's name must survive a crash as well as the letters in it.
-                sync_dir(&path)?;
+                // A new file's name must survive a crash as well as the letters in it. If it
+                // cannot be synced, no file is left behind: the next open creates (and syncs)
+                // it again rather than find it and skip the sync.
+                if let Err(e) = sync_dir(&path) {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e);
+                }
                 file
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_append(&path)?,

@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode};
 use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
 use tower_throttle::dead_letter::{
     replay, Attempts, DeadLetter, DeadLetterLayer, DeadLetterStore, DeadLettered,
-    DeadLetteredError, FileStore, MemoryStore, ReplayOptions, StoredBody,
+    DeadLetteredError, FileStore, FileStoreError, MemoryStore, ReplayOptions, StoredBody,
 };
 use tower_throttle::{Quota, Stats};
 
@@ -157,7 +157,9 @@ async fn tombstones_survive_reopen_and_compaction_rewrites_atomically() {
     store.remove(5).await.unwrap();
     assert_eq!(store.tombstones(), 0);
     let text = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(text.lines().count(), 2);
+    // The id high-water mark, then the two live letters.
+    assert_eq!(text.lines().count(), 3);
+    assert_eq!(text.lines().next(), Some("{\"next_id\":7}"));
     assert!(!text.contains("removed"));
     assert!(!dir.path().join("dl.jsonl.tmp").exists());
     // Ids continue after the highest id seen.
@@ -469,4 +471,244 @@ async fn replay_is_paced_capped_and_re_adds_credentials() {
     .unwrap();
     assert_eq!(report.delivered, 2);
     assert_eq!(api.auth_seen.lock().unwrap()[3..], [None, None]);
+}
+
+fn ids_of(letters: &[DeadLetter]) -> Vec<u64> {
+    letters.iter().map(|l| l.id).collect()
+}
+
+/// Issue 14 item 6, on a real file system and as root too: the compaction fails before its
+/// rename (`<file>.tmp` cannot be created: a directory is in the way), and every letter
+/// confirmed afterwards is in the file that reopens.
+#[tokio::test]
+async fn a_failed_compaction_never_loses_later_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    let store = FileStore::open(&path)
+        .await
+        .unwrap()
+        .with_compaction_threshold(1);
+    for n in 1..=3 {
+        store.append(letter(n)).await.unwrap();
+    }
+    let tmp = dir.path().join("dl.jsonl.tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::write(tmp.join("occupied"), b"").unwrap();
+    assert!(store.remove(1).await.unwrap());
+    assert!(store.remove(2).await.unwrap(), "the tombstone is durable");
+    assert_eq!(
+        store.tombstones(),
+        2,
+        "compaction failed: the tombstones stay"
+    );
+    assert!(store.compact().await.is_err());
+    let later = [
+        store.append(letter(4)).await.unwrap(),
+        store.append(letter(5)).await.unwrap(),
+    ];
+    assert_eq!(
+        ids_of(&store.list().await.unwrap()),
+        [3, later[0], later[1]]
+    );
+    drop(store);
+    let reopened = FileStore::open(&path).await.unwrap();
+    assert_eq!(
+        ids_of(&reopened.list().await.unwrap()),
+        [3, later[0], later[1]]
+    );
+}
+
+/// Issue 14 item 6 with the failure the issue reported: a directory of mode 0300 lets the
+/// rename through but not the directory sync after it. Root ignores directory modes, so the
+/// step is skipped (visibly) when running as root; the unit test
+/// `file::tests::a_failed_compaction_never_loses_later_letters` injects the same failure.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_failed_compaction_never_loses_later_letters_in_an_unreadable_directory() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("dl");
+    std::fs::create_dir(&sub).unwrap();
+    let path = sub.join("dl.jsonl");
+    let store = FileStore::open(&path)
+        .await
+        .unwrap()
+        .with_compaction_threshold(1);
+    for n in 1..=3 {
+        store.append(letter(n)).await.unwrap();
+    }
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o300)).unwrap();
+    if std::fs::File::open(&sub).is_ok() {
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
+        eprintln!("SKIPPED: a_failed_compaction_never_loses_later_letters_in_an_unreadable_directory: directory modes do not bind this user (root)");
+        return;
+    }
+    assert!(store.remove(1).await.unwrap());
+    assert!(store.remove(2).await.unwrap());
+    let refused = store.append(letter(4)).await;
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let err = refused.unwrap_err();
+    assert!(
+        matches!(
+            FileStoreError::of(&err),
+            Some(FileStoreError::NotDurable { .. })
+        ),
+        "{err}"
+    );
+    let id = store.append(letter(5)).await.unwrap();
+    drop(store);
+    let reopened = FileStore::open(&path).await.unwrap();
+    assert_eq!(ids_of(&reopened.list().await.unwrap()), [3, id]);
+}
+
+/// Issue 14 item 7: two stores on one path both wrote, handed out the same ids, and half the
+/// letters were gone on reopen. The second opener now gets a typed error until the first
+/// (every clone of it) is dropped.
+#[tokio::test]
+async fn two_stores_on_one_file_the_second_opener_gets_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    let first = FileStore::open(&path).await.unwrap();
+    let clone = first.clone();
+    let err = FileStore::open(&path).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    match FileStoreError::of(&err) {
+        Some(FileStoreError::Locked { path: locked }) => assert_eq!(*locked, path),
+        other => panic!("expected Locked, got {other:?} ({err})"),
+    }
+    drop(first);
+    assert!(
+        FileStore::open(&path).await.is_err(),
+        "a clone still holds it"
+    );
+    let id = clone.append(letter(1)).await.unwrap();
+    drop(clone);
+    let second = FileStore::open(&path).await.unwrap();
+    assert_eq!(ids_of(&second.list().await.unwrap()), [id]);
+}
+
+/// Issue 14 item 8: append 2, remove both (compacting to empty), reopen, append: the new
+/// letter got id 1 again, so removing by a logged id could delete the wrong letter.
+#[tokio::test]
+async fn ids_are_never_reused_after_compaction_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    let store = FileStore::open(&path)
+        .await
+        .unwrap()
+        .with_compaction_threshold(1);
+    let a = store.append(letter(1)).await.unwrap();
+    let b = store.append(letter(2)).await.unwrap();
+    store.remove(a).await.unwrap();
+    store.remove(b).await.unwrap();
+    assert_eq!(store.tombstones(), 0, "compacted to empty");
+    drop(store);
+    let store = FileStore::open(&path).await.unwrap();
+    let c = store.append(letter(3)).await.unwrap();
+    assert!(c > b, "id {c} after {a} and {b}");
+    // And again after an explicit compaction that leaves only the high-water mark.
+    store.remove(c).await.unwrap();
+    store.compact().await.unwrap();
+    drop(store);
+    let store = FileStore::open(&path).await.unwrap();
+    let d = store.append(letter(4)).await.unwrap();
+    assert!(d > c, "id {d} after {c}");
+    assert!(!store.remove(a).await.unwrap(), "an old id names no letter");
+    assert_eq!(ids_of(&store.list().await.unwrap()), [d]);
+}
+
+/// A file written before the `next_id` line existed (letters and tombstones only) opens as
+/// it is, and ids continue after the highest one in it.
+#[tokio::test]
+async fn a_file_in_the_old_format_opens_and_ids_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    let mut text = String::new();
+    for id in [3u64, 8] {
+        text.push_str(
+            &serde_json::to_string(&DeadLetter {
+                id,
+                ..letter(id as u32)
+            })
+            .unwrap(),
+        );
+        text.push('\n');
+    }
+    text.push_str("{\"removed\":11}\n");
+    std::fs::write(&path, text).unwrap();
+    let store = FileStore::open(&path).await.unwrap();
+    assert_eq!(ids_of(&store.list().await.unwrap()), [3, 8]);
+    assert_eq!(store.append(letter(1)).await.unwrap(), 12);
+}
+
+/// `list_page` pages by id: removals between pages skip nothing and repeat nothing.
+#[tokio::test]
+async fn list_page_pages_by_id_under_removals() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path().join("dl.jsonl"))
+        .await
+        .unwrap()
+        .with_compaction_threshold(2);
+    for n in 1..=10 {
+        store.append(letter(n)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.list_page(after, 3).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for l in &page {
+            seen.push(l.id);
+            // Remove every other letter, compacting on the way.
+            if l.id % 2 == 0 {
+                assert!(store.remove(l.id).await.unwrap());
+            }
+        }
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+    assert_eq!(ids_of(&store.list().await.unwrap()), [1, 3, 5, 7, 9]);
+    assert_eq!(ids_of(&store.list_page(4, 2).await.unwrap()), [5, 7]);
+    let memory = MemoryStore::new();
+    for n in 1..=5 {
+        memory.append(letter(n)).await.unwrap();
+    }
+    assert_eq!(ids_of(&memory.list_page(2, 2).await.unwrap()), [3, 4]);
+}
+
+/// `replay` pages through the store: more letters than one page, letters that fail again are
+/// not sent twice in a run, and `max` counts across pages.
+#[tokio::test(start_paused = true)]
+async fn replay_pages_through_a_store_larger_than_a_page() {
+    let store = MemoryStore::new();
+    for n in 0..600 {
+        let body = StoredBody::Text(format!("user-{n}"));
+        store
+            .append(DeadLetter { body, ..letter(n) })
+            .await
+            .unwrap();
+    }
+    let api = Api::default();
+    for n in (0..600).step_by(7) {
+        api.failing.lock().unwrap().insert(format!("user-{n}"));
+    }
+    let rate = Quota::per_second(10_000).unwrap();
+    let first = replay(&store, api.service(), ReplayOptions::new(rate).max(300))
+        .await
+        .unwrap();
+    assert_eq!(first.attempted, 300);
+    assert_eq!((first.delivered, first.failed.len()), (257, 43));
+    assert_eq!(first.remaining, 343);
+    let second = replay(
+        &store,
+        api.service(),
+        ReplayOptions::new(rate).concurrency(8),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.attempted, 343);
+    assert_eq!((second.delivered, second.remaining), (257, 86));
+    let delivered = api.delivered.lock().unwrap().clone();
+    let unique: BTreeSet<&String> = delivered.iter().collect();
+    assert_eq!((delivered.len(), unique.len()), (514, 514));
 }

@@ -486,6 +486,13 @@ mod dead_letters {
         assert_eq!(all.len(), 603);
         assert!(all.windows(2).all(|w| w[0].id < w[1].id));
         assert_eq!(a.len().await.unwrap(), 603);
+        // Pages start after an id and span several XRANGE calls.
+        let page = a.list_page(3, 2).await.unwrap();
+        assert_eq!(page.iter().map(|l| l.id).collect::<Vec<_>>(), [4, 5]);
+        let long = a.list_page(4, 550).await.unwrap();
+        assert_eq!(long.len(), 550);
+        assert!(long.windows(2).all(|w| w[1].id == w[0].id + 1));
+        assert_eq!(long[0].id, 5);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

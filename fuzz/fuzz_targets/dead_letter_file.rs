@@ -1,6 +1,7 @@
 //! The dead-letter file reader (`FileStore::open`): any file contents (a hand-edited file, a
 //! torn write, garbage) give a store or an `io::Error`, never a panic; a store that opened
-//! reopens to the same letters, and every letter either rebuilds a request or says why not.
+//! reopens to the same letters, pages read the same letters as `list`, and every letter either
+//! rebuilds a request or says why not.
 #![no_main]
 
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tower_throttle::dead_letter::{DeadLetterStore, FileStore};
+use tower_throttle::dead_letter::{DeadLetter, DeadLetterStore, FileStore};
 
 fn path() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -38,6 +39,17 @@ fuzz_target!(|data: &[u8]| {
         for letter in &letters {
             let _ = letter.to_request::<Bytes>();
         }
+        // Paging by id reads the same letters as one `list`.
+        let mut paged = Vec::new();
+        loop {
+            let after = paged.last().map_or(0, |l: &DeadLetter| l.id);
+            let page = store.list_page(after, 3).await.expect("list a page");
+            if page.is_empty() {
+                break;
+            }
+            paged.extend(page);
+        }
+        assert_eq!(paged, letters);
         drop(store);
         let again = FileStore::open(path).await.expect("an opened file reopens");
         assert_eq!(

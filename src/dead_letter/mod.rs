@@ -65,7 +65,7 @@ use std::fmt;
 pub use self::redis::RedisStore;
 pub use crate::body::ReplayBody;
 pub use crate::retry::Attempts;
-pub use file::{FileStore, DEFAULT_COMPACTION_THRESHOLD};
+pub use file::{FileStore, FileStoreError, DEFAULT_COMPACTION_THRESHOLD};
 pub use layer::DeadLetterLayer;
 pub use record::{DeadLetter, StoredBody, REDACTED};
 pub use replay::{replay, ReplayOptions, ReplayReport};

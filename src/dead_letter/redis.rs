@@ -104,6 +104,32 @@ fn entry_id(id: u64) -> String {
     format!("{id}-1")
 }
 
+impl RedisStore {
+    /// At most `count` letters with ids above `after`, in one `XRANGE`.
+    async fn range(&self, after: u64, count: usize) -> io::Result<Vec<DeadLetter>> {
+        let mut conn = self.conn.clone();
+        // An exclusive start ("(" prefix) resumes after the entry of id `after`.
+        let start = if after == 0 {
+            "-".to_string()
+        } else {
+            format!("({}", entry_id(after))
+        };
+        let page: Vec<Entry> = self
+            .bounded(
+                "list",
+                ::redis::cmd("XRANGE")
+                    .arg(&self.stream)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        page.iter().map(parse_letter).collect()
+    }
+}
+
 /// One `XRANGE` entry: its stream id and its flat `[field, value, ...]` list.
 type Entry = (String, Vec<Vec<u8>>);
 
@@ -144,29 +170,33 @@ impl DeadLetterStore for RedisStore {
 
     fn list(&self) -> StoreFuture<'_, Vec<DeadLetter>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
             let mut letters = Vec::new();
-            let mut start = "-".to_string();
+            let mut after = 0;
             loop {
-                let page: Vec<Entry> = self
-                    .bounded(
-                        "list",
-                        ::redis::cmd("XRANGE")
-                            .arg(&self.stream)
-                            .arg(&start)
-                            .arg("+")
-                            .arg("COUNT")
-                            .arg(PAGE)
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                for entry in &page {
-                    letters.push(parse_letter(entry)?);
+                let page = self.range(after, PAGE).await?;
+                let full = page.len() == PAGE;
+                after = page.last().map_or(after, |l| l.id);
+                letters.extend(page);
+                if !full {
+                    break;
                 }
-                match page.last() {
-                    // An exclusive start ("(" prefix) resumes after the last entry read.
-                    Some((last, _)) if page.len() == PAGE => start = format!("({last}"),
-                    _ => break,
+            }
+            Ok(letters)
+        })
+    }
+
+    fn list_page(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<DeadLetter>> {
+        Box::pin(async move {
+            let mut letters = Vec::new();
+            let mut after = after;
+            while letters.len() < limit {
+                let want = (limit - letters.len()).min(PAGE);
+                let page = self.range(after, want).await?;
+                let full = page.len() == want;
+                after = page.last().map_or(after, |l| l.id);
+                letters.extend(page);
+                if !full {
+                    break;
                 }
             }
             Ok(letters)

@@ -14,6 +14,9 @@ use tower_service::Service;
 use super::{error_text, DeadLetterStore, ReplayBody};
 use crate::{Quota, RateLimit};
 
+/// Letters read from the store at a time.
+const REPLAY_PAGE: usize = 256;
+
 type PrepareFn = Arc<dyn Fn(&mut http::request::Parts) + Send + Sync>;
 type SuccessFn = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
 
@@ -143,46 +146,50 @@ where
     B: ReplayBody,
 {
     let start = Instant::now();
-    let mut letters = store.list().await?;
-    if let Some(max) = options.max {
-        letters.truncate(max);
-    }
     let gate = RateLimit::new(service, options.rate);
-    let mut report = ReplayReport {
-        attempted: letters.len(),
-        ..ReplayReport::default()
-    };
-    let sends = letters.into_iter().map(|letter| {
-        let gate = gate.clone();
-        let options = &options;
-        async move {
-            let req = match letter.to_request::<B>() {
-                Ok(req) => req,
-                Err(e) => return (letter.id, Err(e.to_string())),
-            };
-            let (mut parts, body) = req.into_parts();
-            if let Some(prepare) = &options.prepare {
-                prepare(&mut parts);
+    let mut report = ReplayReport::default();
+    let mut budget = options.max.unwrap_or(usize::MAX);
+    // Page by id: letters that fail again stay behind the cursor, delivered ones are removed
+    // behind it, and only one page of letters is in memory at a time.
+    let mut after = 0;
+    while budget > 0 {
+        let page = store.list_page(after, budget.min(REPLAY_PAGE)).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        budget -= page.len();
+        report.attempted += page.len();
+        let sends = page.into_iter().map(|letter| {
+            let gate = gate.clone();
+            let options = &options;
+            async move {
+                let req = match letter.to_request::<B>() {
+                    Ok(req) => req,
+                    Err(e) => return (letter.id, Err(e.to_string())),
+                };
+                let (mut parts, body) = req.into_parts();
+                if let Some(prepare) = &options.prepare {
+                    prepare(&mut parts);
+                }
+                let req = http::Request::from_parts(parts, body);
+                let outcome = match gate.oneshot(req).await {
+                    Ok(resp) if (options.is_success)(resp.status()) => Ok(()),
+                    Ok(resp) => Err(format!("HTTP {}", resp.status())),
+                    Err(e) => Err(error_text(&*e)),
+                };
+                (letter.id, outcome)
             }
-            let req = http::Request::from_parts(parts, body);
-            let outcome = match gate.oneshot(req).await {
-                Ok(resp) if (options.is_success)(resp.status()) => Ok(()),
-                Ok(resp) => Err(format!("HTTP {}", resp.status())),
-                Err(e) => Err(error_text(&*e)),
-            };
-            (letter.id, outcome)
-        }
-    });
-    let mut results = stream::iter(sends).buffer_unordered(options.concurrency);
-    while let Some((id, outcome)) = results.next().await {
-        match outcome {
-            Ok(()) => {
-                store.remove(id).await?;
-                report.delivered += 1;
-            }
-            Err(reason) => {
-                tracing::debug!(id, %reason, "replayed dead letter failed again");
-                report.failed.push((id, reason));
+        });
+        let mut results = stream::iter(sends).buffer_unordered(options.concurrency);
+        while let Some((id, outcome)) = results.next().await {
+            match outcome {
+                Ok(()) => {
+                    store.remove(id).await?;
+                    report.delivered += 1;
+                }
+                Err(reason) => {
+                    tracing::debug!(id, %reason, "replayed dead letter failed again");
+                    report.failed.push((id, reason));
+                }
             }
         }
     }

@@ -22,6 +22,22 @@ pub trait DeadLetterStore: Send + Sync + 'static {
     /// Every stored letter, oldest (lowest id) first.
     fn list(&self) -> StoreFuture<'_, Vec<DeadLetter>>;
 
+    /// At most `limit` letters with ids above `after`, oldest first: a page of
+    /// [`list`](DeadLetterStore::list) (`after = 0` starts at the oldest; the next page starts
+    /// after the last id returned). Paging by id is stable under removals, and a store that
+    /// grew large need not hold every letter in memory at once.
+    ///
+    /// The default filters [`list`](DeadLetterStore::list); the crate's stores read only the
+    /// page.
+    fn list_page(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<DeadLetter>> {
+        Box::pin(async move {
+            let mut all = self.list().await?;
+            all.retain(|l| l.id > after);
+            all.truncate(limit);
+            Ok(all)
+        })
+    }
+
     /// Forgets the letter `id`; `false` if there was none.
     fn remove(&self, id: u64) -> StoreFuture<'_, bool>;
 
@@ -40,6 +56,9 @@ impl<T: DeadLetterStore + ?Sized> DeadLetterStore for Arc<T> {
     }
     fn list(&self) -> StoreFuture<'_, Vec<DeadLetter>> {
         (**self).list()
+    }
+    fn list_page(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<DeadLetter>> {
+        (**self).list_page(after, limit)
     }
     fn remove(&self, id: u64) -> StoreFuture<'_, bool> {
         (**self).remove(id)
@@ -87,6 +106,17 @@ impl DeadLetterStore for MemoryStore {
     fn list(&self) -> StoreFuture<'_, Vec<DeadLetter>> {
         let all = self.with(|m| m.letters.values().cloned().collect());
         Box::pin(async move { Ok(all) })
+    }
+
+    fn list_page(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<DeadLetter>> {
+        let page = self.with(|m| {
+            m.letters
+                .range(after.saturating_add(1)..)
+                .take(limit)
+                .map(|(_, l)| l.clone())
+                .collect()
+        });
+        Box::pin(async move { Ok(page) })
     }
 
     fn remove(&self, id: u64) -> StoreFuture<'_, bool> {

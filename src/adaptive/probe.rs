@@ -622,6 +622,39 @@ mod tests {
     }
 
     #[test]
+    fn two_refusals_pin_a_token_bucket_or_a_window() {
+        // A bucket of 37/s with a burst of 5 refuses 42/s after 1 s and 39.9/s after 1.72 s.
+        let r = fit_limit(42.0, 1.0, 39.9, 5.0 / 2.9, 0.025).unwrap();
+        assert!((r - 37.0).abs() < 1e-9, "{r}");
+        // A window of 37 per second accepts 37 either way; the margin comes off.
+        let w = fit_limit(50.0, 0.74, 40.0, 0.925, 0.025).unwrap();
+        assert!((w - 0.975 * 37.0).abs() < 1e-9, "{w}");
+        // The higher level surviving longer pins nothing.
+        assert_eq!(fit_limit(40.0, 1.0, 50.0, 2.0, 0.025), None);
+    }
+
+    #[test]
+    fn a_cut_that_does_not_make_refusals_rarer_is_undone() {
+        // Refused 1 s after every resume whatever the rate: a storm, not our rate.
+        let mut c = Probe::new(100.0, 1.0, 1000.0).unwrap();
+        let step = Duration::from_millis(5);
+        let t = succeed(&mut c, Instant::now(), Duration::from_millis(500), step);
+        c.on_outcome(t, &throttled());
+        let level = c.level().unwrap();
+        let t = succeed(&mut c, t + Duration::from_secs(1), Duration::from_secs(1), step);
+        c.on_outcome(t, &throttled());
+        assert!(c.rate() < level);
+        let mut t = succeed(&mut c, t + Duration::from_secs(1), Duration::from_secs(1), step);
+        c.on_outcome(t, &throttled());
+        assert_eq!(c.rate(), level);
+        for _ in 0..5 {
+            t = succeed(&mut c, t + Duration::from_secs(1), Duration::from_secs(1), step);
+            c.on_outcome(t, &throttled());
+            assert_eq!(c.rate(), level);
+        }
+    }
+
+    #[test]
     fn never_leaves_bounds_on_hostile_input() {
         let t0 = Instant::now();
         let mut c = Probe::new(2.0, 2.0, 45.0).unwrap();

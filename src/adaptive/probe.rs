@@ -25,7 +25,19 @@ use crate::ConfigError;
 ///   survived once sending resumed (the hold drained the server): a one-second window accepts
 ///   `level` for `limit / level` seconds, a token bucket for `burst / excess` seconds. The step
 ///   is the larger of `1 - survived` and `margin / survived` (in seconds), between `margin / 2`
-///   and `1 - beta`.
+///   and 20%.
+/// * **Two refused fresh levels pin the limit.** A token bucket refuses level `l` after
+///   `t = burst / (l - limit)`, so `l x t = burst + limit x t`, and two readings give both
+///   unknowns; a window gives `l x t = limit` both times. The level becomes the fitted limit
+///   (a window's less `margin / 2`: the readings carry a response's latency), and the next
+///   climb waits `max_cruise`. Against a leaky bucket of 37/s this takes three 429s and about
+///   6 s from a start of 20/s or 60/s.
+/// * **A cut that does not make refusals rarer is undone.** Storms (another tenant emptying a
+///   shared quota every few seconds, a server shedding load on a schedule) refuse any rate
+///   after the same time. Cutting there only loses goodput, so when a cut did not lengthen the
+///   survival by at least half of what a window would (`1 + (from / to - 1) / 2`), the level
+///   goes back to where it was, and refusals after a survival of 0.5 to 3 s make no cut for
+///   `max_cruise`.
 /// * **Cruise, then climb slowly.** After a cruise of `cruise` (15 s) the rate climbs by
 ///   `climb` (2%) per second, so that when the 429 comes the rate being sent — known exactly,
 ///   it is the bucket's own — is only just over the limit. The level becomes `(1 - margin) x`
@@ -641,14 +653,29 @@ mod tests {
         let t = succeed(&mut c, Instant::now(), Duration::from_millis(500), step);
         c.on_outcome(t, &throttled());
         let level = c.level().unwrap();
-        let t = succeed(&mut c, t + Duration::from_secs(1), Duration::from_secs(1), step);
+        let t = succeed(
+            &mut c,
+            t + Duration::from_secs(1),
+            Duration::from_secs(1),
+            step,
+        );
         c.on_outcome(t, &throttled());
         assert!(c.rate() < level);
-        let mut t = succeed(&mut c, t + Duration::from_secs(1), Duration::from_secs(1), step);
+        let mut t = succeed(
+            &mut c,
+            t + Duration::from_secs(1),
+            Duration::from_secs(1),
+            step,
+        );
         c.on_outcome(t, &throttled());
         assert_eq!(c.rate(), level);
         for _ in 0..5 {
-            t = succeed(&mut c, t + Duration::from_secs(1), Duration::from_secs(1), step);
+            t = succeed(
+                &mut c,
+                t + Duration::from_secs(1),
+                Duration::from_secs(1),
+                step,
+            );
             c.on_outcome(t, &throttled());
             assert_eq!(c.rate(), level);
         }

@@ -204,11 +204,12 @@ pub struct Throttle<S, C = HttpClassifier> {
     bucket: LocalBucket,
 }
 
-/// The gate, with the adaptive layer above it when configured.
-type Gated<S> = Either<Adaptive<RateLimit<Attempt<S>>, LocalBucket>, RateLimit<Attempt<S>>>;
+/// The gate, with the adaptive layer above it when configured (classifying as the retry
+/// policy does).
+type Gated<S, C> = Either<Adaptive<RateLimit<Attempt<S>>, LocalBucket, C>, RateLimit<Attempt<S>>>;
 /// Retry above the gate, with the dead-letter layer outermost when configured.
 type Outer<S, C> =
-    Either<DeadLetters<Retry<RetryPolicy<C>, Gated<S>>>, Retry<RetryPolicy<C>, Gated<S>>>;
+    Either<DeadLetters<Retry<RetryPolicy<C>, Gated<S, C>>>, Retry<RetryPolicy<C>, Gated<S, C>>>;
 
 impl Throttle<(), HttpClassifier> {
     /// A builder with no limits yet, the default [`RetryPolicy`], no timeout and no
@@ -326,7 +327,11 @@ impl<C> ThrottleBuilder<C> {
     }
 
     /// Lets `controller` move the shared bucket's rate from what the server answers (see
-    /// [`adaptive`](crate::adaptive)); it sees every attempt, retries included.
+    /// [`adaptive`](crate::adaptive)); it sees every attempt, retries included. The limits
+    /// stay a ceiling: the controller's `max` is lowered to the rate of their shortest
+    /// window (so a controller built with the default `max` takes its bound from them), and
+    /// it classifies with the retry policy's classifier and `Retry-After` cap, so a hostile
+    /// header holds the gate no longer with adaptive control than without.
     pub fn adaptive(mut self, controller: impl RateController + 'static) -> Self {
         self.adaptive = Some(std::sync::Mutex::new(Box::new(controller)));
         self
@@ -349,8 +354,12 @@ impl<C> ThrottleBuilder<C> {
     /// Wraps `client`.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] when no limits were given, or a zero timeout.
-    pub fn build<S>(self, client: S) -> Result<Throttle<S, C>, ConfigError> {
+    /// [`ConfigError::Invalid`] when no limits were given, or a zero timeout;
+    /// [`ConfigError::MinAboveMax`] when the adaptive controller's `min` is above the limits.
+    pub fn build<S>(self, client: S) -> Result<Throttle<S, C>, ConfigError>
+    where
+        C: Clone,
+    {
         let limits = self.limits.ok_or_else(|| {
             ConfigError::Invalid(
                 "Throttle::builder() needs limits: call .limits(presets::hubspot()) or \
@@ -387,7 +396,9 @@ impl<C> ThrottleBuilder<C> {
                     .into_inner()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 Either::Left(
-                    AdaptiveLayer::new(bucket.clone(), controller)?.layer(gate.layer(attempt)),
+                    AdaptiveLayer::new(bucket.clone(), controller)?
+                        .with_retry_policy(&policy)
+                        .layer(gate.layer(attempt)),
                 )
             }
             None => Either::Right(gate.layer(attempt)),

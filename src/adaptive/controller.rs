@@ -95,6 +95,12 @@ pub trait RateController: Send + fmt::Debug {
     /// Restarts from `rate` (clamped), forgetting the current cycle. Used when another
     /// controller hands over, e.g. when rate-limit headers vanish.
     fn reset(&mut self, now: Instant, rate: f64);
+
+    /// Lowers the highest rate to `max` when it is above it: the configured limits are a
+    /// ceiling ([`AdaptiveLayer::new`](super::AdaptiveLayer::new) passes the bucket's rate).
+    /// The lowest and the current rate are clamped under it; a `max` at or above the current
+    /// one changes nothing.
+    fn limit_max(&mut self, max: f64);
 }
 
 /// A boxed controller is a controller, so a choice made at run time plugs in anywhere.
@@ -111,6 +117,20 @@ impl<C: RateController + ?Sized> RateController for Box<C> {
     fn reset(&mut self, now: Instant, rate: f64) {
         (**self).reset(now, rate)
     }
+    fn limit_max(&mut self, max: f64) {
+        (**self).limit_max(max)
+    }
+}
+
+/// The arithmetic of [`RateController::limit_max`] for a controller's `(min, max, rate)`.
+pub(super) fn lower_max(bounds: (&mut f64, &mut f64), rate: &mut f64, max: f64) {
+    let (lo, hi) = bounds;
+    if max.is_nan() || max <= 0.0 || max >= *hi {
+        return;
+    }
+    *hi = max;
+    *lo = lo.min(max);
+    *rate = clamp(*rate, *lo, *hi);
 }
 
 pub(super) fn clamp(rate: f64, min: f64, max: f64) -> f64 {
@@ -420,6 +440,10 @@ impl RateController for Aimd {
         self.rate = clamp(rate, self.min, self.max);
         self.streak = 0;
     }
+
+    fn limit_max(&mut self, max: f64) {
+        lower_max((&mut self.min, &mut self.max), &mut self.rate, max);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -658,6 +682,11 @@ impl RateController for HeaderDriven {
         self.fresh = false;
         self.missing = 0;
         self.share = 1.0;
+    }
+
+    fn limit_max(&mut self, max: f64) {
+        lower_max((&mut self.min, &mut self.max), &mut self.rate, max);
+        self.inner.limit_max(max);
     }
 }
 
@@ -971,6 +1000,10 @@ impl RateController for Cubic {
         };
         self.cruise = self.cfg.cruise;
         self.event.end_hold();
+    }
+
+    fn limit_max(&mut self, max: f64) {
+        lower_max((&mut self.cfg.min, &mut self.cfg.max), &mut self.rate, max);
     }
 }
 

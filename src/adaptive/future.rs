@@ -10,27 +10,29 @@ use pin_project_lite::pin_project;
 
 use super::layer::AdaptiveLayer;
 use crate::bucket::Bucket;
+use crate::classify::{Classify, HttpClassifier};
 
 pin_project! {
     /// Resolves to the inner response, after feeding it to the controller.
-    pub struct ResponseFuture<F, B> {
+    pub struct ResponseFuture<F, B, C = HttpClassifier> {
         #[pin]
         inner: F,
-        layer: AdaptiveLayer<B>,
+        layer: AdaptiveLayer<B, C>,
     }
 }
 
-impl<F, B> ResponseFuture<F, B> {
-    pub(crate) fn new(inner: F, layer: AdaptiveLayer<B>) -> Self {
+impl<F, B, C> ResponseFuture<F, B, C> {
+    pub(crate) fn new(inner: F, layer: AdaptiveLayer<B, C>) -> Self {
         ResponseFuture { inner, layer }
     }
 }
 
-impl<F, B, T, E> Future for ResponseFuture<F, B>
+impl<F, B, C, T, E> Future for ResponseFuture<F, B, C>
 where
     F: Future<Output = Result<Response<T>, E>>,
     E: Into<tower::BoxError>,
     B: Bucket + Clone,
+    C: Classify,
 {
     type Output = Result<Response<T>, tower::BoxError>;
 
@@ -50,7 +52,7 @@ where
     }
 }
 
-impl<F, B: fmt::Debug> fmt::Debug for ResponseFuture<F, B> {
+impl<F, B: fmt::Debug, C: fmt::Debug> fmt::Debug for ResponseFuture<F, B, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("layer", &self.layer)

@@ -5,8 +5,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::controller::{
-    check_bounds, check_duration, check_open, clamp, event_setters, grow_towards, observe,
-    rate_bound_setters, Observed, RateController, Signal, ThrottleEvent, Window,
+    check_bounds, check_duration, check_open, clamp, event_setters, grow_towards, lower_max,
+    observe, rate_bound_setters, Observed, RateController, Signal, ThrottleEvent, Window,
 };
 use crate::ConfigError;
 
@@ -25,7 +25,19 @@ use crate::ConfigError;
 ///   survived once sending resumed (the hold drained the server): a one-second window accepts
 ///   `level` for `limit / level` seconds, a token bucket for `burst / excess` seconds. The step
 ///   is the larger of `1 - survived` and `margin / survived` (in seconds), between `margin / 2`
-///   and `1 - beta`.
+///   and 20%.
+/// * **Two refused fresh levels pin the limit.** A token bucket refuses level `l` after
+///   `t = burst / (l - limit)`, so `l x t = burst + limit x t`, and two readings give both
+///   unknowns; a window gives `l x t = limit` both times. The level becomes the fitted limit
+///   (a window's less `margin / 2`: the readings carry a response's latency), and the next
+///   climb waits `max_cruise`. Against a leaky bucket of 37/s this takes three 429s and about
+///   6 s from a start of 20/s or 60/s.
+/// * **A cut that does not make refusals rarer is undone.** Storms (another tenant emptying a
+///   shared quota every few seconds, a server shedding load on a schedule) refuse any rate
+///   after the same time. Cutting there only loses goodput, so when a cut did not lengthen the
+///   survival by at least half of what a window would (`1 + (from / to - 1) / 2`), the level
+///   goes back to where it was, and refusals after a survival of 0.5 to 3 s make no cut for
+///   `max_cruise`.
 /// * **Cruise, then climb slowly.** After a cruise of `cruise` (15 s) the rate climbs by
 ///   `climb` (2%) per second, so that when the 429 comes the rate being sent — known exactly,
 ///   it is the bucket's own — is only just over the limit. The level becomes `(1 - margin) x`
@@ -81,8 +93,14 @@ pub struct Probe {
     floor: Option<f64>,
     /// Whether the level was cut by beta and no level has been proven since.
     cutting: bool,
-    /// The rate at which the last climb was refused.
+    /// The rate at which the last climb was refused, or the last limit fitted.
     ceiling: Option<f64>,
+    /// The last cut, until the next event checks that it helped.
+    last_cut: Option<Cut>,
+    /// The last refused fresh level and how long it survived, for [`fit_limit`].
+    fresh_refusal: Option<(f64, f64)>,
+    /// Growth time until which refusals after a long survival are storms: no cut.
+    storm_until: Option<Duration>,
     cruise: Duration,
     accepted: Window,
     sent: Window,
@@ -199,16 +217,49 @@ impl Probe {
             return;
         }
         let sending = self.rate;
+        // How long sending lasted since it resumed after the previous event (the hold drained
+        // the server, so this is a test of the level from a fresh start).
+        let survived = self
+            .event
+            .resumed_at
+            .map(|t| now.saturating_duration_since(t).as_secs_f64());
+        let cut = self.last_cut.take();
+        let in_cruise = matches!(self.phase, Phase::Cruise { .. });
+        if in_cruise {
+            if let Some(t) = survived.filter(|t| STORM_SURVIVAL.contains(t)) {
+                if self.storm_until.is_some_and(|u| self.growth < u) {
+                    // Storms: the refusals come whatever the rate, so keep it.
+                    self.event.begin(now, retry_after, self.cfg.event_hold);
+                    return;
+                }
+                if let Some(c) = cut.filter(|c| STORM_SURVIVAL.contains(&c.survived)) {
+                    // A cut by `level / from` should have lengthened the survival by at
+                    // least that factor (a window) or more (a bucket). It did not: the
+                    // refusals do not come from our rate (a storm, another tenant's burst),
+                    // and cutting further only loses goodput. Go back and stop cutting.
+                    let expected = 1.0 + 0.5 * (c.from / self.level - 1.0);
+                    if t < c.survived * expected {
+                        self.storm_until = Some(self.growth + self.cfg.max_cruise);
+                        self.fresh_refusal = None;
+                        self.cruise_at(c.from);
+                        self.rate = self.level;
+                        self.event.begin(now, retry_after, self.cfg.event_hold);
+                        return;
+                    }
+                }
+            }
+        }
+        let before = self.level;
         match self.phase {
             Phase::SlowStart { .. } => {
                 // The limit lies between what was accepted over the last second (which lags
                 // the doubling) and what was being sent (which overshoots it). Cruise at the
                 // higher of the accepted rate and beta x sent: if that is still too high, how
                 // soon it is refused says by how much.
-                let cut = self.cfg.beta * sending;
+                let beta_cut = self.cfg.beta * sending;
                 let accepted = self.accepted.rate_since(now, self.event.resumed_at);
                 self.cruise = self.cfg.cruise;
-                self.cruise_at(accepted.map_or(cut, |a| a.min(sending).max(cut)));
+                self.cruise_at(accepted.map_or(beta_cut, |a| a.min(sending).max(beta_cut)));
             }
             Phase::Climb { from, .. } => {
                 // The rate being sent is the bucket's own and the climb is slow, so it is only
@@ -224,32 +275,47 @@ impl Probe {
                     self.cruise = self.cfg.cruise;
                     candidate.max(from)
                 };
+                self.fresh_refusal = None;
                 self.cruise_at(level.max(self.floor.unwrap_or(0.0)));
             }
             Phase::Cruise { .. } => {
-                let step = if self.proven || self.cutting {
-                    // A level that worked was refused, or the first cut was: the limit moved.
-                    1.0 - self.cfg.beta
-                } else {
-                    // A fresh estimate was refused: how long it survived once sending resumed
-                    // (the hold drained the server) says by how much it is over. A window
-                    // of one second accepts `level` for `limit / level` seconds; a token bucket
-                    // with a burst of about `margin x level`, for `margin / excess` seconds.
-                    let survived = self
-                        .event
-                        .resumed_at
-                        .map_or(f64::MAX, |t| now.saturating_duration_since(t).as_secs_f64());
-                    let survived = survived.max(1e-3);
-                    (self.cfg.margin / survived)
-                        .max(1.0 - survived)
-                        .clamp(self.cfg.margin / 2.0, 1.0 - self.cfg.beta)
+                let moved = self.proven || self.cutting;
+                let fit = match (survived, self.fresh_refusal.take()) {
+                    (Some(t), Some((l1, t1))) if !moved => {
+                        fit_limit(l1, t1, self.level, t, self.cfg.margin / 2.0)
+                    }
+                    _ => None,
                 };
-                if step >= 1.0 - self.cfg.beta {
-                    // The limit moved down: most likely a new plan or someone else sharing
-                    // it, so do not climb again soon.
-                    self.cutting = true;
+                let level = if let Some(limit) = fit {
+                    // Two refusals of steady levels from a drained server pin the limit.
+                    self.ceiling = Some(limit);
                     self.cruise = self.cfg.max_cruise;
-                }
+                    limit
+                } else {
+                    let step = if moved {
+                        // A level that worked was refused, or the first cut was: the limit
+                        // moved.
+                        1.0 - self.cfg.beta
+                    } else {
+                        // A fresh estimate was refused: how long it survived once sending
+                        // resumed says by how much it is over. A window of one second
+                        // accepts `level` for `limit / level` seconds; a token bucket with a
+                        // burst of about `margin x level`, for `margin / excess` seconds.
+                        let t = survived.unwrap_or(f64::MAX).max(1e-3);
+                        (self.cfg.margin / t)
+                            .max(1.0 - t)
+                            .clamp(self.cfg.margin / 2.0, FRESH_MAX_STEP)
+                    };
+                    if moved {
+                        // The limit moved down: most likely a new plan or someone else
+                        // sharing it, so do not climb again soon.
+                        self.cutting = true;
+                        self.cruise = self.cfg.max_cruise;
+                    } else if let Some(t) = survived.filter(|t| *t >= MIN_FIT_SURVIVAL) {
+                        self.fresh_refusal = Some((self.level, t));
+                    }
+                    (1.0 - step) * self.level
+                };
                 let floor = match self.floor {
                     Some(f) if f < self.level => f,
                     // The level that worked was refused: it no longer holds.
@@ -258,12 +324,62 @@ impl Probe {
                         0.0
                     }
                 };
-                self.cruise_at(((1.0 - step) * self.level).max(floor));
+                self.cruise_at(level.max(floor));
             }
+        }
+        if self.level < before {
+            self.last_cut = survived.map(|survived| Cut {
+                from: before,
+                survived,
+            });
         }
         self.rate = self.level;
         self.event.begin(now, retry_after, self.cfg.event_hold);
     }
+}
+
+/// Survival times (seconds) at which a refusal may be a storm rather than our rate: shorter
+/// ones say the level is plainly over the limit, longer ones are rare enough not to matter.
+const STORM_SURVIVAL: std::ops::RangeInclusive<f64> = 0.5..=3.0;
+
+/// Survival (seconds) below which a refusal's timing is too noisy to fit a limit with.
+const MIN_FIT_SURVIVAL: f64 = 0.25;
+
+/// The largest step down for a level that was never proven: its survival time is only a
+/// rough reading of how far over it is.
+const FRESH_MAX_STEP: f64 = 0.2;
+
+/// A cut, remembered until the next event to check that it helped.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    /// The level before the cut.
+    from: f64,
+    /// How long that level had survived.
+    survived: f64,
+}
+
+/// A safe level under the limit behind two refusals of steady levels `l1` and `l2`, each
+/// after sending resumed on a drained server and refused after `t1` and `t2` seconds, or
+/// `None` when they do not pin it. A token bucket of rate `r` and burst `b` refuses level `l`
+/// after `b / (l - r)` seconds, so `l x t = b + r x t` and two readings give `r`; a one-second
+/// window accepts the same `r` both times (`l x t = r`).
+///
+/// Each `t` is read when the refusal comes back, a response's latency after the server
+/// decided. That makes the bucket's `r` come out a little low (the higher level has the
+/// shorter `t`), which is margin enough, and the window's `l x t` a little high, so `margin`
+/// is taken off it.
+fn fit_limit(l1: f64, t1: f64, l2: f64, t2: f64, margin: f64) -> Option<f64> {
+    let (n1, n2) = (l1 * t1, l2 * t2);
+    // Timings carry a response's latency and a slot's spacing, hence the slack.
+    if t1.max(t2) < 1.25 && (n1 - n2).abs() <= 0.1 * n1.max(n2) {
+        return Some((1.0 - margin) * n1.min(n2));
+    }
+    if (t1 - t2).abs() < 0.05 {
+        return None;
+    }
+    let r = (n1 - n2) / (t1 - t2);
+    let burst = (l1 - r) * t1;
+    (r > 0.5 * l1.min(l2) && r < l1.min(l2) && burst > 0.0).then_some(r)
 }
 
 impl ProbeBuilder {
@@ -334,6 +450,9 @@ impl ProbeBuilder {
             floor: None,
             cutting: false,
             ceiling: None,
+            last_cut: None,
+            fresh_refusal: None,
+            storm_until: None,
             cruise: c.cruise,
             accepted: Window::new(c.measure_window),
             sent: Window::new(c.measure_window),
@@ -377,9 +496,17 @@ impl RateController for Probe {
         self.floor = None;
         self.cutting = false;
         self.ceiling = None;
+        self.last_cut = None;
+        self.fresh_refusal = None;
+        self.storm_until = None;
         self.cruise = self.cfg.cruise;
         self.cruise_at(self.rate);
         self.event.end_hold();
+    }
+
+    fn limit_max(&mut self, max: f64) {
+        lower_max((&mut self.cfg.min, &mut self.cfg.max), &mut self.rate, max);
+        self.level = clamp(self.level, self.cfg.min, self.cfg.max);
     }
 }
 
@@ -504,6 +631,54 @@ mod tests {
         assert!(c.rate() > level && (c.rate() - sending).abs() < 0.1 * sending);
         c.on_outcome(t, &throttled());
         assert_eq!(c.rate(), level);
+    }
+
+    #[test]
+    fn two_refusals_pin_a_token_bucket_or_a_window() {
+        // A bucket of 37/s with a burst of 5 refuses 42/s after 1 s and 39.9/s after 1.72 s.
+        let r = fit_limit(42.0, 1.0, 39.9, 5.0 / 2.9, 0.025).unwrap();
+        assert!((r - 37.0).abs() < 1e-9, "{r}");
+        // A window of 37 per second accepts 37 either way; the margin comes off.
+        let w = fit_limit(50.0, 0.74, 40.0, 0.925, 0.025).unwrap();
+        assert!((w - 0.975 * 37.0).abs() < 1e-9, "{w}");
+        // The higher level surviving longer pins nothing.
+        assert_eq!(fit_limit(40.0, 1.0, 50.0, 2.0, 0.025), None);
+    }
+
+    #[test]
+    fn a_cut_that_does_not_make_refusals_rarer_is_undone() {
+        // Refused 1 s after every resume whatever the rate: a storm, not our rate.
+        let mut c = Probe::new(100.0, 1.0, 1000.0).unwrap();
+        let step = Duration::from_millis(5);
+        let t = succeed(&mut c, Instant::now(), Duration::from_millis(500), step);
+        c.on_outcome(t, &throttled());
+        let level = c.level().unwrap();
+        let t = succeed(
+            &mut c,
+            t + Duration::from_secs(1),
+            Duration::from_secs(1),
+            step,
+        );
+        c.on_outcome(t, &throttled());
+        assert!(c.rate() < level);
+        let mut t = succeed(
+            &mut c,
+            t + Duration::from_secs(1),
+            Duration::from_secs(1),
+            step,
+        );
+        c.on_outcome(t, &throttled());
+        assert_eq!(c.rate(), level);
+        for _ in 0..5 {
+            t = succeed(
+                &mut c,
+                t + Duration::from_secs(1),
+                Duration::from_secs(1),
+                step,
+            );
+            c.on_outcome(t, &throttled());
+            assert_eq!(c.rate(), level);
+        }
     }
 
     #[test]

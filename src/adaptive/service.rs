@@ -9,20 +9,20 @@ use super::controller::{HeaderInfo, Signal};
 use super::future::ResponseFuture;
 use super::layer::{lock, AdaptiveLayer};
 use crate::bucket::Bucket;
-use crate::classify::{Classify, Outcome};
+use crate::classify::{Classify, HttpClassifier, Outcome};
 use crate::headers::rate_limit_info;
 
 /// A service whose every response (or error) feeds a shared rate controller that sets the
 /// shared bucket's rate; built by [`AdaptiveLayer`].
 #[derive(Clone, Debug)]
-pub struct Adaptive<S, B> {
+pub struct Adaptive<S, B, C = HttpClassifier> {
     inner: S,
-    cfg: AdaptiveLayer<B>,
+    cfg: AdaptiveLayer<B, C>,
 }
 
-impl<S, B: Bucket + Clone> Adaptive<S, B> {
+impl<S, B: Bucket + Clone, C> Adaptive<S, B, C> {
     /// Wraps `inner`, sharing `layer`'s controller and bucket.
-    pub fn new(inner: S, layer: AdaptiveLayer<B>) -> Self {
+    pub fn new(inner: S, layer: AdaptiveLayer<B, C>) -> Self {
         Adaptive { inner, cfg: layer }
     }
 
@@ -52,7 +52,7 @@ impl<S, B: Bucket + Clone> Adaptive<S, B> {
     }
 }
 
-impl<B: Bucket + Clone> AdaptiveLayer<B> {
+impl<B: Bucket + Clone, C: Classify> AdaptiveLayer<B, C> {
     pub(crate) fn observe_response<T>(&self, response: &Response<T>) {
         self.observe_parts(response.status(), response.headers());
     }
@@ -66,7 +66,11 @@ impl<B: Bucket + Clone> AdaptiveLayer<B> {
         let signal = match outcome {
             Outcome::Success => Signal::Success { headers },
             Outcome::RateLimited { retry_after } => Signal::Throttled {
-                retry_after,
+                // The same cap as the retry policy's, so both hold the bucket alike.
+                retry_after: match (retry_after, self.max_hold) {
+                    (Some(wait), Some(cap)) => Some(wait.min(cap)),
+                    (wait, _) => wait,
+                },
                 headers,
             },
             Outcome::Transient => Signal::Transient,
@@ -106,15 +110,16 @@ impl<B: Bucket + Clone> AdaptiveLayer<B> {
     }
 }
 
-impl<S, B, Req, T> Service<Req> for Adaptive<S, B>
+impl<S, B, C, Req, T> Service<Req> for Adaptive<S, B, C>
 where
     S: Service<Req, Response = Response<T>>,
     S::Error: Into<tower::BoxError>,
     B: Bucket + Clone,
+    C: Classify,
 {
     type Response = Response<T>;
     type Error = tower::BoxError;
-    type Future = ResponseFuture<S::Future, B>;
+    type Future = ResponseFuture<S::Future, B, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)

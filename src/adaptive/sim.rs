@@ -35,9 +35,9 @@ use tower_service::Service;
 
 use super::controller::RateController;
 use super::AdaptiveLayer;
-use crate::bucket::LocalBucket;
+use crate::bucket::{interval_for_rate, Bucket, Reservation, Reserve, Snapshot};
 use crate::server_limit::{Decision, Kind, ServerLimit, ServerLimiter};
-use crate::{ConfigError, Quota, RateLimitLayer};
+use crate::ConfigError;
 
 /// The limit the simulated server enforces and the client must discover: the mock server's
 /// limiter, run in tokio time without sockets.
@@ -122,6 +122,7 @@ pub struct SimStats {
 pub struct SimServerBuilder {
     limit: HiddenLimit,
     changes: Vec<(Duration, HiddenLimit)>,
+    storms: Option<Storms>,
     outages: Vec<(Duration, Duration)>,
     latency: Duration,
     rate_headers: bool,
@@ -134,6 +135,18 @@ impl SimServerBuilder {
     pub fn change_at(mut self, at: Duration, limit: HiddenLimit) -> Self {
         self.changes.push((at, limit));
         self.changes.sort_by_key(|(t, _)| *t);
+        self
+    }
+
+    /// For the last `length` of every `every` (from the server's start), enforce `limit`
+    /// instead: a periodic storm, such as a shared quota another tenant empties on a
+    /// schedule. The limiter's state carries over when the shape stays the same.
+    pub fn storms(mut self, every: Duration, length: Duration, limit: HiddenLimit) -> Self {
+        self.storms = Some(Storms {
+            every,
+            length: length.min(every),
+            limit,
+        });
         self
     }
 
@@ -164,6 +177,13 @@ impl SimServerBuilder {
 
     /// The limit in force at `at`.
     pub fn limit_at(&self, at: Duration) -> HiddenLimit {
+        if let Some(storm) = &self.storms {
+            let every = storm.every.as_nanos().max(1);
+            let phase = at.as_nanos() % every;
+            if phase >= every - storm.length.as_nanos() {
+                return storm.limit;
+            }
+        }
         self.changes
             .iter()
             .rev()
@@ -183,6 +203,14 @@ impl SimServerBuilder {
             })),
         }
     }
+}
+
+/// A periodic change of limit; see [`SimServerBuilder::storms`].
+#[derive(Debug, Clone, Copy)]
+struct Storms {
+    every: Duration,
+    length: Duration,
+    limit: HiddenLimit,
 }
 
 /// A tower service that enforces a [`HiddenLimit`] in tokio time and answers `200`, `429`
@@ -216,6 +244,7 @@ impl SimServer {
         SimServerBuilder {
             limit,
             changes: Vec::new(),
+            storms: None,
             outages: Vec::new(),
             latency: Duration::from_millis(20),
             rate_headers: false,
@@ -387,34 +416,39 @@ pub struct Report {
 
 const STEP: Duration = Duration::from_millis(100);
 
-/// Runs `scenario` with `controller` driving an [`AdaptiveLayer`] over a `RateLimitLayer`
-/// gate, and measures it. Needs a paused tokio clock to be instant (it works, slowly, in real
-/// time too).
+/// Runs `scenario` with `controller` driving an [`AdaptiveLayer`] over a [`SimGate`], and
+/// measures it. Needs a paused tokio clock to be instant (it works, slowly, in real time too).
 pub async fn run(
     scenario: &Scenario,
     controller: impl RateController + 'static,
 ) -> Result<Report, ConfigError> {
     let server = scenario.server.clone().build();
-    let bucket = LocalBucket::new(Quota::per_second(1)?);
-    let layer = AdaptiveLayer::new(bucket.clone(), controller)?;
+    let gate = SimGate::new();
+    let layer = AdaptiveLayer::new(gate.clone(), controller)?;
     let start = Instant::now();
     let end = start + scenario.duration;
     let svc = ServiceBuilder::new()
         .layer(layer.clone())
-        .layer(RateLimitLayer::with_bucket(bucket.clone()))
         .service(server.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..scenario.workers {
         let mut svc = svc.clone();
+        let gate = gate.clone();
         tasks.spawn(async move {
-            loop {
-                let Ok(ready) = ServiceExt::<Request<()>>::ready(&mut svc).await else {
-                    break;
-                };
+            while Instant::now() < end {
+                let (at, epoch) = gate.slot(Instant::now());
+                tokio::time::sleep_until(at).await;
                 if Instant::now() >= end {
                     break;
                 }
+                if !gate.start(epoch, at) {
+                    // Cut or held while waiting: take a slot at the new pace.
+                    continue;
+                }
+                let Ok(ready) = ServiceExt::<Request<()>>::ready(&mut svc).await else {
+                    break;
+                };
                 let _ = ready.call(Request::new(())).await;
             }
         });
@@ -436,6 +470,147 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     let rate_samples = sampler.await.unwrap_or_default();
     Ok(report(scenario, &server, rate_samples))
+}
+
+/// The client's gate in the simulation: evenly paced slots (no burst), FIFO, as the crate's
+/// bucket will behave once a rate cut reaches callers already waiting.
+///
+/// A cut or a hold starts a new epoch: a caller whose slot was handed out under an older one
+/// takes a new slot when it wakes, at the new pace and after the hold, so a cut reaches the
+/// backlog within one new interval. A rise keeps the slots already handed out (the callers
+/// go no later than promised) and paces the next ones at the new rate.
+///
+/// It implements [`Bucket`] so that an [`AdaptiveLayer`] drives it; the simulation's
+/// workers take slots with its own methods.
+#[derive(Clone, Debug)]
+pub struct SimGate {
+    inner: Arc<Mutex<GateState>>,
+}
+
+#[derive(Debug)]
+struct GateState {
+    interval: Duration,
+    /// The next free slot.
+    next: Instant,
+    hold: Option<Instant>,
+    epoch: u64,
+    /// The latest slot a caller started in.
+    last_start: Option<Instant>,
+}
+
+impl SimGate {
+    /// The gate before any controller drives it: no configured limit (a ceiling of 1e9/s), so
+    /// the controller's own bounds apply.
+    pub fn new() -> SimGate {
+        SimGate {
+            inner: Arc::new(Mutex::new(GateState {
+                interval: Duration::from_nanos(1),
+                next: Instant::now(),
+                hold: None,
+                epoch: 0,
+                last_start: None,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        // Plain numbers, each update complete before the lock is released.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next slot for a caller arriving at `now`, and the epoch it was handed out in.
+    pub fn slot(&self, now: Instant) -> (Instant, u64) {
+        let mut s = self.lock();
+        let mut at = s.next.max(now);
+        if let Some(hold) = s.hold {
+            at = at.max(hold);
+        }
+        s.next = at + s.interval;
+        (at, s.epoch)
+    }
+
+    /// Starts the caller holding the slot `at` from `epoch`; `false` (take a new slot) when
+    /// the epoch is stale.
+    pub fn start(&self, epoch: u64, at: Instant) -> bool {
+        let mut s = self.lock();
+        if s.epoch != epoch {
+            return false;
+        }
+        s.last_start = Some(s.last_start.map_or(at, |t| t.max(at)));
+        true
+    }
+}
+
+impl Default for SimGate {
+    fn default() -> Self {
+        SimGate::new()
+    }
+}
+
+impl GateState {
+    /// A new epoch: slots handed out so far are void and the schedule restarts one interval
+    /// after the latest start (and after the hold).
+    fn reslot(&mut self) {
+        self.epoch += 1;
+        let mut next = self.last_start.map_or(self.next, |t| t + self.interval);
+        if let Some(hold) = self.hold {
+            next = next.max(hold);
+        }
+        self.next = next;
+    }
+}
+
+impl Bucket for SimGate {
+    fn reserve(&self, now: Instant, _max_wait: Option<Duration>) -> Reserve {
+        let (at, epoch) = self.slot(now);
+        let interval = self.lock().interval;
+        Reserve::Ready(Ok(Reservation::new(
+            at,
+            epoch,
+            u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
+        )))
+    }
+
+    fn cancel(&self, _reservation: Reservation, _now: Instant) {}
+
+    fn hold_until(&self, until: Instant) {
+        let mut s = self.lock();
+        if s.hold.is_some_and(|h| h >= until) {
+            return;
+        }
+        s.hold = Some(until);
+        s.reslot();
+    }
+
+    fn held_until(&self, now: Instant) -> Option<Instant> {
+        self.lock().hold.filter(|h| *h > now)
+    }
+
+    fn set_rate(&self, per_second: f64) -> Result<(), ConfigError> {
+        let interval = Duration::from_nanos(interval_for_rate(per_second)?);
+        let mut s = self.lock();
+        let cut = interval > s.interval;
+        s.interval = interval;
+        if cut {
+            s.reslot();
+        }
+        Ok(())
+    }
+
+    fn rate(&self) -> f64 {
+        1.0 / self.lock().interval.as_secs_f64()
+    }
+
+    fn snapshot(&self, now: Instant) -> Snapshot {
+        let s = self.lock();
+        let next_free = s.hold.map_or(s.next, |h| h.max(s.next)).max(now);
+        Snapshot {
+            available: u64::from(next_free <= now),
+            next_free,
+            rate_per_second: 1.0 / s.interval.as_secs_f64(),
+            held_until: s.hold.filter(|h| *h > now),
+        }
+    }
 }
 
 fn report(scenario: &Scenario, server: &SimServer, rate_samples: Vec<(Duration, f64)>) -> Report {
@@ -523,6 +698,29 @@ pub fn standard_scenarios(rate_headers: bool) -> Result<Vec<Scenario>, ConfigErr
     Ok(s.into_iter()
         .map(|sc| sc.with_server(|b| b.rate_headers(rate_headers)))
         .collect())
+}
+
+/// The hidden leaky bucket users meet most: 37 requests/s with a burst of 5, `Retry-After` in
+/// whole seconds, 20 closed-loop callers, 40 s (goodput from 10 s on, and over the whole run).
+pub fn leaky_bucket() -> Result<Scenario, ConfigError> {
+    Ok(Scenario::new(
+        "37/s burst 5, 20 callers",
+        HiddenLimit::token_bucket(37.0, 5)?,
+    )
+    .with_workers(20)
+    .with_duration(Duration::from_secs(40)))
+}
+
+/// Periodic storms: a 180/s bucket (burst 10) that accepts only 10/s for the last 600 ms of
+/// every 2 s (an average capacity of 129/s), 20 callers, 60 s. A cut does not make the next
+/// storm any shorter, so the best a client can do is to keep its rate between storms.
+pub fn periodic_storms() -> Result<Scenario, ConfigError> {
+    let storm = HiddenLimit::token_bucket(10.0, 1)?;
+    Ok(
+        Scenario::new("storms 600 ms / 2 s", HiddenLimit::token_bucket(180.0, 10)?)
+            .with_workers(20)
+            .with_server(|b| b.storms(Duration::from_secs(2), Duration::from_millis(600), storm)),
+    )
 }
 
 /// Formats a duration as seconds with one decimal, or `-` for `None`.

@@ -561,17 +561,23 @@ impl GateState {
 }
 
 impl Bucket for SimGate {
-    fn reserve(&self, now: Instant, _max_wait: Option<Duration>) -> Reserve {
+    fn reserve_weighted(&self, now: Instant, cost: u32, _max_wait: Option<Duration>) -> Reserve {
         let (at, epoch) = self.slot(now);
-        let interval = self.lock().interval;
-        Reserve::Ready(Ok(Reservation::new(
-            at,
-            epoch,
-            u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
-        )))
+        if cost > 1 {
+            let mut st = self.lock();
+            let extra = st.interval * (cost - 1);
+            st.next += extra;
+        }
+        // The token carries the epoch the slot was handed out in (see `is_current`).
+        Reserve::Ready(Ok(Reservation::new(at, epoch, 0).with_cost(cost.max(1))))
     }
 
     fn cancel(&self, _reservation: Reservation, _now: Instant) {}
+
+    fn is_current(&self, reservation: &Reservation, _now: Instant) -> bool {
+        let s = self.lock();
+        s.epoch == reservation.token() && !s.hold.is_some_and(|h| h > reservation.at())
+    }
 
     fn hold_until(&self, until: Instant) {
         let mut s = self.lock();

@@ -264,20 +264,7 @@ pub fn salesforce_classifier() -> HttpClassifier {
 
 /// Reads `Sforce-Limit-Info: api-usage=<used>/<allowed>`; true when `used >= allowed`.
 fn salesforce_usage_exhausted(headers: &HeaderMap) -> bool {
-    headers
-        .get_all("sforce-limit-info")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|part| part.trim().strip_prefix("api-usage="))
-        .filter_map(|usage| {
-            let (used, allowed) = usage.split_once('/')?;
-            Some((
-                used.trim().parse::<u64>().ok()?,
-                allowed.trim().parse::<u64>().ok()?,
-            ))
-        })
-        .any(|(used, allowed)| used >= allowed)
+    crate::headers::salesforce_usage(headers).is_some_and(|usage| usage.remaining == 0)
 }
 
 /// Mailchimp Marketing API: at most 10 requests in flight, no rate.

@@ -645,6 +645,25 @@ pub fn segment() -> Limits {
     Limits::unlimited()
 }
 
+/// Shopify REST Admin API bucket size per app per store.
+pub const SHOPIFY_BUCKET: u32 = 40;
+/// Shopify REST Admin API leak rate, requests per second.
+pub const SHOPIFY_LEAK_PER_SECOND: u32 = 2;
+
+/// Shopify REST Admin API: a token bucket of 40 refilled at 2 per second.
+///
+/// Published figures (<https://help.shopify.com/en/api/reference/rest-admin-api-rate-limits>,
+/// read 2026-12-01): a leaky bucket per app and store, size 40, leaking 2 requests per
+/// second; a request that finds it full is answered 429. Here the server's shape is a token
+/// bucket, so the preset bursts as the bucket does (40 at once, then 2/s), which is exactly
+/// what the server admits. Shopify reports the bucket in `X-Shopify-Shop-Api-Call-Limit:
+/// 32/40` ([`HeaderFamily::Shopify`](crate::headers::HeaderFamily::Shopify)).
+pub fn shopify() -> Limits {
+    Limits::new(fixed(
+        Quota::per_second(SHOPIFY_LEAK_PER_SECOND).and_then(|q| q.with_burst(SHOPIFY_BUCKET)),
+    ))
+}
+
 /// The smallest Salesforce daily allowance the docs name (before per-licence additions).
 const SALESFORCE_SMALLEST_DAILY: u32 = 15_000;
 
@@ -695,6 +714,7 @@ pub fn all() -> Vec<(&'static str, Limits)> {
         ("sendgrid", sendgrid()),
         ("iterable_bulk_track", iterable_bulk_track()),
         ("segment", segment()),
+        ("shopify", shopify()),
     ]
 }
 
@@ -951,6 +971,9 @@ mod tests {
             600
         );
         assert_eq!(SEGMENT_MAX_BATCH_BYTES / SEGMENT_MAX_REQUEST_BYTES, 15);
+
+        let q = shopify().quotas()[0];
+        assert_eq!((q.burst(), q.interval()), (40, Duration::from_millis(500)));
     }
 
     #[test]
@@ -960,7 +983,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), all.len());
-        assert_eq!(all.len(), 21);
+        assert_eq!(all.len(), 22);
         for (name, limits) in &all {
             for q in limits.quotas() {
                 assert!(

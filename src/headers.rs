@@ -117,7 +117,8 @@ pub enum HeaderFamily {
     /// size), read as a limit of 40 with 8 remaining.
     Shopify,
     /// Salesforce's `Sforce-Limit-Info: api-usage=18/5000` (calls in the last 24 hours / the
-    /// org's allowance), read as a limit of 5000 with 4982 remaining over a 24-hour window.
+    /// org's allowance), reported as [`RateLimitInfo::daily`] only: read as a limit per window,
+    /// a daily allowance would pace a rate controller to one request every 17 s.
     Salesforce,
 }
 
@@ -469,13 +470,8 @@ fn shopify(headers: &HeaderMap) -> Option<RateLimitInfo> {
 }
 
 fn salesforce(headers: &HeaderMap) -> Option<RateLimitInfo> {
-    let usage = salesforce_usage(headers)?;
     let mut info = RateLimitInfo::new(HeaderFamily::Salesforce);
-    info.limit = Some(usage.limit);
-    info.remaining = Some(usage.remaining);
-    // Salesforce counts its allowance over a rolling 24 hours.
-    info.window = Some(Duration::from_secs(86_400));
-    info.daily = Some(usage);
+    info.daily = Some(salesforce_usage(headers)?);
     Some(info)
 }
 

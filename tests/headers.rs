@@ -98,7 +98,7 @@ fn vendor_header_shapes_table() {
         (
             "salesforce",
             &[("sforce-limit-info", b"api-usage=18/5000")],
-            Some((Salesforce, Some(5000), Some(4982), None, Some(86_400))),
+            Some((Salesforce, None, None, None, None)),
         ),
         (
             "salesforce with per-app usage",
@@ -106,12 +106,12 @@ fn vendor_header_shapes_table() {
                 "sforce-limit-info",
                 b"api-usage=25/5000, per-app-api-usage=17/250(appName=sample-connected-app)",
             )],
-            Some((Salesforce, Some(5000), Some(4975), None, Some(86_400))),
+            Some((Salesforce, None, None, None, None)),
         ),
         (
             "salesforce over the allowance",
             &[("sforce-limit-info", b"api-usage=5001/5000")],
-            Some((Salesforce, Some(5000), Some(0), None, Some(86_400))),
+            Some((Salesforce, None, None, None, None)),
         ),
         (
             "intercom epoch reset",
@@ -241,7 +241,7 @@ fn hostile_vendor_values_table() {
         (
             "salesforce zero allowance",
             &[("sforce-limit-info", b"api-usage=0/0")],
-            Some((Salesforce, Some(0), Some(0), None, Some(86_400))),
+            Some((Salesforce, None, None, None, None)),
         ),
         (
             "x-ratelimit-reset u64::MAX milliseconds",
@@ -422,17 +422,37 @@ fn strict_mode_reads_both_draft_forms_and_the_split_fields() {
     }
 }
 
+/// A daily allowance read as "limit per window" would pace the adaptive layer to
+/// 5000 / 86,400 s: one request every 17 s. It is reported as the daily pair only.
 #[test]
-fn salesforce_daily_usage_is_reported_as_the_daily_pair() {
-    let h = map(&[("sforce-limit-info", b"api-usage=18/5000")]);
-    let i = rate_limit_info(&h, now()).unwrap();
-    assert_eq!(
-        i.daily,
-        Some(Usage {
-            limit: 5000,
-            remaining: 4982
-        })
-    );
+fn salesforce_daily_usage_is_reported_as_the_daily_pair_not_a_window() {
+    let cases: &[(&[u8], u64, u64)] = &[
+        (b"api-usage=18/5000", 5000, 4982),
+        (
+            b"api-usage=25/5000, per-app-api-usage=17/250(appName=sample-connected-app)",
+            5000,
+            4975,
+        ),
+        (b"api-usage=5001/5000", 5000, 0),
+        (b"api-usage=0/0", 0, 0),
+    ];
+    for (value, limit, remaining) in cases {
+        let h = map(&[("sforce-limit-info", value)]);
+        let i = rate_limit_info(&h, now()).unwrap();
+        assert_eq!(
+            i.daily,
+            Some(Usage {
+                limit: *limit,
+                remaining: *remaining
+            })
+        );
+        assert_eq!((i.limit, i.remaining, i.window), (None, None, None));
+        let for_controller = tower_throttle::adaptive::HeaderInfo::from(&i);
+        assert_eq!(
+            for_controller,
+            tower_throttle::adaptive::HeaderInfo::default()
+        );
+    }
 }
 
 /// Bare values, valid and not, for members and parameters.

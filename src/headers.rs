@@ -312,11 +312,7 @@ pub fn rate_limit_info_with(
     now: SystemTime,
     mode: ParseMode,
 ) -> Option<RateLimitInfo> {
-    let daily = hubspot_pair(
-        headers,
-        "x-hubspot-ratelimit-daily",
-        "x-hubspot-ratelimit-daily-remaining",
-    );
+    let daily = hubspot_daily(headers);
     let mut info = ietf_structured(headers, mode)
         .or_else(|| ietf_split(headers, mode))
         .or_else(|| hubspot(headers))
@@ -451,6 +447,15 @@ fn hubspot(headers: &HeaderMap) -> Option<RateLimitInfo> {
         || info.window.is_some()
         || info.secondly.is_some())
     .then_some(info)
+}
+
+/// HubSpot's `X-HubSpot-RateLimit-Daily` / `-Daily-Remaining` pair (absent for OAuth apps).
+pub(crate) fn hubspot_daily(headers: &HeaderMap) -> Option<Usage> {
+    hubspot_pair(
+        headers,
+        "x-hubspot-ratelimit-daily",
+        "x-hubspot-ratelimit-daily-remaining",
+    )
 }
 
 fn hubspot_pair(headers: &HeaderMap, limit: &str, remaining: &str) -> Option<Usage> {

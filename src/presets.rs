@@ -339,6 +339,26 @@ pub fn hubspot_policy(body: &[u8]) -> Option<HubSpotPolicy> {
     })
 }
 
+/// Whether a HubSpot response says the account's daily allowance is spent
+/// (`X-HubSpot-RateLimit-Daily-Remaining: 0`).
+///
+/// A way to tell a daily 429 from a secondly one without the body, for private apps only:
+/// HubSpot does not send the daily pair to OAuth apps, whose 429s only [`hubspot_policy`]
+/// can tell apart.
+///
+/// ```
+/// use http::HeaderMap;
+/// use tower_throttle::presets::hubspot_daily_exhausted;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("x-hubspot-ratelimit-daily", "250000".parse().unwrap());
+/// headers.insert("x-hubspot-ratelimit-daily-remaining", "0".parse().unwrap());
+/// assert!(hubspot_daily_exhausted(&headers));
+/// ```
+pub fn hubspot_daily_exhausted(headers: &HeaderMap) -> bool {
+    crate::headers::hubspot_daily(headers).is_some_and(|daily| daily.remaining == 0)
+}
+
 /// Time from `now` until HubSpot's next daily reset: midnight in a time zone `utc_offset`
 /// ahead of UTC (negative for zones behind it; clamped to the ±14 h real zones span).
 ///
@@ -836,6 +856,33 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn hubspot_daily_exhaustion_needs_the_whole_pair_at_zero() {
+        let with = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, v.parse().unwrap());
+            }
+            hubspot_daily_exhausted(&h)
+        };
+        let daily = "x-hubspot-ratelimit-daily";
+        let left = "x-hubspot-ratelimit-daily-remaining";
+        assert!(with(&[(daily, "250000"), (left, "0")]));
+        assert!(!with(&[(daily, "250000"), (left, "1")]));
+        // OAuth apps get no daily pair; a half pair or garbage says nothing.
+        assert!(!with(&[]));
+        assert!(!with(&[(left, "0")]));
+        assert!(!with(&[(daily, "250000"), (left, "-0")]));
+        assert!(!with(&[(daily, "x"), (left, "0")]));
+        // The secondly pair at zero is a secondly 429, not a daily one.
+        assert!(!with(&[
+            ("x-hubspot-ratelimit-secondly", "19"),
+            ("x-hubspot-ratelimit-secondly-remaining", "0"),
+            (daily, "250000"),
+            (left, "12"),
+        ]));
     }
 
     #[test]

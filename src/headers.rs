@@ -8,6 +8,9 @@
 //! hostile: huge numbers, negative numbers, fractions, garbage, empty values, non-UTF-8 bytes and
 //! repeated fields give `None` (or a value capped by the caller), never a panic or an overflow.
 //!
+//! The IETF fields are read leniently by default and strictly on request ([`ParseMode`]); see
+//! [`rate_limit_info_with`] for the difference and why lenient is the default.
+//!
 //! ```
 //! use std::time::{Duration, SystemTime};
 //! use http::HeaderMap;
@@ -26,7 +29,17 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::engine::{self, general_purpose::GeneralPurpose, DecodePaddingMode};
+use base64::Engine as _;
 use http::header::{HeaderMap, DATE, RETRY_AFTER};
+
+/// RFC 9651 §4.2.7: parsers should accept missing padding and non-zero trailing bits.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// How long to wait according to the response's `Retry-After` header, at most `cap`.
 ///
@@ -100,6 +113,62 @@ pub enum HeaderFamily {
     XRateLimit,
     /// HubSpot's `X-HubSpot-RateLimit-*` fields.
     HubSpot,
+    /// Shopify's `X-Shopify-Shop-Api-Call-Limit: 32/40` (requests in the leaky bucket / its
+    /// size), read as a limit of 40 with 8 remaining.
+    Shopify,
+    /// Salesforce's `Sforce-Limit-Info: api-usage=18/5000` (calls in the last 24 hours / the
+    /// org's allowance), reported as [`RateLimitInfo::daily`] only: read as a limit per window,
+    /// a daily allowance would pace a rate controller to one request every 17 s.
+    Salesforce,
+}
+
+/// What a quota counts, from the IETF `qu` parameter of `RateLimit-Policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum QuotaUnit {
+    /// Requests (the draft's default when `qu` is absent).
+    Requests,
+    /// Bytes of content (`qu="content-bytes"`).
+    ContentBytes,
+    /// Requests in flight (`qu="concurrent-requests"`).
+    ConcurrentRequests,
+    /// A unit this crate does not know.
+    Unknown,
+}
+
+impl QuotaUnit {
+    fn from_param(value: Option<&Bare>) -> QuotaUnit {
+        match value.and_then(Bare::name) {
+            None | Some("requests") => QuotaUnit::Requests,
+            Some("content-bytes") => QuotaUnit::ContentBytes,
+            Some("concurrent-requests") => QuotaUnit::ConcurrentRequests,
+            Some(_) => QuotaUnit::Unknown,
+        }
+    }
+}
+
+/// How strictly [`rate_limit_info_with`] reads the IETF structured fields (`RateLimit`,
+/// `RateLimit-Policy`, `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`).
+///
+/// The other families (`X-RateLimit-*`, HubSpot, Shopify, Salesforce) are not structured
+/// fields and are read the same way in both modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ParseMode {
+    /// Member by member: a malformed member is skipped and the rest of the field is kept;
+    /// uppercase keys, integers beyond 15 digits, a space before `;`, a trailing comma and
+    /// trailing garbage are tolerated. The default, because the servers that send these
+    /// fields get such details wrong, and ignoring a whole field over a stray comma throws
+    /// away the `r=0` that would have paced us, which costs a round of 429s; reading a
+    /// malformed member wrongly costs nothing, since no value is guessed.
+    #[default]
+    Lenient,
+    /// RFC 9651 exactly, through the [`sfv`](https://docs.rs/sfv) parser: the field lines of
+    /// one name are joined with commas and parsed as a List (the current draft) or else as a
+    /// Dictionary (drafts 06 and 07); if that fails, the whole field is ignored, as RFC 9651
+    /// §4.2 and the draft ("Malformed RateLimit header fields MUST be ignored") require. For
+    /// conformance testing, and for callers who would rather lose a field than misread one.
+    Strict,
 }
 
 /// A limit and how much of it is left, for a window reported beside the main one.
@@ -134,9 +203,14 @@ pub struct RateLimitInfo {
     pub policy: Option<String>,
     /// HubSpot's per-second pair (`X-HubSpot-RateLimit-Secondly` / `-Secondly-Remaining`).
     pub secondly: Option<Usage>,
-    /// A daily pair (`X-HubSpot-RateLimit-Daily` / `-Daily-Remaining`). Read whichever family
-    /// won, because no other family reports a daily window.
+    /// A daily pair (`X-HubSpot-RateLimit-Daily` / `-Daily-Remaining`, or Salesforce's
+    /// 24-hour `api-usage`). Read whichever family won, because no other family reports a
+    /// daily window.
     pub daily: Option<Usage>,
+    /// What the reported policy counts (IETF `qu`), when its `RateLimit-Policy` item is known.
+    pub quota_unit: Option<QuotaUnit>,
+    /// The partition key (IETF `pk`, a byte sequence) of the reported policy.
+    pub partition_key: Option<Vec<u8>>,
 }
 
 impl RateLimitInfo {
@@ -150,6 +224,8 @@ impl RateLimitInfo {
             policy: None,
             secondly: None,
             daily: None,
+            quota_unit: None,
+            partition_key: None,
         }
     }
 
@@ -171,18 +247,25 @@ impl RateLimitInfo {
 /// 1. [`HeaderFamily::RateLimit`]: standardised semantics, and the only family that can name
 ///    several policies at once.
 /// 2. [`HeaderFamily::RateLimitSplit`]: the same semantics from earlier drafts.
-/// 3. [`HeaderFamily::HubSpot`]: a vendor family whose meaning is documented exactly.
+/// 3. [`HeaderFamily::HubSpot`], [`HeaderFamily::Shopify`], [`HeaderFamily::Salesforce`]:
+///    vendor families whose meaning is documented exactly.
 /// 4. [`HeaderFamily::XRateLimit`]: the most common and the least well defined (its reset is
 ///    seconds-to-go on some APIs and a Unix timestamp on others).
 ///
-/// When the list form of `RateLimit` names several policies, the one with the fewest requests
+/// When the list form of `RateLimit` names several policies, the one with the fewest units
 /// remaining (then the longest reset) is reported, since that is the one that will throttle
-/// first; its quota and window come from the `RateLimit-Policy` item of the same name.
+/// first; its quota, window, unit and partition key come from the `RateLimit-Policy` item of
+/// the same name. Policies that count requests are preferred: a remaining count of bytes
+/// (`qu="content-bytes"`) is not comparable with one of requests, so such a policy is reported
+/// only when no request-counting one is present (and [`RateLimitInfo::quota_unit`] says so).
 ///
-/// `X-RateLimit-Reset` values up to ten years are seconds-to-go; larger values are a Unix
-/// timestamp in seconds, and values of 10^11 or more a Unix timestamp in milliseconds (the
-/// two ranges cannot overlap for dates after 1973). Timestamps are measured against `now`; a
-/// timestamp in the past gives a reset of zero. Fractional seconds are accepted there only.
+/// `X-RateLimit-Reset` values up to ten years are seconds-to-go (Klaviyo-style); larger
+/// values are a Unix timestamp in seconds (Intercom, SendGrid, Braze), and values of 10^11 or
+/// more a Unix timestamp in milliseconds (the two ranges cannot overlap for dates after 1973).
+/// An HTTP-date (Segment's Public API) is accepted too. Timestamps are measured against `now`;
+/// a timestamp in the past gives a reset of zero. Fractional seconds are accepted there only.
+///
+/// Equivalent to [`rate_limit_info_with`] in [`ParseMode::Lenient`].
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -201,14 +284,40 @@ impl RateLimitInfo {
 /// assert_eq!(info.window, Some(Duration::from_secs(10)));
 /// ```
 pub fn rate_limit_info(headers: &HeaderMap, now: SystemTime) -> Option<RateLimitInfo> {
-    let daily = hubspot_pair(
-        headers,
-        "x-hubspot-ratelimit-daily",
-        "x-hubspot-ratelimit-daily-remaining",
-    );
-    let mut info = ietf_structured(headers)
-        .or_else(|| ietf_split(headers))
+    rate_limit_info_with(headers, now, ParseMode::Lenient)
+}
+
+/// [`rate_limit_info`] with the IETF structured fields read in `mode`.
+///
+/// In [`ParseMode::Strict`] a field RFC 9651 rejects (an uppercase key `Limit=1`, a 16-digit
+/// integer, a space before `;`, a trailing comma, trailing garbage) is ignored whole, and
+/// the next family is tried, as if the field were absent. On a field RFC 9651 accepts, both
+/// modes report the same thing (the `rate_limit_info` fuzz target checks this).
+///
+/// ```
+/// use std::time::SystemTime;
+/// use http::HeaderMap;
+/// use tower_throttle::headers::{rate_limit_info_with, ParseMode};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("ratelimit", r#""default";r=5;t=30,"#.parse().unwrap()); // trailing comma
+///
+/// let now = SystemTime::now();
+/// let lenient = rate_limit_info_with(&headers, now, ParseMode::Lenient).unwrap();
+/// assert_eq!(lenient.remaining, Some(5));
+/// assert_eq!(rate_limit_info_with(&headers, now, ParseMode::Strict), None);
+/// ```
+pub fn rate_limit_info_with(
+    headers: &HeaderMap,
+    now: SystemTime,
+    mode: ParseMode,
+) -> Option<RateLimitInfo> {
+    let daily = hubspot_daily(headers);
+    let mut info = ietf_structured(headers, mode)
+        .or_else(|| ietf_split(headers, mode))
         .or_else(|| hubspot(headers))
+        .or_else(|| shopify(headers))
+        .or_else(|| salesforce(headers))
         .or_else(|| x_ratelimit(headers, now))
         .or_else(|| {
             // A response with nothing but HubSpot's daily pair is still worth reporting.
@@ -218,46 +327,65 @@ pub fn rate_limit_info(headers: &HeaderMap, now: SystemTime) -> Option<RateLimit
     Some(info)
 }
 
-fn ietf_structured(headers: &HeaderMap) -> Option<RateLimitInfo> {
-    let members = sf_list(headers, "ratelimit");
-    let policies = sf_list(headers, "ratelimit-policy");
+fn ietf_structured(headers: &HeaderMap, mode: ParseMode) -> Option<RateLimitInfo> {
+    let members = sf_members(headers, "ratelimit", mode);
+    let policies = sf_members(headers, "ratelimit-policy", mode);
     let mut info = RateLimitInfo::new(HeaderFamily::RateLimit);
 
     if members.iter().any(|m| m.key.is_some()) {
-        // Dictionary form (drafts 06-07): `limit=100, remaining=50, reset=5`.
+        // Dictionary form (drafts 06-07): `limit=100, remaining=50, reset=5`. As in RFC 9651
+        // dictionaries, the last member of a name decides, and a bare `limit` means `limit=?1`.
         for m in &members {
-            match (m.key.as_deref(), &m.value) {
-                (Some("limit"), Bare::Int(n)) => info.limit = info.limit.or(Some(*n)),
-                (Some("remaining"), Bare::Int(n)) => info.remaining = info.remaining.or(Some(*n)),
-                (Some("reset"), Bare::Int(n)) => {
-                    info.reset = info.reset.or(Some(Duration::from_secs(*n)))
-                }
+            let (key, value) = match (&m.key, &m.value) {
+                (Some(k), v) => (k.as_str(), v.int()),
+                (None, Bare::Token(k)) => (k.as_str(), None),
+                _ => continue,
+            };
+            match key {
+                "limit" => info.limit = value,
+                "remaining" => info.remaining = value,
+                "reset" => info.reset = value.map(Duration::from_secs),
                 _ => {}
             }
         }
         apply_unnamed_policy(&mut info, &policies);
     } else {
         // List form (draft 08 on): `"default";r=50;t=5`, one item per policy.
-        let tightest = members
-            .iter()
-            .filter(|m| m.key.is_none())
-            .filter(|m| m.param("r").is_some() || m.param("t").is_some())
-            .min_by_key(|m| {
-                (
-                    m.param("r").unwrap_or(u64::MAX),
-                    std::cmp::Reverse(m.param("t")),
-                )
-            })?;
+        let policy_of = |m: &Member| {
+            let name = m.value.name()?;
+            policies
+                .iter()
+                .filter(|p| p.key.is_none())
+                .find(|p| p.value.name() == Some(name))
+        };
+        let unit_of = |m: &Member| policy_of(m).map(|p| QuotaUnit::from_param(p.param_value("qu")));
+        let tightness = |m: &&Member| {
+            (
+                m.param("r").unwrap_or(u64::MAX),
+                std::cmp::Reverse(m.param("t")),
+            )
+        };
+        let candidates = || {
+            members
+                .iter()
+                .filter(|m| m.key.is_none())
+                .filter(|m| m.param("r").is_some() || m.param("t").is_some())
+        };
+        let tightest = candidates()
+            .filter(|m| unit_of(m).unwrap_or(QuotaUnit::Requests) == QuotaUnit::Requests)
+            .min_by_key(tightness)
+            .or_else(|| candidates().min_by_key(tightness))?;
         info.remaining = tightest.param("r");
         info.reset = tightest.param("t").map(Duration::from_secs);
         info.policy = tightest.value.name().map(str::to_owned);
-        let policy = policies
-            .iter()
-            .filter(|p| p.key.is_none())
-            .find(|p| p.value.name().is_some() && p.value.name() == tightest.value.name());
-        if let Some(p) = policy {
+        info.partition_key = tightest.bytes_param("pk").map(<[u8]>::to_vec);
+        if let Some(p) = policy_of(tightest) {
             info.limit = p.param("q");
-            info.window = p.param("w").map(Duration::from_secs);
+            info.window = p.param("w").filter(|w| *w > 0).map(Duration::from_secs);
+            info.quota_unit = unit_of(tightest);
+            info.partition_key = info
+                .partition_key
+                .or_else(|| p.bytes_param("pk").map(<[u8]>::to_vec));
         }
     }
     info.has_any().then_some(info)
@@ -269,10 +397,7 @@ fn apply_unnamed_policy(info: &mut RateLimitInfo, policies: &[Member]) {
     let items: Vec<(u64, Option<u64>)> = policies
         .iter()
         .filter(|p| p.key.is_none())
-        .filter_map(|p| match p.value {
-            Bare::Int(q) => Some((q, p.param("w"))),
-            _ => None,
-        })
+        .filter_map(|p| Some((p.value.int()?, p.param("w").filter(|w| *w > 0))))
         .collect();
     let chosen = match info.limit {
         Some(limit) => items.iter().find(|(q, _)| *q == limit).or(items.first()),
@@ -284,9 +409,9 @@ fn apply_unnamed_policy(info: &mut RateLimitInfo, policies: &[Member]) {
     }
 }
 
-fn ietf_split(headers: &HeaderMap) -> Option<RateLimitInfo> {
+fn ietf_split(headers: &HeaderMap, mode: ParseMode) -> Option<RateLimitInfo> {
     let first_int = |name: &str| {
-        sf_list(headers, name)
+        sf_members(headers, name, mode)
             .iter()
             .find_map(|m| match (&m.key, &m.value) {
                 (None, Bare::Int(n)) => Some(*n),
@@ -300,7 +425,7 @@ fn ietf_split(headers: &HeaderMap) -> Option<RateLimitInfo> {
     if info.limit.is_none() && info.remaining.is_none() && info.reset.is_none() {
         return None;
     }
-    apply_unnamed_policy(&mut info, &sf_list(headers, "ratelimit-policy"));
+    apply_unnamed_policy(&mut info, &sf_members(headers, "ratelimit-policy", mode));
     Some(info)
 }
 
@@ -324,11 +449,60 @@ fn hubspot(headers: &HeaderMap) -> Option<RateLimitInfo> {
     .then_some(info)
 }
 
+/// HubSpot's `X-HubSpot-RateLimit-Daily` / `-Daily-Remaining` pair (absent for OAuth apps).
+pub(crate) fn hubspot_daily(headers: &HeaderMap) -> Option<Usage> {
+    hubspot_pair(
+        headers,
+        "x-hubspot-ratelimit-daily",
+        "x-hubspot-ratelimit-daily-remaining",
+    )
+}
+
 fn hubspot_pair(headers: &HeaderMap, limit: &str, remaining: &str) -> Option<Usage> {
     Some(Usage {
         limit: header_u64(headers, limit)?,
         remaining: header_u64(headers, remaining)?,
     })
+}
+
+/// `X-Shopify-Shop-Api-Call-Limit: <in bucket>/<bucket size>`.
+fn shopify(headers: &HeaderMap) -> Option<RateLimitInfo> {
+    let (used, size) = first_str(headers, "x-shopify-shop-api-call-limit").and_then(used_of)?;
+    let mut info = RateLimitInfo::new(HeaderFamily::Shopify);
+    info.limit = Some(size);
+    info.remaining = Some(size.saturating_sub(used));
+    Some(info)
+}
+
+fn salesforce(headers: &HeaderMap) -> Option<RateLimitInfo> {
+    let mut info = RateLimitInfo::new(HeaderFamily::Salesforce);
+    info.daily = Some(salesforce_usage(headers)?);
+    Some(info)
+}
+
+/// The org-wide `api-usage=<used>/<allowed>` of `Sforce-Limit-Info` (the line may also carry
+/// `per-app-api-usage=17/250(appName=...)`, which is per connected app and not the org's).
+pub(crate) fn salesforce_usage(headers: &HeaderMap) -> Option<Usage> {
+    headers
+        .get_all("sforce-limit-info")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|part| trim_ows(part).strip_prefix("api-usage="))
+        .find_map(used_of)
+        .map(|(used, limit)| Usage {
+            limit,
+            remaining: limit.saturating_sub(used),
+        })
+}
+
+/// `<used>/<limit>`, both plain integers (optional whitespace around each).
+fn used_of(value: &str) -> Option<(u64, u64)> {
+    let (used, limit) = value.split_once('/')?;
+    Some((
+        parse_digits(trim_ows(used))?,
+        parse_digits(trim_ows(limit))?,
+    ))
 }
 
 /// Ten years in seconds: a reset this far away is not a countdown, so it must be a timestamp.
@@ -345,7 +519,11 @@ fn x_ratelimit(headers: &HeaderMap, now: SystemTime) -> Option<RateLimitInfo> {
 }
 
 fn x_reset(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = parse_decimal(trim_ows(value))?;
+    let value = trim_ows(value);
+    if let Ok(at) = httpdate::parse_http_date(value) {
+        return Some(at.duration_since(now).unwrap_or(Duration::ZERO));
+    }
+    let value = parse_decimal(value)?;
     let secs = value.as_secs();
     if secs <= EPOCH_THRESHOLD_SECS {
         return Some(value);
@@ -426,22 +604,32 @@ fn parse_decimal(s: &str) -> Option<Duration> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A deliberately small, forgiving reader for RFC 8941 structured-field lists and dictionaries.
-// It understands what rate-limit fields use (integers, strings, tokens, parameters) and skips a
-// malformed member instead of rejecting the whole field, which is what a client wants from a
-// server it cannot fix.
+// Two readers of RFC 9651 structured-field lists and dictionaries into the same `Member`s, so
+// that one interpretation (above) serves both modes. The lenient one is deliberately small and
+// forgiving: it understands what rate-limit fields use (integers, strings, tokens, byte
+// sequences, parameters) and skips a malformed member instead of rejecting the whole field,
+// which is what a client wants from a server it cannot fix. The strict one is `sfv`.
 
 #[derive(Debug, Clone, PartialEq)]
 enum Bare {
     /// A non-negative integer that fits in `u64`.
     Int(u64),
     Str(String),
+    /// Case kept: a token is a value (a policy name), not a key.
     Token(String),
-    /// Anything else (negative or decimal numbers, byte sequences, booleans).
+    Bytes(Vec<u8>),
+    /// Anything else (negative or decimal numbers, booleans, dates, display strings).
     Other,
 }
 
 impl Bare {
+    fn int(&self) -> Option<u64> {
+        match self {
+            Bare::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+
     /// A policy's name: a string, or a token for servers that forget the quotes.
     fn name(&self) -> Option<&str> {
         match self {
@@ -460,16 +648,93 @@ struct Member {
 }
 
 impl Member {
+    /// The last parameter of this name, as in RFC 9651, where a repeated key overrides.
+    fn param_value(&self, name: &str) -> Option<&Bare> {
+        self.params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
     fn param(&self, name: &str) -> Option<u64> {
-        self.params.iter().find_map(|(k, v)| match v {
-            Bare::Int(n) if k == name => Some(*n),
+        self.param_value(name).and_then(Bare::int)
+    }
+
+    fn bytes_param(&self, name: &str) -> Option<&[u8]> {
+        match self.param_value(name)? {
+            Bare::Bytes(b) => Some(b),
             _ => None,
-        })
+        }
     }
 }
 
-/// All lines of `name`, joined as RFC 9110 allows for list-valued fields, then parsed.
-/// Non-UTF-8 lines are skipped.
+fn sf_members(headers: &HeaderMap, name: &str, mode: ParseMode) -> Vec<Member> {
+    match mode {
+        ParseMode::Lenient => sf_list(headers, name),
+        ParseMode::Strict => sf_strict(headers, name).unwrap_or_default(),
+    }
+}
+
+/// All lines of `name` joined with commas (RFC 9651 §4.2), parsed as a List, else as a
+/// Dictionary; `None` when neither parses (or a line is not even ASCII).
+fn sf_strict(headers: &HeaderMap, name: &str) -> Option<Vec<Member>> {
+    let mut joined = String::new();
+    for (i, line) in headers.get_all(name).iter().enumerate() {
+        if i > 0 {
+            joined.push_str(", ");
+        }
+        joined.push_str(line.to_str().ok()?);
+    }
+    if let Ok(list) = sfv::Parser::new(&joined).parse::<sfv::List>() {
+        return Some(
+            list.iter()
+                .filter_map(|entry| match entry {
+                    sfv::ListEntry::Item(item) => Some(member_of(None, item)),
+                    sfv::ListEntry::InnerList(_) => None,
+                })
+                .collect(),
+        );
+    }
+    let dict = sfv::Parser::new(&joined).parse::<sfv::Dictionary>().ok()?;
+    Some(
+        dict.iter()
+            .map(|(key, entry)| match entry {
+                sfv::ListEntry::Item(item) => member_of(Some(key.as_str()), item),
+                sfv::ListEntry::InnerList(_) => Member {
+                    key: Some(key.as_str().to_owned()),
+                    value: Bare::Other,
+                    params: Vec::new(),
+                },
+            })
+            .collect(),
+    )
+}
+
+fn member_of(key: Option<&str>, item: &sfv::Item) -> Member {
+    Member {
+        key: key.map(str::to_owned),
+        value: bare_of(&item.bare_item),
+        params: item
+            .params
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), bare_of(v)))
+            .collect(),
+    }
+}
+
+fn bare_of(item: &sfv::BareItem) -> Bare {
+    match item {
+        sfv::BareItem::Integer(n) => u64::try_from(i64::from(*n)).map_or(Bare::Other, Bare::Int),
+        sfv::BareItem::String(s) => Bare::Str(s.as_str().to_owned()),
+        sfv::BareItem::Token(t) => Bare::Token(t.as_str().to_owned()),
+        sfv::BareItem::ByteSequence(b) => Bare::Bytes(b.clone()),
+        _ => Bare::Other,
+    }
+}
+
+/// All lines of `name`, each parsed on its own so that one broken line cannot swallow the
+/// next (an unterminated string would, were they joined). Non-UTF-8 lines are skipped.
 fn sf_list(headers: &HeaderMap, name: &str) -> Vec<Member> {
     let mut out = Vec::new();
     for line in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
@@ -530,7 +795,7 @@ impl Parser<'_> {
         let (key, value) = match first {
             Bare::Token(ref t) if self.peek() == Some(b'=') => {
                 self.i += 1;
-                (Some(t.clone()), self.bare()?)
+                (Some(t.to_ascii_lowercase()), self.bare()?)
             }
             other => (None, other),
         };
@@ -545,6 +810,7 @@ impl Parser<'_> {
             let Some(Bare::Token(k)) = self.bare() else {
                 break;
             };
+            let k = k.to_ascii_lowercase();
             let v = if self.peek() == Some(b'=') {
                 self.i += 1;
                 self.bare().unwrap_or(Bare::Other)
@@ -561,12 +827,36 @@ impl Parser<'_> {
             b'"' => self.string(),
             b'-' | b'0'..=b'9' => Some(self.number()),
             c if c.is_ascii_alphabetic() || c == b'*' => Some(self.token()),
-            b'?' | b':' => {
+            b':' => Some(self.bytes()),
+            b'@' => {
+                self.i += 1;
+                self.number();
+                Some(Bare::Other)
+            }
+            b'%' => {
+                self.i += 1;
+                (self.peek() == Some(b'"')).then(|| self.string())??;
+                Some(Bare::Other)
+            }
+            b'?' => {
                 self.take_while(|c| c != b',' && c != b';');
                 Some(Bare::Other)
             }
             _ => None,
         }
+    }
+
+    /// `:base64:`, decoded as `sfv` decodes (padding optional, trailing bits allowed).
+    fn bytes(&mut self) -> Bare {
+        self.i += 1; // opening colon
+        let start = self.i;
+        self.take_while(|c| c != b':' && c != b',' && c != b';');
+        let raw = &self.s[start..self.i];
+        if self.peek() != Some(b':') {
+            return Bare::Other;
+        }
+        self.i += 1;
+        BASE64.decode(raw).map_or(Bare::Other, Bare::Bytes)
     }
 
     fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &[u8] {
@@ -579,16 +869,23 @@ impl Parser<'_> {
 
     fn number(&mut self) -> Bare {
         let raw = self.take_while(|c| c == b'-' || c == b'.' || c.is_ascii_digit());
-        std::str::from_utf8(raw)
-            .ok()
-            .and_then(parse_digits)
-            .map_or(Bare::Other, Bare::Int)
+        let Ok(raw) = std::str::from_utf8(raw) else {
+            return Bare::Other;
+        };
+        match raw.strip_prefix('-') {
+            // `-0` is zero in RFC 9651; any other negative number is of no use here.
+            Some(neg) => match parse_digits(neg) {
+                Some(0) => Bare::Int(0),
+                _ => Bare::Other,
+            },
+            None => parse_digits(raw).map_or(Bare::Other, Bare::Int),
+        }
     }
 
     fn token(&mut self) -> Bare {
         let raw =
             self.take_while(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c));
-        Bare::Token(String::from_utf8_lossy(raw).to_ascii_lowercase())
+        Bare::Token(String::from_utf8_lossy(raw).into_owned())
     }
 
     fn string(&mut self) -> Option<Bare> {

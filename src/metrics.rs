@@ -342,6 +342,24 @@ impl StatsSnapshot {
                 ratio,
             });
         }
+        if let Some(max) = thresholds.max_error_ratio {
+            // Transport errors never reached the API, so they are neither its requests nor its
+            // error responses.
+            let errors = self.client_error + self.rate_limited + self.server_error;
+            let responses = errors + self.success;
+            let ratio = if responses == 0 {
+                0.0
+            } else {
+                errors as f64 / responses as f64
+            };
+            if responses >= thresholds.min_requests && ratio > max {
+                issues.push(HealthIssue::TooManyErrorResponses {
+                    errors,
+                    responses,
+                    ratio,
+                });
+            }
+        }
         if self.dead_letters_written > 0 && self.dead_letters_removed == 0 {
             issues.push(HealthIssue::DeadLettersOnlyGrow {
                 written: self.dead_letters_written,
@@ -359,13 +377,16 @@ impl StatsSnapshot {
 /// Limits used by [`StatsSnapshot::health_with`].
 ///
 /// Defaults: `max_429_ratio` 0.05 (5% of requests), `min_requests` 20 (fewer requests say
-/// nothing about a ratio).
+/// nothing about a ratio), no `max_error_ratio`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HealthThresholds {
     /// Largest acceptable share of 429 responses.
     pub max_429_ratio: f64,
-    /// The 429 ratio is judged only from this many requests on.
+    /// The ratios are judged only from this many requests on.
     pub min_requests: u64,
+    /// Largest acceptable share of error responses of any kind (4xx, 429, 5xx), for APIs that
+    /// police all errors (see [`HealthThresholds::hubspot`]); `None` to not check.
+    pub max_error_ratio: Option<f64>,
 }
 
 impl Default for HealthThresholds {
@@ -373,6 +394,37 @@ impl Default for HealthThresholds {
         HealthThresholds {
             max_429_ratio: 0.05,
             min_requests: 20,
+            max_error_ratio: None,
+        }
+    }
+}
+
+impl HealthThresholds {
+    /// For a HubSpot stack: HubSpot asks that requests answered with an error (429 or any
+    /// other) stay under 5% of the day's requests, and certifies marketplace apps only if
+    /// they do ([`HUBSPOT_MAX_ERROR_RATIO`](crate::presets::HUBSPOT_MAX_ERROR_RATIO)). Both
+    /// the 429 share and the error share are held to that figure. Judge a snapshot that
+    /// covers a day (or [`Stats`] reset daily) to match HubSpot's accounting.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_throttle::metrics::{HealthIssue, HealthThresholds, Stats};
+    ///
+    /// let stats = Stats::new();
+    /// for _ in 0..94 {
+    ///     stats.record_response(StatusCode::OK);
+    /// }
+    /// for _ in 0..6 {
+    ///     stats.record_response(StatusCode::BAD_REQUEST); // not a 429, still counted
+    /// }
+    /// let health = stats.snapshot().health_with(&HealthThresholds::hubspot());
+    /// assert!(matches!(health.issues(), [HealthIssue::TooManyErrorResponses { errors: 6, .. }]));
+    /// ```
+    pub const fn hubspot() -> Self {
+        HealthThresholds {
+            max_429_ratio: crate::presets::HUBSPOT_MAX_ERROR_RATIO,
+            min_requests: 20,
+            max_error_ratio: Some(crate::presets::HUBSPOT_MAX_ERROR_RATIO),
         }
     }
 }
@@ -409,6 +461,16 @@ pub enum HealthIssue {
         /// `rate_limited / requests`.
         ratio: f64,
     },
+    /// More than the threshold's share of requests were answered with an error status (see
+    /// [`HealthThresholds::max_error_ratio`]).
+    TooManyErrorResponses {
+        /// 4xx (429 included) and 5xx responses.
+        errors: u64,
+        /// All responses (requests that failed before a response are not counted).
+        responses: u64,
+        /// `errors / responses`.
+        ratio: f64,
+    },
     /// Dead letters were written and none was ever removed: nothing replays them.
     DeadLettersOnlyGrow {
         /// Dead letters written.
@@ -431,6 +493,15 @@ impl fmt::Display for HealthIssue {
             } => write!(
                 f,
                 "{rate_limited} of {requests} requests ({:.1}%) were rate limited; lower the quota or enable the adaptive layer",
+                ratio * 100.0
+            ),
+            HealthIssue::TooManyErrorResponses {
+                errors,
+                responses,
+                ratio,
+            } => write!(
+                f,
+                "{errors} of {responses} responses ({:.1}%) were errors; the API's guideline is lower",
                 ratio * 100.0
             ),
             HealthIssue::DeadLettersOnlyGrow { written } => write!(
@@ -517,6 +588,46 @@ mod tests {
                 requests: 21,
                 ..
             }]
+        ));
+    }
+
+    #[test]
+    fn hubspot_health_counts_every_error_response_against_five_percent() {
+        let stats = Stats::new();
+        for _ in 0..95 {
+            stats.record_response(StatusCode::OK);
+        }
+        stats.record_response(StatusCode::TOO_MANY_REQUESTS);
+        stats.record_response(StatusCode::BAD_REQUEST);
+        stats.record_response(StatusCode::NOT_FOUND);
+        stats.record_response(StatusCode::INTERNAL_SERVER_ERROR);
+        stats.record_response(StatusCode::BAD_GATEWAY);
+        // 5 of 100: at the guideline, not above it; the default check sees only one 429.
+        let snap = stats.snapshot();
+        assert!(snap.health_with(&HealthThresholds::hubspot()).is_healthy());
+        assert!(snap.health().is_healthy());
+        stats.record_response(StatusCode::BAD_REQUEST);
+        let snap = stats.snapshot();
+        assert_eq!(
+            snap.health_with(&HealthThresholds::hubspot()).issues(),
+            &[HealthIssue::TooManyErrorResponses {
+                errors: 6,
+                responses: 101,
+                ratio: 6.0 / 101.0
+            }]
+        );
+        assert!(snap.health().is_healthy());
+        // Transport errors never reached HubSpot: they neither count as its errors nor dilute
+        // the share.
+        for _ in 0..50 {
+            stats.record_error();
+        }
+        assert!(matches!(
+            stats
+                .snapshot()
+                .health_with(&HealthThresholds::hubspot())
+                .issues(),
+            [HealthIssue::TooManyErrorResponses { responses: 101, .. }]
         ));
     }
 

@@ -6,6 +6,8 @@
 //! put anything a server could send into them; lines that are not a valid header are skipped,
 //! as `http` would refuse them before they reach a parser.
 
+pub mod invariant;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{HeaderName, HeaderValue};

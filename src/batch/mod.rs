@@ -26,7 +26,7 @@
 //!     let answer = r#"{"status":"COMPLETE","results":[],"errors":[{"status":"error",
 //!         "category":"VALIDATION_ERROR","message":"invalid email",
 //!         "context":{"objectWriteTraceId":["1"]}}]}"#;
-//!     Ok::<_, tower::BoxError>(http::Response::builder().status(207).body(Full::from(answer))?)
+//!     Ok::<_, tower::BoxError>(http::Response::builder().status(207).body(Full::new(Bytes::from(answer)))?)
 //! });
 //! let client = ServiceBuilder::new()
 //!     .layer(BatchLayer::new(HubSpotBatch::upsert("contacts")).with_linger(Duration::from_millis(50)))
@@ -44,7 +44,7 @@
 //!     client.clone().oneshot(contact("c@example.com")),
 //! );
 //! // Each caller gets its own record's outcome.
-//! assert_eq!((a?.status(), b?.status(), c?.status()), (200, 400, 200));
+//! assert_eq!([a?.status(), b?.status(), c?.status()].map(|s| s.as_u16()), [200, 400, 200]);
 //! # Ok(()) }
 //! ```
 //!

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use futures_util::stream;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -142,6 +142,9 @@ fn records_per_second(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("import_2000_records_at_1000_requests_per_second");
     group.throughput(Throughput::Elements(RECORDS));
+    // Seconds per sample for the unbatched contenders: the same iteration count per sample
+    // keeps the run to minutes.
+    group.sampling_mode(SamplingMode::Flat);
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     group.warm_up_time(Duration::from_secs(1));

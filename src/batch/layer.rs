@@ -63,6 +63,11 @@ impl<F> fmt::Debug for Config<F> {
 ///
 /// `B` is the body type of the batch requests the inner service receives
 /// (`Full<Bytes>` unless changed with [`with_body`](BatchLayer::with_body)).
+///
+/// Each service the layer builds owns its inner service in a worker task, spawned on the
+/// tokio runtime of its first call (as `tower::buffer::Buffer` does, but lazily, so a stack
+/// can be built outside a runtime); the service's clones share that worker and its pending
+/// batch. The worker ends once every clone is dropped and the last batch is answered.
 pub struct BatchLayer<F, B = Full<Bytes>> {
     config: Config<F>,
     _body: PhantomData<fn() -> B>,

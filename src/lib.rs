@@ -66,6 +66,7 @@
 //! | [`classify`] | [`Outcome`], [`Classify`], [`HttpClassifier`]: what a response means |
 //! | [`backoff`], [`headers`] | backoff schedules; `Retry-After` and rate-limit headers |
 //! | [`adaptive`] | [`AdaptiveLayer`] and its rate controllers (AIMD, header-driven, Cubic, Probe); a deterministic simulation |
+//! | [`batch`] | [`BatchLayer`]: records coalesced into vendor batch requests (HubSpot, Customer.io, Mailchimp, JSON array), split back per item |
 //! | [`queue`] | [`QueueLayer`]: bounded queue, concurrency and interval caps, priorities, depth |
 //! | [`dead_letter`] | [`DeadLetterLayer`], [`FileStore`], [`replay`]: nothing is lost |
 //! | [`bulk`] | [`run_bulk`]: a stream of jobs through any stack, with progress and a report |
@@ -88,6 +89,7 @@
 
 pub mod adaptive;
 pub mod backoff;
+pub mod batch;
 mod body;
 pub mod bucket;
 pub mod builder;
@@ -114,6 +116,7 @@ mod sync;
 
 pub use adaptive::AdaptiveLayer;
 pub use backoff::{Backoff, Jitter};
+pub use batch::BatchLayer;
 pub use body::ReplayBody;
 pub use bucket::{Bucket, LocalBucket};
 pub use builder::{ServiceBuilderExt, Throttle, ThrottleBuilder};

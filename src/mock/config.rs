@@ -4,6 +4,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use super::batch::BatchEndpoint;
 use super::server::MockServer;
 use crate::server_limit::ServerLimit;
 use crate::ConfigError;
@@ -75,6 +76,9 @@ pub struct MockServerBuilder {
     pub(crate) fail_ratio: f64,
     pub(crate) seed: u64,
     pub(crate) latency: (Duration, Duration),
+    pub(crate) batch_routes: Vec<(String, BatchEndpoint)>,
+    pub(crate) item_fail_ratio: f64,
+    pub(crate) item_reject_ratio: f64,
 }
 
 impl Default for MockServerBuilder {
@@ -88,6 +92,9 @@ impl Default for MockServerBuilder {
             fail_ratio: 0.0,
             seed: DEFAULT_SEED,
             latency: (Duration::ZERO, Duration::ZERO),
+            batch_routes: Vec::new(),
+            item_fail_ratio: 0.0,
+            item_reject_ratio: 0.0,
         }
     }
 }
@@ -159,6 +166,32 @@ impl MockServerBuilder {
         self
     }
 
+    /// Serves `path` (exact, query ignored) as a batch endpoint of this shape and these limits.
+    /// It draws from the default limiter unless [`route_limit`](Self::route_limit) gives
+    /// the same path its own; either way one batch is one request against the limit.
+    pub fn batch_route(mut self, path: impl Into<String>, endpoint: BatchEndpoint) -> Self {
+        let path = path.into();
+        self.batch_routes.retain(|(p, _)| *p != path);
+        self.batch_routes.push((path, endpoint));
+        self
+    }
+
+    /// Fails this share (0.0 to 1.0) of the items of accepted batches *transiently* (HubSpot
+    /// `INTERNAL_ERROR`, Customer.io `internal`, a 503 in a JSON array), in a `207` answer.
+    /// Drawn per item from its own seeded stream, after the batch's limit decision.
+    pub fn item_fail_ratio(mut self, ratio: f64) -> Self {
+        self.item_fail_ratio = ratio;
+        self
+    }
+
+    /// Rejects this share (0.0 to 1.0) of the items of accepted batches *permanently* (a
+    /// validation error, 400), in a `207` answer. Drawn from the same stream as
+    /// [`item_fail_ratio`](Self::item_fail_ratio); the two shares must add up to at most 1.
+    pub fn item_reject_ratio(mut self, ratio: f64) -> Self {
+        self.item_reject_ratio = ratio;
+        self
+    }
+
     /// Binds to this address instead of `127.0.0.1:0`.
     pub fn bind(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
@@ -174,7 +207,8 @@ impl MockServerBuilder {
     /// Checks every value.
     ///
     /// # Errors
-    /// [`ConfigError::OutOfRange`] for a fail ratio outside `0.0..=1.0` (or NaN),
+    /// [`ConfigError::OutOfRange`] for a fail ratio outside `0.0..=1.0` (or NaN), or item
+    /// ratios that are, or add up to more than 1,
     /// [`ConfigError::MinAboveMax`] for a latency range whose minimum is above its maximum,
     /// [`ConfigError::Invalid`] for a route that does not start with `/`.
     pub fn check(&self) -> Result<(), ConfigError> {
@@ -185,6 +219,22 @@ impl MockServerBuilder {
                 expected: "a number from 0.0 to 1.0",
             });
         }
+        for (name, ratio) in [
+            ("item_fail_ratio", self.item_fail_ratio),
+            ("item_reject_ratio", self.item_reject_ratio),
+            (
+                "item_fail_ratio + item_reject_ratio",
+                self.item_fail_ratio + self.item_reject_ratio,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(ConfigError::OutOfRange {
+                    name,
+                    value: ratio,
+                    expected: "a number from 0.0 to 1.0",
+                });
+            }
+        }
         let (min, max) = self.latency;
         if min > max {
             return Err(ConfigError::MinAboveMax {
@@ -193,7 +243,11 @@ impl MockServerBuilder {
                 max: max.as_secs_f64(),
             });
         }
-        if let Some((path, _)) = self.routes.iter().find(|(p, _)| !p.starts_with('/')) {
+        let paths = self.routes.iter().map(|(p, _)| p);
+        if let Some(path) = paths
+            .chain(self.batch_routes.iter().map(|(p, _)| p))
+            .find(|p| !p.starts_with('/'))
+        {
             return Err(ConfigError::Invalid(format!(
                 "route {path:?} must be an absolute path starting with '/'"
             )));

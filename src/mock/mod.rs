@@ -56,17 +56,29 @@
 //! * **Latency**: fixed or uniformly random, applied after the decision.
 //! * Every request body is read completely before the decision; `200` bodies are small JSON
 //!   objects echoing `x-request-id`.
+//! * **Batch endpoints** ([`batch_route`]): a path that takes a vendor's batch body
+//!   ([`BatchEndpoint`]: HubSpot, Customer.io, Mailchimp, a JSON array), refuses one over its
+//!   item or byte limit (`400` / `413`, consuming nothing), counts an accepted batch as one
+//!   request against the limit, and fails a seeded share of its items transiently
+//!   ([`item_fail_ratio`]) or permanently ([`item_reject_ratio`]) in a `207 Multi-Status`
+//!   answer of the vendor's form. Written items' record ids go through the same duplicate
+//!   check as `x-request-id`s.
 //! * Time is `tokio::time`, so the limits follow a paused test clock like the rest of the
 //!   crate (the `HttpDate` form necessarily uses the wall clock).
 //!
 //! [`route_limit`]: MockServerBuilder::route_limit
 //! [`fail_ratio`]: MockServerBuilder::fail_ratio
+//! [`batch_route`]: MockServerBuilder::batch_route
+//! [`item_fail_ratio`]: MockServerBuilder::item_fail_ratio
+//! [`item_reject_ratio`]: MockServerBuilder::item_reject_ratio
 
+mod batch;
 mod config;
 mod server;
 mod stats;
 
 pub use crate::server_limit::{Decision, ServerLimit, ServerLimiter};
+pub use batch::{BatchEndpoint, BatchShape};
 pub use config::{MockServerBuilder, RateHeaders, RetryAfterFormat, DEFAULT_SEED};
 pub use server::MockServer;
 pub use stats::{max_in_any_window, MockStats, MAX_RECORDED};

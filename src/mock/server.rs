@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::batch::{BatchEndpoint, ItemVerdict};
 use super::config::{MockServerBuilder, RateHeaders, RetryAfterFormat};
 use super::stats::{max_in_any_window, MockStats, MAX_RECORDED};
 use crate::server_limit::{Decision, ServerLimit, ServerLimiter};
@@ -57,6 +58,10 @@ struct Shared {
     failed: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    invalid: AtomicU64,
+    batch_routes: HashMap<String, BatchEndpoint>,
+    item_fail_ratio: f64,
+    item_reject_ratio: f64,
     // One lock for decisions and records: the critical section is short and never awaits,
     // and deciding and recording under the same lock keeps accept times in order.
     state: Mutex<State>,
@@ -69,13 +74,34 @@ struct State {
     next_group: Group,
     fail_rng: SmallRng,
     latency_rng: SmallRng,
+    item_rng: SmallRng,
+    items: ItemCounts,
     accepted_times: Vec<(Duration, Group)>,
     ids: HashSet<String>,
     duplicate_ids: u64,
     records_dropped: u64,
 }
 
+#[derive(Debug, Default, Clone, Copy)]
+struct ItemCounts {
+    received: u64,
+    accepted: u64,
+    failed: u64,
+    rejected: u64,
+}
+
 impl State {
+    /// Records an accepted request's id, counting a repeat as a duplicate.
+    fn record_id(&mut self, id: String) {
+        if self.ids.contains(&id) {
+            self.duplicate_ids += 1;
+        } else if self.ids.len() < MAX_RECORDED {
+            self.ids.insert(id);
+        } else {
+            self.records_dropped += 1;
+        }
+    }
+
     fn group_of(&self, path: &str) -> Group {
         self.routes.get(path).map_or(DEFAULT_GROUP, |(g, _)| *g)
     }
@@ -123,6 +149,9 @@ impl MockServer {
             // A separate stream so that turning latency on does not change which requests
             // fail for a given seed.
             latency_rng: SmallRng::seed_from_u64(cfg.seed ^ 0x9E37_79B9_7F4A_7C15),
+            // And another for items, so enabling batch routes does not move the 503s.
+            item_rng: SmallRng::seed_from_u64(cfg.seed ^ 0xB47C_4ED1_7E45_0001),
+            items: ItemCounts::default(),
             accepted_times: Vec::new(),
             ids: HashSet::new(),
             duplicate_ids: 0,
@@ -143,6 +172,10 @@ impl MockServer {
             failed: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+            batch_routes: cfg.batch_routes.into_iter().collect(),
+            item_fail_ratio: cfg.item_fail_ratio,
+            item_reject_ratio: cfg.item_reject_ratio,
             state: Mutex::new(state),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -192,6 +225,11 @@ impl MockServer {
             distinct_ids: state.ids.len() as u64,
             duplicate_ids: state.duplicate_ids,
             records_dropped: state.records_dropped,
+            invalid: s.invalid.load(Ordering::Acquire),
+            items_received: state.items.received,
+            items_accepted: state.items.accepted,
+            items_failed: state.items.failed,
+            items_rejected: state.items.rejected,
         }
     }
 
@@ -256,7 +294,14 @@ impl MockServer {
     pub fn reset_stats(&self) {
         let s = &self.shared;
         let mut state = s.lock();
-        for counter in [&s.received, &s.accepted, &s.rate_limited, &s.failed] {
+        state.items = ItemCounts::default();
+        for counter in [
+            &s.received,
+            &s.accepted,
+            &s.rate_limited,
+            &s.failed,
+            &s.invalid,
+        ] {
             counter.store(0, Ordering::Release);
         }
         s.max_in_flight
@@ -324,13 +369,7 @@ impl Shared {
                     state.records_dropped += 1;
                 }
                 if let Some(id) = request_id {
-                    if state.ids.contains(&id) {
-                        state.duplicate_ids += 1;
-                    } else if state.ids.len() < MAX_RECORDED {
-                        state.ids.insert(id);
-                    } else {
-                        state.records_dropped += 1;
-                    }
+                    state.record_id(id);
                 }
                 Outcome::Accepted {
                     capacity,
@@ -343,6 +382,45 @@ impl Shared {
             }
         };
         (outcome, latency)
+    }
+}
+
+impl Shared {
+    /// Decides each item of an accepted batch and records the written ones.
+    fn answer_batch(
+        &self,
+        endpoint: &BatchEndpoint,
+        items: &[serde_json::Value],
+        seq: u64,
+    ) -> (StatusCode, String) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let draw = endpoint.reports_items() && self.item_fail_ratio + self.item_reject_ratio > 0.0;
+        let verdicts: Vec<ItemVerdict> = items
+            .iter()
+            .map(|item| {
+                state.items.received += 1;
+                let roll = if draw {
+                    state.item_rng.gen::<f64>()
+                } else {
+                    1.0
+                };
+                if roll < self.item_fail_ratio {
+                    state.items.failed += 1;
+                    ItemVerdict::Failed
+                } else if roll < self.item_fail_ratio + self.item_reject_ratio {
+                    state.items.rejected += 1;
+                    ItemVerdict::Rejected
+                } else {
+                    state.items.accepted += 1;
+                    if let Some(id) = endpoint.record_id(item) {
+                        state.record_id(id);
+                    }
+                    ItemVerdict::Ok
+                }
+            })
+            .collect();
+        endpoint.answer(items, &verdicts, seq)
     }
 }
 
@@ -431,11 +509,23 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     let _in_flight = InFlight::enter(shared);
     let (parts, body) = req.into_parts();
     // The whole body is read before deciding, as an API would parse it first.
-    if let Err(err) = body.collect().await {
-        tracing::debug!(%err, "mock server: could not read request body");
-        return json(StatusCode::BAD_REQUEST, r#"{"error":"bad_body"}"#.into());
-    }
+    let body = match body.collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => {
+            tracing::debug!(%err, "mock server: could not read request body");
+            return json(StatusCode::BAD_REQUEST, r#"{"error":"bad_body"}"#.into());
+        }
+    };
     shared.received.fetch_add(1, Ordering::AcqRel);
+    let batch = shared.batch_routes.get(parts.uri.path());
+    let items = match batch.map(|endpoint| endpoint.parse(&body)) {
+        Some(Err((status, answer))) => {
+            shared.invalid.fetch_add(1, Ordering::AcqRel);
+            return json(status, answer);
+        }
+        Some(Ok(items)) => Some(items),
+        None => None,
+    };
     let request_id = parts
         .headers
         .get("x-request-id")
@@ -456,8 +546,17 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             reset,
             seq,
         } => {
-            let body = serde_json::json!({ "ok": true, "seq": seq, "request_id": request_id });
-            let mut resp = json(StatusCode::OK, body.to_string());
+            let mut resp = match (batch, items) {
+                (Some(endpoint), Some(items)) => {
+                    let (status, answer) = shared.answer_batch(endpoint, &items, seq);
+                    json(status, answer)
+                }
+                _ => {
+                    let body =
+                        serde_json::json!({ "ok": true, "seq": seq, "request_id": request_id });
+                    json(StatusCode::OK, body.to_string())
+                }
+            };
             if let Some(capacity) = capacity {
                 rate_headers(
                     resp.headers_mut(),

@@ -9,7 +9,9 @@ pub const MAX_RECORDED: usize = 1_000_000;
 
 /// A snapshot of the server's counters, from [`MockServer::stats`](super::MockServer::stats).
 ///
-/// Once every response has been received, `received == accepted + rate_limited + failed`.
+/// Once every response has been received,
+/// `received == accepted + rate_limited + failed + invalid`, and for batch endpoints
+/// `items_received == items_accepted + items_failed + items_rejected`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MockStats {
@@ -32,6 +34,18 @@ pub struct MockStats {
     pub duplicate_ids: u64,
     /// Accept times or ids not recorded because [`MAX_RECORDED`] was reached.
     pub records_dropped: u64,
+    /// Batch requests answered `400` or `413` because they broke the endpoint's shape or
+    /// limits (counted in `received`, not in `accepted`).
+    pub invalid: u64,
+    /// Items in accepted batch requests.
+    pub items_received: u64,
+    /// Items of accepted batches that were written (each distinct record id also counts in
+    /// `distinct_ids`, a repeat in `duplicate_ids`).
+    pub items_accepted: u64,
+    /// Items failed transiently by [`item_fail_ratio`](super::MockServerBuilder::item_fail_ratio).
+    pub items_failed: u64,
+    /// Items rejected by [`item_reject_ratio`](super::MockServerBuilder::item_reject_ratio).
+    pub items_rejected: u64,
 }
 
 /// The largest number of `times` inside any half-open interval `[t, t + window)`.

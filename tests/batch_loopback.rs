@@ -1,0 +1,258 @@
+//! BatchLayer against the mock server's batch endpoints over loopback: every record delivered
+//! once or dead-lettered on its own, the vendors' item and byte limits respected, one batch
+//! one call against the limit.
+#![cfg(feature = "mock")]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, Full};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_throttle::batch::{
+    BatchLayer, CustomerIoBatch, HubSpotBatch, JsonArrayBatch, MailchimpBatch,
+};
+use tower_throttle::bulk::{run_bulk, BulkOptions};
+use tower_throttle::dead_letter::{DeadLetterLayer, DeadLetterStore, MemoryStore};
+use tower_throttle::mock::{BatchEndpoint, MockServer, ServerLimit};
+use tower_throttle::retry::{RetryLayer, RetryPolicy};
+use tower_throttle::{LocalBucket, Quota, RateLimitLayer};
+
+mod common;
+
+const HUBSPOT_PATH: &str = "/crm/v3/objects/contacts/batch/upsert";
+
+fn contact(server: &MockServer, n: u64) -> http::Request<Full<Bytes>> {
+    http::Request::post(server.uri("/crm/v3/objects/contacts"))
+        .header("authorization", "Bearer pat-na1-secret")
+        .body(Full::from(format!(
+            r#"{{"id":"c{n}@example.com","idProperty":"email","properties":{{"firstname":"C{n}"}}}}"#
+        )))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_batches_deliver_every_contact_once_and_dead_letter_the_invalid_ones() {
+    const CONTACTS: u64 = 3_000;
+    let server = MockServer::builder()
+        .limit(ServerLimit::sliding_window(20, Duration::from_secs(1)).unwrap())
+        .batch_route(HUBSPOT_PATH, BatchEndpoint::hubspot())
+        .item_fail_ratio(0.03)
+        .item_reject_ratio(0.01)
+        .start()
+        .await
+        .unwrap();
+    let bucket = LocalBucket::new(Quota::per_second(18).unwrap());
+    let store = MemoryStore::new();
+    let batching = BatchLayer::new(HubSpotBatch::upsert("contacts"));
+    let batch_stats = batching.stats();
+    let client = ServiceBuilder::new()
+        .layer(DeadLetterLayer::new(store.clone()))
+        .layer(batching)
+        .layer(RetryLayer::new(
+            RetryPolicy::default().with_bucket(bucket.clone()),
+        ))
+        .layer(RateLimitLayer::with_bucket(bucket))
+        .service(common::client());
+    let jobs = stream::iter((0..CONTACTS).map(|n| contact(&server, n)));
+    let report = run_bulk(jobs, client, BulkOptions::default().concurrency(1_000)).await;
+
+    let stats = server.stats();
+    assert_eq!(report.processed, CONTACTS);
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.succeeded, stats.items_accepted);
+    assert_eq!(report.dead_lettered, stats.items_rejected);
+    assert_eq!(store.len().await.unwrap() as u64, stats.items_rejected);
+    assert!(
+        stats.items_rejected > 0 && stats.items_failed > 0,
+        "{stats:?}"
+    );
+    // Every written contact is distinct: nothing delivered twice.
+    assert_eq!(stats.distinct_ids, stats.items_accepted);
+    assert_eq!(stats.duplicate_ids, 0);
+    assert_eq!(stats.rate_limited + stats.invalid, 0, "{stats:?}");
+    // Only failed items went out again.
+    assert_eq!(
+        stats.items_received,
+        CONTACTS + batch_stats.rebatched(),
+        "{stats:?}"
+    );
+    assert_eq!(stats.accepted, batch_stats.batches());
+    assert!(
+        batch_stats.batches() <= CONTACTS / 100 + 8,
+        "{}",
+        batch_stats.batches()
+    );
+    // A dead letter is the contact's own request, credentials redacted.
+    let letter = &store.list().await.unwrap()[0];
+    assert!(letter.uri.ends_with("/crm/v3/objects/contacts"));
+    assert!(letter
+        .headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v == "[REDACTED]"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customerio_batches_stay_under_the_byte_limit() {
+    const PEOPLE: u64 = 600;
+    const MAX_BYTES: usize = 4_000;
+    let server = MockServer::builder()
+        .batch_route(
+            "/api/v2/batch",
+            BatchEndpoint::customerio()
+                .with_max_bytes(MAX_BYTES)
+                .unwrap(),
+        )
+        .start()
+        .await
+        .unwrap();
+    let batching = BatchLayer::new(CustomerIoBatch)
+        .with_max_bytes(MAX_BYTES)
+        .unwrap();
+    let batch_stats = batching.stats();
+    let client = ServiceBuilder::new()
+        .layer(batching)
+        .service(common::client());
+    let person = |n: u64| {
+        http::Request::post(server.uri("/api/v1/customers"))
+            .body(Full::from(format!(
+                r#"{{"type":"person","identifiers":{{"id":"{n}"}},"action":"identify","attributes":{{"email":"p{n}@example.com","plan":"pro"}}}}"#
+            )))
+            .unwrap()
+    };
+    let report = run_bulk(
+        stream::iter((0..PEOPLE).map(person)),
+        client,
+        BulkOptions::default().concurrency(600),
+    )
+    .await;
+    let stats = server.stats();
+    assert_eq!(report.succeeded, PEOPLE, "{report:?}");
+    assert_eq!(stats.invalid, 0, "a batch broke the byte limit: {stats:?}");
+    assert_eq!((stats.distinct_ids, stats.duplicate_ids), (PEOPLE, 0));
+    // About 100 bytes per person: full batches hold 35 to 40.
+    assert!(
+        batch_stats.batches() <= PEOPLE / 35 + 2,
+        "{}",
+        batch_stats.batches()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailchimp_operations_go_500_to_a_call() {
+    let server = MockServer::builder()
+        .limit(ServerLimit::sliding_window(10, Duration::from_secs(1)).unwrap())
+        .batch_route("/3.0/batches", BatchEndpoint::mailchimp())
+        .start()
+        .await
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(BatchLayer::new(MailchimpBatch).with_linger(Duration::from_millis(200)))
+        .service(common::client());
+    let member = |n: u64| {
+        http::Request::put(server.uri(&format!("/3.0/lists/abc123/members/{n:032x}")))
+            .body(Full::from(format!(
+                r#"{{"email_address":"m{n}@example.com","status_if_new":"subscribed"}}"#
+            )))
+            .unwrap()
+    };
+    let report = run_bulk(
+        stream::iter((0..1_200).map(member)),
+        client,
+        BulkOptions::default().concurrency(1_200),
+    )
+    .await;
+    assert_eq!(report.succeeded, 1_200, "{report:?}");
+    let stats = server.stats();
+    assert_eq!(stats.accepted, 3, "{stats:?}");
+    assert_eq!((stats.items_accepted, stats.distinct_ids), (1_200, 1_200));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_array_multi_status_is_split_per_item() {
+    let server = MockServer::builder()
+        .batch_route(
+            "/v1/events/bulk",
+            BatchEndpoint::json_array(50, 1 << 20).unwrap(),
+        )
+        .item_reject_ratio(0.2)
+        .seed(3)
+        .start()
+        .await
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(BatchLayer::new(
+            JsonArrayBatch::new("/v1/events/bulk", 50, 1 << 20).unwrap(),
+        ))
+        .service(common::client());
+    let event = |n: u64| {
+        http::Request::post(server.uri("/v1/events"))
+            .body(Full::from(format!(r#"{{"id":{n},"name":"signup"}}"#)))
+            .unwrap()
+    };
+    let calls = (0..200).map(|n| client.clone().oneshot(event(n)));
+    let mut statuses = Vec::new();
+    for res in futures_util::future::join_all(calls).await {
+        let res = res.unwrap();
+        let status = res.status().as_u16();
+        if status == 400 {
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], br#"{"error":"rejected","status":400}"#);
+        }
+        statuses.push(status);
+    }
+    let stats = server.stats();
+    let rejected = statuses.iter().filter(|s| **s == 400).count() as u64;
+    assert_eq!(rejected, stats.items_rejected);
+    assert_eq!(200 - rejected, stats.items_accepted);
+    assert!(rejected > 10 && rejected < 70, "{rejected}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_mock_refuses_batches_over_its_limits_without_consuming_the_limit() {
+    let server = MockServer::builder()
+        .limit(ServerLimit::sliding_window(1, Duration::from_secs(60)).unwrap())
+        .batch_route(HUBSPOT_PATH, BatchEndpoint::hubspot())
+        .batch_route(
+            "/api/v2/batch",
+            BatchEndpoint::customerio().with_max_bytes(100).unwrap(),
+        )
+        .start()
+        .await
+        .unwrap();
+    let client = common::client();
+    let post = |path: &str, body: String| {
+        http::Request::post(server.uri(path))
+            .body(Full::from(body))
+            .unwrap()
+    };
+    let inputs: Vec<String> = (0..101).map(|n| format!(r#"{{"id":"{n}"}}"#)).collect();
+    let too_many = format!(r#"{{"inputs":[{}]}}"#, inputs.join(","));
+    let res = client.request(post(HUBSPOT_PATH, too_many)).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let too_big = format!(
+        r#"{{"batch":[{{"type":"person","attributes":{{"x":"{}"}}}}]}}"#,
+        "y".repeat(100)
+    );
+    let res = client
+        .request(post("/api/v2/batch", too_big))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let not_a_batch = post(HUBSPOT_PATH, r#"{"input":[]}"#.into());
+    assert_eq!(client.request(not_a_batch).await.unwrap().status(), 400);
+    // The one call the limit allows is still there.
+    let ok = format!(r#"{{"inputs":[{}]}}"#, inputs[..100].join(","));
+    let res = client.request(post(HUBSPOT_PATH, ok)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let stats = server.stats();
+    assert_eq!(
+        (stats.invalid, stats.accepted, stats.items_accepted),
+        (3, 1, 100)
+    );
+    server.shutdown().await;
+}

@@ -54,6 +54,7 @@ use http::{HeaderMap, StatusCode};
 use crate::classify::{HttpClassifier, Outcome};
 use crate::{ConfigError, Limits, Quota};
 
+#[cfg(test)]
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// Customer.io Track API requests per second per workspace (approximate, published).
@@ -108,15 +109,9 @@ fn headroom(published: u32) -> u32 {
     (published * CUSTOMERIO_HEADROOM_PERCENT / 100).max(1)
 }
 
-/// A daily allowance of `per_day` requests as a token bucket that never admits more than
-/// `per_day` in any 24 hours, yet does not pace them one every `86_400 / per_day` seconds.
-///
-/// The bucket holds `ceil(per_day / 2)` requests at the start and refills
-/// `floor(per_day / 2) + 1` per day. A bucket with burst `b` admits at most
-/// `b - 1 + refill` in any interval of one refill period, which here is exactly `per_day`.
-/// The price of the guarantee is the sustained rate: after the first half is spent, the
-/// bucket earns back about half the allowance per day. A process that runs all day at a steady
-/// rate is better served by the evenly paced [`Quota::per_day`].
+/// A daily allowance of `per_day` requests: [`Quota::daily`], the shape every preset here
+/// uses for its daily window (never more than `per_day` in any 24 hours, no pacing inside it;
+/// see [`Quota::allowance`] for the arithmetic and its price).
 ///
 /// This fits rolling 24-hour allowances (Salesforce) and is conservative for allowances that
 /// reset at midnight (HubSpot, GA4): any interval is at most 24 hours of either.
@@ -133,12 +128,7 @@ fn headroom(published: u32) -> u32 {
 /// # Errors
 /// [`ConfigError::ZeroRate`] when `per_day` is zero.
 pub fn daily_allowance(per_day: u32) -> Result<Quota, ConfigError> {
-    if per_day == 0 {
-        return Err(ConfigError::ZeroRate);
-    }
-    let burst = per_day.div_ceil(2);
-    let refill = per_day / 2 + 1;
-    Quota::new(refill, DAY)?.with_burst(burst)
+    Quota::daily(per_day)
 }
 
 /// Customer.io Track API (`identify`, `track`, `trackAnonymous`, batch): 80 requests per

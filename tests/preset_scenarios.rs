@@ -94,18 +94,8 @@ async fn scenario(name: &str, limits: Limits) {
 
 #[tokio::test(start_paused = true)]
 async fn one_429_costs_every_preset_only_its_hold() {
-    let all: Vec<(&str, Limits)> = vec![
-        ("customerio_track", presets::customerio_track()),
-        (
-            "customerio_transactional",
-            presets::customerio_transactional(),
-        ),
-        ("customerio_broadcasts", presets::customerio_broadcasts()),
-        ("hubspot", presets::hubspot()),
-        ("salesforce(100_000)", presets::salesforce(100_000).unwrap()),
-        ("mailchimp", presets::mailchimp()),
-        ("ga4", presets::ga4()),
-    ];
+    let all = presets::all();
+    assert!(all.len() >= 20, "every preset is in the list");
     for (name, limits) in all {
         scenario(name, limits).await;
     }

@@ -231,6 +231,9 @@ where
         *req.method_mut() = method;
         *req.uri_mut() = uri.path_and_query(path).build()?;
         *req.headers_mut() = headers;
+        // The weight a weighted gate below admits the batch at (`rate_limit::Cost`).
+        req.extensions_mut()
+            .insert(crate::rate_limit::Cost(info.cost));
         req.extensions_mut().insert(info);
         Ok(req)
     }

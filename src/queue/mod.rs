@@ -58,7 +58,7 @@
 pub mod future;
 mod layer;
 mod service;
-mod shared;
+pub(crate) mod shared;
 
 use std::fmt;
 use std::sync::Arc;

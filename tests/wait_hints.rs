@@ -24,6 +24,8 @@ fn req() -> http::Request<Full<Bytes>> {
         .unwrap()
 }
 
+type Calls = Arc<Mutex<Vec<Duration>>>;
+
 /// A server whose window is closed for the first `closed` of virtual time: until then it
 /// answers `status` with the headers `hint(time left)`, then 200. Records call times.
 fn closed_window(
@@ -37,10 +39,10 @@ fn closed_window(
             Error = BoxError,
             Future = impl Send,
         > + Clone,
-    Arc<Mutex<Vec<Duration>>>,
+    Calls,
 ) {
     let start = Instant::now();
-    let calls: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let calls: Calls = Arc::default();
     let log = calls.clone();
     let hint = Arc::new(hint);
     let svc = service_fn(move |_req: http::Request<Full<Bytes>>| {
@@ -68,7 +70,7 @@ fn exact() -> Backoff {
 /// Sends one request through retry + gate on `bucket`, checking it is delivered in two
 /// attempts, the retry no earlier than `wait` (and within its 10% / 1 s spread), and that the
 /// shared bucket was held until `wait`.
-async fn waits_out<S>(svc: S, calls: Arc<Mutex<Vec<Duration>>>, wait: Duration)
+async fn waits_out<S>(svc: S, calls: Calls, wait: Duration)
 where
     S: tower::Service<http::Request<Full<Bytes>>, Response = http::Response<()>, Error = BoxError>
         + Clone
@@ -201,7 +203,7 @@ fn rfc850(t: SystemTime) -> String {
 /// right by hand).
 fn at(date: &str) -> SystemTime {
     let n: Vec<i64> = date
-        .split(|c| c == '-' || c == ' ' || c == ':')
+        .split(['-', ' ', ':'])
         .map(|p| p.parse().unwrap())
         .collect();
     let (y, m, d) = (n[0] - i64::from(n[1] <= 2), n[1], n[2]);

@@ -107,6 +107,7 @@ pub mod rate_limit;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 pub mod retry;
+pub mod timeout;
 // The mock server's limiters, also used by the always-built adaptive simulation.
 #[cfg_attr(not(feature = "mock"), allow(dead_code, unreachable_pub))]
 mod server_limit;
@@ -130,3 +131,4 @@ pub use queue::{Priority, QueueHandle, QueueLayer};
 pub use quota::{Limits, Quota};
 pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use retry::{Attempts, RetryLayer, RetryPolicy};
+pub use timeout::BodyTimeoutLayer;

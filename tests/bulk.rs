@@ -358,4 +358,48 @@ mod against_mock {
         assert_eq!(last.processed, JOBS);
         server.shutdown().await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deferred_retries_over_loopback_deliver_every_job_once() {
+        // 10% 503s on an unlimited server, 8 slots, retries handing their slot back: every
+        // job delivered, none twice, about 1.1 attempts per job.
+        const JOBS: u64 = 1_000;
+        let server = MockServer::builder()
+            .fail_ratio(0.1)
+            .seed(3)
+            .start()
+            .await
+            .unwrap();
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let backoff = tower_throttle::Backoff::builder()
+            .base(ms(20))
+            .build()
+            .unwrap();
+        let stack = ServiceBuilder::new()
+            .layer(tower_throttle::RetryLayer::new(
+                tower_throttle::RetryPolicy::default()
+                    .with_backoff(backoff)
+                    .without_budget(),
+            ))
+            .service(client);
+        let uri = server.uri("/v1/users");
+        let jobs = stream::iter((0..JOBS).map(move |i| {
+            Request::post(uri.clone())
+                .header("x-request-id", format!("job-{i}"))
+                .body(Full::new(Bytes::from(format!(r#"{{"id":{i}}}"#))))
+                .unwrap()
+        }));
+        let report = run_bulk(jobs, stack, BulkOptions::default().concurrency(8)).await;
+        let mock = server.stats();
+        assert_eq!((report.processed, report.succeeded), (JOBS, JOBS));
+        assert_eq!(mock.distinct_ids, JOBS);
+        assert_eq!(mock.accepted, JOBS, "a job was delivered twice");
+        assert!(mock.failed > 0);
+        assert!(
+            mock.received as f64 <= JOBS as f64 * 1.15,
+            "{} attempts for {JOBS} jobs",
+            mock.received
+        );
+        server.shutdown().await;
+    }
 }

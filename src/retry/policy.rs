@@ -47,11 +47,20 @@ struct RequestStart(Instant);
 /// | outcome (see [`HttpClassifier`]) | what happens |
 /// |---|---|
 /// | success, or a permanent failure (other 4xx) | returned at once |
-/// | 429 with `Retry-After` | the shared bucket (if attached) is held until then, so every caller pauses; this request retries after it plus up to 10% (at most 1 s) jitter |
-/// | 429 without `Retry-After` | backoff with jitter |
+/// | 429 (or a 403 with a spent quota) with the server's wait: `Retry-After`, or a reset with 0 remaining (see [`HttpClassifier`]) | the shared bucket (if attached, and the request's key in a keyed one) is held until then, so every caller pauses; this request retries after it plus up to 10% (at most 1 s) jitter |
+/// | 429 with no wait given | backoff with jitter |
+/// | 503 (or another transient status) with `Retry-After` | as a 429 with `Retry-After` (held, waited), but drawn from the retry budget and not counted as a rate limit |
 /// | 500/502/503/504/408, timeout, connection error | backoff with jitter, drawn from the retry budget |
 /// | attempts, deadline or budget exhausted | the last response or error is returned, with [`Attempts`] in its extensions |
 /// | body not replayable | no retry; a retryable failure becomes [`ThrottleError::NotReplayable`] |
+///
+/// Every wait is capped at the backoff's `max_delay`. Nothing shared changes for a retry that
+/// will not happen: the attempt limit, the deadline (counted from each request's first
+/// attempt) and the budget are all checked before the bucket is held.
+///
+/// Under a scheduler with a concurrency cap ([`run_bulk`](crate::bulk::run_bulk), a
+/// [`QueueLayer`](crate::queue::QueueLayer) above this layer), the wait gives the request's
+/// slot back, so other requests run while it waits (see [`RetryDelay`]).
 ///
 /// Defaults: 4 retries (5 attempts), backoff 1 s base, factor 2, 60 s cap, 25% proportional
 /// jitter (see [`Backoff`]); `Retry-After` capped at the backoff cap; no total deadline; a

@@ -16,7 +16,7 @@
 //! # fn client() -> tower::util::BoxCloneService<http::Request<http_body_util::Full<bytes::Bytes>>, http::Response<()>, tower::BoxError> { tower::util::BoxCloneService::new(tower::service_fn(|_| async { Ok(http::Response::new(())) })) }
 //! let svc = ServiceBuilder::new()
 //!     .throttle(presets::hubspot(), RetryPolicy::default()) // retry above gate, one bucket
-//!     .timeout(Duration::from_secs(30))                      // per attempt, below the gate
+//!     .timeout(Duration::from_secs(30))                      // per attempt (head only), below the gate
 //!     .service(client());
 //! # let _ = svc;
 //! ```

@@ -119,7 +119,9 @@ fn rfc850_with_full_year(value: &str, now: SystemTime) -> Option<String> {
     let short = WEEKDAYS.iter().find(|(long, _)| *long == weekday)?.1;
     // `06-Nov-94 08:49:37 GMT`
     let b = rest.as_bytes();
-    if b.len() != 22 || b[2] != b'-' || b[6] != b'-' || !rest.ends_with(" GMT") {
+    // ASCII first: the slices below are byte ranges, and hostile input may be any UTF-8.
+    if !rest.is_ascii() || b.len() != 22 || b[2] != b'-' || b[6] != b'-' || !rest.ends_with(" GMT")
+    {
         return None;
     }
     let (day, month, yy, time) = (&rest[0..2], &rest[3..6], &rest[7..9], &rest[10..18]);

@@ -67,6 +67,7 @@
 //! | [`backoff`], [`headers`] | backoff schedules; `Retry-After` and rate-limit headers |
 //! | [`adaptive`] | [`AdaptiveLayer`] and its rate controllers (AIMD, header-driven, Cubic, Probe); a deterministic simulation |
 //! | [`queue`] | [`QueueLayer`]: bounded queue, concurrency and interval caps, priorities, depth |
+//! | [`timeout`] | [`BodyTimeoutLayer`]: a per-attempt timeout that covers reading the response body |
 //! | [`dead_letter`] | [`DeadLetterLayer`], [`FileStore`], [`replay`]: nothing is lost |
 //! | [`bulk`] | [`run_bulk`]: a stream of jobs through any stack, with progress and a report |
 //! | [`metrics`] | [`Stats`]: counters, gauges and a health check; the `metrics` facade |

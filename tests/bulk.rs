@@ -381,6 +381,7 @@ mod against_mock {
                     .with_backoff(backoff)
                     .without_budget(),
             ))
+            .map_err(BoxError::from)
             .service(client);
         let uri = server.uri("/v1/users");
         let jobs = stream::iter((0..JOBS).map(move |i| {

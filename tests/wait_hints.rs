@@ -285,3 +285,24 @@ fn rfc850_two_digit_years_follow_rfc9110s_fifty_year_rule() {
     assert_eq!(wait_for("Sunday, 06-Nov-9x 08:49:37 GMT", now), None);
     assert_eq!(wait_for("Sunday, 31-Feb-94 08:49:37 GMT", now), None);
 }
+
+#[test]
+fn hostile_rfc850_lookalikes_give_none_never_a_panic() {
+    let now = at("2026-12-01 12:00:00");
+    for value in [
+        "Sunday, 06-\u{e9}v-94 08:49:37 GMT",
+        "Sunday, \u{e9}\u{e9}-Nov-94 08:49:3 GMT",
+        "Sunday, 06-Nov-94 08:49:37 GMTX",
+        "Sunday, 06-Nov-94 08:4\u{e9}37 GMT",
+        "Sunday, 06-Nov-94 25:49:37 GMT",
+        "Sunday, ",
+        "Sunday, 06-Nov-94",
+        "Funday, 06-Nov-94 08:49:37 GMT",
+    ] {
+        assert_eq!(wait_for(value, now), None, "{value}");
+    }
+    // Any clock, even far from today.
+    let far = UNIX_EPOCH + Duration::from_secs(1 << 40);
+    assert_eq!(wait_for("Sunday, 06-Nov-94 08:49:37 GMT", far), None);
+    assert!(wait_for("Sunday, 06-Nov-94 08:49:37 GMT", UNIX_EPOCH).is_some());
+}

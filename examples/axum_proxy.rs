@@ -28,10 +28,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceExt;
 use tower_throttle::mock::{MockServer, ServerLimit};
+use tower_throttle::timeout::BodyTimeout;
 use tower_throttle::{Limits, Quota, RetryPolicy, Throttle, ThrottleError};
 
 /// The outbound client: hyper behind the shared gate and the 429-aware retry.
-pub type Upstream = Throttle<Client<HttpConnector, Full<Bytes>>>;
+pub type Upstream = Throttle<BodyTimeout<Client<HttpConnector, Full<Bytes>>>>;
 
 /// What every handler gets: the one shared client and where the API lives.
 #[derive(Clone, Debug)]

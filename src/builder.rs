@@ -16,7 +16,7 @@
 //! # fn client() -> tower::util::BoxCloneService<http::Request<http_body_util::Full<bytes::Bytes>>, http::Response<()>, tower::BoxError> { tower::util::BoxCloneService::new(tower::service_fn(|_| async { Ok(http::Response::new(())) })) }
 //! let svc = ServiceBuilder::new()
 //!     .throttle(presets::hubspot(), RetryPolicy::default()) // retry above gate, one bucket
-//!     .timeout(Duration::from_secs(30))                      // per attempt, below the gate
+//!     .timeout(Duration::from_secs(30))                      // per attempt (head only), below the gate
 //!     .service(client());
 //! # let _ = svc;
 //! ```
@@ -38,6 +38,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,6 +59,7 @@ use crate::classify::{Classify, HttpClassifier};
 use crate::dead_letter::{DeadLetterLayer, DeadLetterStore, DeadLetters};
 use crate::metrics::Stats;
 use crate::retry::{ReplayBody, RetryLayer, RetryPolicy};
+use crate::timeout::BodyTimeout;
 use crate::{ConfigError, Limits, RateLimit, RateLimitLayer};
 
 mod sealed {
@@ -223,9 +225,21 @@ impl Throttle<(), HttpClassifier> {
             adaptive: None,
             dead_letters: None,
             stats: None,
+            body: PhantomData,
         }
     }
 }
+
+/// [`ThrottleBuilder`] state: response bodies are passed through as the client returns them
+/// (no timeout, or [`head_timeout`](ThrottleBuilder::head_timeout)).
+#[derive(Debug, Clone, Copy)]
+pub struct Streamed;
+
+/// [`ThrottleBuilder`] state after [`timeout`](ThrottleBuilder::timeout): each attempt
+/// reads the whole body within the timeout ([`BodyTimeout`]), and responses come back
+/// buffered as `Full<Bytes>`.
+#[derive(Debug, Clone, Copy)]
+pub struct Buffered;
 
 impl<S, C> Throttle<S, C> {
     /// The shared bucket: take a snapshot, change its rate, or gate another stack with it
@@ -279,8 +293,12 @@ where
 /// Only [`limits`](ThrottleBuilder::limits) is required; adaptive control, dead letters,
 /// a timeout, load shedding and stats are optional, and the built type is the same whichever
 /// are chosen.
+///
+/// The second parameter says what the timeout covers: [`Streamed`] (the default, and after
+/// [`head_timeout`](ThrottleBuilder::head_timeout)) or [`Buffered`] (after
+/// [`timeout`](ThrottleBuilder::timeout)), because it changes the response body type.
 #[must_use = "call .build(client) to get the service"]
-pub struct ThrottleBuilder<C = HttpClassifier> {
+pub struct ThrottleBuilder<C = HttpClassifier, T = Streamed> {
     limits: Option<Limits>,
     retry: RetryPolicy<C>,
     timeout: Option<Duration>,
@@ -289,9 +307,10 @@ pub struct ThrottleBuilder<C = HttpClassifier> {
     adaptive: Option<std::sync::Mutex<Box<dyn RateController>>>,
     dead_letters: Option<DeadLetterLayer>,
     stats: Option<Stats>,
+    body: PhantomData<fn() -> T>,
 }
 
-impl<C> ThrottleBuilder<C> {
+impl<C, T> ThrottleBuilder<C, T> {
     /// The limits to enforce, for example a [preset](crate::presets). Required.
     pub fn limits(mut self, limits: impl Into<Limits>) -> Self {
         self.limits = Some(limits.into());
@@ -300,7 +319,7 @@ impl<C> ThrottleBuilder<C> {
 
     /// The retry policy (default [`RetryPolicy::default`]). Its bucket is replaced by the
     /// gate's, so a 429 holds the bucket every request goes through.
-    pub fn retry<C2>(self, policy: RetryPolicy<C2>) -> ThrottleBuilder<C2> {
+    pub fn retry<C2>(self, policy: RetryPolicy<C2>) -> ThrottleBuilder<C2, T> {
         ThrottleBuilder {
             limits: self.limits,
             retry: policy,
@@ -309,14 +328,29 @@ impl<C> ThrottleBuilder<C> {
             adaptive: self.adaptive,
             dead_letters: self.dead_letters,
             stats: self.stats,
+            body: PhantomData,
         }
     }
 
-    /// Fails an attempt that takes longer than `timeout` once sent (time waiting at the gate
-    /// does not count). The timeout is a transient failure, retried with backoff.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
+    /// Fails an attempt whose response, **body included**, has not arrived within
+    /// `timeout` once sent (time waiting at the gate does not count). The timeout is a
+    /// transient failure, retried with backoff.
+    ///
+    /// Each attempt reads the whole body ([`BodyTimeout`]), so a server that sends its
+    /// headers and then drips the body cannot hold a caller past the timeout, and a slow body
+    /// is retried like a slow head. Responses come back buffered (`http::Response<Full<Bytes>>`).
+    /// To stream bodies instead, use [`head_timeout`](ThrottleBuilder::head_timeout).
+    pub fn timeout(self, timeout: Duration) -> ThrottleBuilder<C, Buffered> {
+        ThrottleBuilder {
+            limits: self.limits,
+            retry: self.retry,
+            timeout: Some(timeout),
+            max_wait: self.max_wait,
+            adaptive: self.adaptive,
+            dead_letters: self.dead_letters,
+            stats: self.stats,
+            body: PhantomData,
+        }
     }
 
     /// Refuses at once, with [`ThrottleError::WaitTooLong`](crate::ThrottleError::WaitTooLong),
@@ -351,12 +385,9 @@ impl<C> ThrottleBuilder<C> {
         self
     }
 
-    /// Wraps `client`.
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] when no limits were given, or a zero timeout;
-    /// [`ConfigError::MinAboveMax`] when the adaptive controller's `min` is above the limits.
-    pub fn build<S>(self, client: S) -> Result<Throttle<S, C>, ConfigError>
+    /// Checks the configuration and assembles the stack around `client`, with `head` as the
+    /// tower timeout on each attempt.
+    fn assemble<S>(self, client: S, head: Option<Duration>) -> Result<Throttle<S, C>, ConfigError>
     where
         C: Clone,
     {
@@ -386,7 +417,7 @@ impl<C> ThrottleBuilder<C> {
             dead_letters = dead_letters.map(|d| d.with_stats(stats));
         }
         let bucket = gate.bucket().clone();
-        let attempt = match self.timeout {
+        let attempt = match head {
             Some(d) => Attempt::Timed(Timeout::new(client, d)),
             None => Attempt::Plain(client),
         };
@@ -412,7 +443,48 @@ impl<C> ThrottleBuilder<C> {
     }
 }
 
-impl<C: fmt::Debug> fmt::Debug for ThrottleBuilder<C> {
+impl<C> ThrottleBuilder<C, Streamed> {
+    /// Fails an attempt whose response head (status and headers) has not arrived within
+    /// `timeout` once sent; the body is not timed, and is streamed to the caller as the client
+    /// returns it. This is [`tower::timeout::Timeout`] on each attempt. Prefer
+    /// [`timeout`](ThrottleBuilder::timeout) unless bodies are too large to buffer.
+    pub fn head_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Wraps `client`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when no limits were given, or a zero timeout;
+    /// [`ConfigError::MinAboveMax`] when the adaptive controller's `min` is above the limits.
+    pub fn build<S>(self, client: S) -> Result<Throttle<S, C>, ConfigError>
+    where
+        C: Clone,
+    {
+        let head = self.timeout;
+        self.assemble(client, head)
+    }
+}
+
+impl<C> ThrottleBuilder<C, Buffered> {
+    /// Wraps `client`, each attempt reading the whole response body within the
+    /// [`timeout`](ThrottleBuilder::timeout).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when no limits were given, or a zero timeout;
+    /// [`ConfigError::MinAboveMax`] when the adaptive controller's `min` is above the limits.
+    pub fn build<S>(self, client: S) -> Result<Throttle<BodyTimeout<S>, C>, ConfigError>
+    where
+        C: Clone,
+    {
+        // `assemble` refuses a zero timeout before anything runs.
+        let timeout = self.timeout.unwrap_or(Duration::ZERO);
+        self.assemble(BodyTimeout::new(client, timeout), None)
+    }
+}
+
+impl<C: fmt::Debug, T> fmt::Debug for ThrottleBuilder<C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThrottleBuilder")
             .field("limits", &self.limits)

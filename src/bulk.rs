@@ -7,6 +7,14 @@
 //! job's outcome with a classifier. `succeeded + failed + dead_lettered == processed` holds in
 //! every [`Progress`] and in the [`BulkReport`].
 //!
+//! **Retries do not idle a slot.** With a [`RetryLayer`](crate::RetryLayer) in the stack, a
+//! request waiting out its backoff (or a server's `Retry-After`) gives its slot back: the next
+//! job starts meanwhile, and the retry queues for a slot again once its delay is over, ahead of
+//! jobs not yet started. So 10% transient failures with a 1 s backoff do not cut throughput to
+//! `concurrency` requests per second; at most [`max_deferred`](BulkOptions::max_deferred)
+//! requests wait this way at once (beyond that a retry waits holding its slot, which keeps
+//! memory bounded when every request is failing).
+//!
 //! The default classifier for HTTP ([`classify_http`]): a response or error marked by the
 //! [`DeadLetterLayer`](crate::DeadLetterLayer) is *dead-lettered*, a 2xx response *succeeded*,
 //! anything else *failed*.
@@ -35,13 +43,19 @@
 //! ```
 
 use std::fmt;
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::{Stream, StreamExt as _};
 use tokio::time::Instant;
-use tower::{BoxError, ServiceExt as _};
+use tower::BoxError;
 use tower_service::Service;
+
+use crate::queue::shared::{Config, Shared};
+use crate::queue::{NoPriority, Queue};
 
 use crate::dead_letter::{DeadLettered, DeadLetteredError};
 
@@ -113,6 +127,8 @@ type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 /// Default [`BulkOptions::concurrency`].
 pub const DEFAULT_CONCURRENCY: usize = 16;
+/// Default [`BulkOptions::max_deferred`].
+pub const DEFAULT_MAX_DEFERRED: usize = 4096;
 /// Default [`BulkOptions::progress_interval`].
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -124,6 +140,7 @@ pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// [`classify_http`]; [`BulkOptions::new`] takes any classifier.
 pub struct BulkOptions<R> {
     concurrency: usize,
+    max_deferred: usize,
     progress_interval: Duration,
     progress_every: Option<u64>,
     on_progress: Option<ProgressFn>,
@@ -144,6 +161,7 @@ impl<R> BulkOptions<R> {
     ) -> Self {
         BulkOptions {
             concurrency: DEFAULT_CONCURRENCY,
+            max_deferred: DEFAULT_MAX_DEFERRED,
             progress_interval: DEFAULT_PROGRESS_INTERVAL,
             progress_every: None,
             on_progress: None,
@@ -155,6 +173,14 @@ impl<R> BulkOptions<R> {
     /// Jobs in flight at once (0 counts as 1).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// At most `n` requests waiting out a retry delay without holding a slot (default
+    /// [`DEFAULT_MAX_DEFERRED`]; 0: a waiting retry keeps its slot). Each holds its request
+    /// (the copy the retry layer keeps) in memory.
+    pub fn max_deferred(mut self, n: usize) -> Self {
+        self.max_deferred = n;
         self
     }
 
@@ -187,6 +213,7 @@ impl<R> fmt::Debug for BulkOptions<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BulkOptions")
             .field("concurrency", &self.concurrency)
+            .field("max_deferred", &self.max_deferred)
             .field("progress_interval", &self.progress_interval)
             .field("progress_every", &self.progress_every)
             .field("total", &self.total)
@@ -257,12 +284,39 @@ where
     });
     let mut counts = Counts::default();
     let mut last_report = start;
-    let results = jobs
-        .map(|req| service.clone().oneshot(req))
-        .buffer_unordered(options.concurrency);
-    let mut results = std::pin::pin!(results);
-    while let Some(result) = results.next().await {
-        let result = result.map_err(Into::into);
+    // The slots are a queue's (one scheduler, one set of rules): a job starts only when a slot
+    // is free and no deferred retry is waiting for one, so the stream is pulled lazily and a
+    // retry goes before jobs not yet started.
+    let shared = Shared::new(
+        Config {
+            capacity: usize::MAX,
+            concurrency: options.concurrency,
+            interval: None,
+            max_deferred: options.max_deferred,
+        },
+        None,
+    );
+    let mut queue = Queue::from_parts(service, shared.clone(), NoPriority);
+    let mut running = FuturesUnordered::new();
+    let mut jobs = std::pin::pin!(jobs);
+    let mut exhausted = false;
+    loop {
+        let next = poll_fn(|cx| {
+            while !exhausted && shared.poll_idle(cx.waker()) {
+                match jobs.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(req)) => running.push(queue.call(req)),
+                    Poll::Ready(None) => exhausted = true,
+                    Poll::Pending => break,
+                }
+            }
+            match running.poll_next_unpin(cx) {
+                Poll::Ready(Some(result)) => Poll::Ready(Some(result)),
+                Poll::Ready(None) if exhausted => Poll::Ready(None),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        let Some(result) = next else { break };
         match (options.classify)(&result) {
             JobOutcome::Succeeded => counts.succeeded += 1,
             JobOutcome::Failed => counts.failed += 1,

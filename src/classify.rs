@@ -81,6 +81,20 @@ pub trait Classify: Clone {
     fn classify<B>(&self, response: &Response<B>, now: SystemTime) -> Outcome {
         self.classify_response(response.status(), response.headers(), now)
     }
+
+    /// For a response classified [`Outcome::Transient`]: how long the server asked us to wait
+    /// before sending again, if it said (a 503 with `Retry-After`, which RFC 9110 §10.2.3
+    /// allows). The retry policy waits that long instead of backing off and holds the shared
+    /// bucket until then, without counting it as a rate limit. The default: `None`.
+    fn transient_wait(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Option<Duration> {
+        let _ = (status, headers, now);
+        None
+    }
 }
 
 /// A rule consulted before the built-in table.
@@ -104,9 +118,26 @@ const MAX_SOURCE_DEPTH: usize = 64;
 /// | status                          | outcome                                     |
 /// |---------------------------------|---------------------------------------------|
 /// | 2xx, 3xx                        | `Success`                                   |
-/// | 429                             | `RateLimited`, with `Retry-After` if given  |
-/// | 408, 500, 502, 503, 504         | `Transient`                                 |
+/// | 429                             | `RateLimited`, with the server's wait if given (below) |
+/// | 403 whose headers say the quota is spent (below) | `RateLimited`, likewise    |
+/// | 408, 500, 502, 503, 504         | `Transient` (a 503's `Retry-After` is honoured: [`Classify::transient_wait`]) |
 /// | any other status (incl. 1xx, 501, 505) | `Permanent`                          |
+///
+/// **The server's wait.** `Retry-After` (seconds or an HTTP-date) first; failing that, a
+/// rate-limit header that reports nothing remaining together with a reset: the IETF
+/// `RateLimit: "default";r=0;t=45` (or its earlier `RateLimit-Remaining` / `-Reset` fields) and
+/// the de-facto `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset` (seconds to go, or a Unix
+/// timestamp, as [`rate_limit_info`](crate::headers::rate_limit_info) tells apart). Without
+/// either, `retry_after` is `None` and the policy backs off.
+///
+/// **403 as a rate limit** (on by default, [`HttpClassifier::rate_limited_403`] turns it off):
+/// some APIs refuse a spent quota with 403 rather than 429. A 403 is read as a rate limit only
+/// when its headers say so unambiguously: a rate-limit header family reporting 0 remaining
+/// (GitHub's primary limit: `X-RateLimit-Remaining: 0` with an epoch `X-RateLimit-Reset`), a
+/// `Retry-After` (GitHub's secondary limit), or Salesforce's `Sforce-Limit-Info:
+/// api-usage=N/M` with `N >= M` (the header that accompanies `REQUEST_LIMIT_EXCEEDED`; the
+/// error code itself is in the body, which a classifier of status and headers does not read).
+/// Any other 403 (a missing permission) stays `Permanent`.
 ///
 /// 408 is `Transient` because the server timed out waiting for our request, which says nothing
 /// about the request itself, and RFC 9110 §15.5.9 lets the client repeat it. 1xx cannot be a
@@ -179,6 +210,7 @@ struct Inner {
     statuses: Vec<(StatusCode, Outcome)>,
     custom: Vec<Arc<CustomRule>>,
     unknown_errors: Outcome,
+    rate_limited_403: bool,
 }
 
 impl fmt::Debug for HttpClassifier {
@@ -188,6 +220,7 @@ impl fmt::Debug for HttpClassifier {
             .field("statuses", &self.inner.statuses)
             .field("custom_rules", &self.inner.custom.len())
             .field("unknown_errors", &self.inner.unknown_errors)
+            .field("rate_limited_403", &self.inner.rate_limited_403)
             .finish()
     }
 }
@@ -207,6 +240,7 @@ impl HttpClassifier {
                 statuses: Vec::new(),
                 custom: Vec::new(),
                 unknown_errors: Outcome::Permanent,
+                rate_limited_403: true,
             }),
         }
     }
@@ -244,19 +278,36 @@ impl HttpClassifier {
         self
     }
 
+    /// Whether a 403 whose headers say the quota is spent counts as a rate limit (default
+    /// `true`; see the table above for exactly which headers).
+    pub fn rate_limited_403(mut self, enabled: bool) -> Self {
+        Arc::make_mut(&mut self.inner).rate_limited_403 = enabled;
+        self
+    }
+
     /// The current `Retry-After` cap.
     pub fn get_retry_after_cap(&self) -> Duration {
         self.inner.retry_after_cap
     }
 
-    fn builtin(status: StatusCode) -> Outcome {
+    fn builtin(&self, status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Outcome {
         match status.as_u16() {
             200..=399 => Outcome::Success,
             429 => Outcome::RateLimited { retry_after: None },
+            403 if self.inner.rate_limited_403 && quota_spent(headers, now) => {
+                Outcome::RateLimited { retry_after: None }
+            }
             408 | 500 | 502 | 503 | 504 => Outcome::Transient,
             _ => Outcome::Permanent,
         }
     }
+}
+
+/// Whether a 403's headers say it refused a spent quota rather than a missing permission.
+fn quota_spent(headers: &HeaderMap, now: SystemTime) -> bool {
+    headers.contains_key(http::header::RETRY_AFTER)
+        || headers::rate_limit_info(headers, now).is_some_and(|i| i.remaining == Some(0))
+        || headers::salesforce_api_usage(headers).is_some_and(|u| u.remaining == 0)
 }
 
 impl Classify for HttpClassifier {
@@ -278,18 +329,29 @@ impl Classify for HttpClassifier {
                     .find(|(s, _)| *s == status)
                     .map(|(_, o)| *o)
             })
-            .unwrap_or_else(|| Self::builtin(status));
+            .unwrap_or_else(|| self.builtin(status, headers, now));
         match outcome {
             Outcome::RateLimited { retry_after } => {
                 let cap = inner.retry_after_cap;
                 Outcome::RateLimited {
                     retry_after: retry_after
                         .map(|d| d.min(cap))
-                        .or_else(|| headers::retry_after(headers, now, cap)),
+                        .or_else(|| headers::retry_after(headers, now, cap))
+                        .or_else(|| headers::exhausted_reset(headers, now).map(|d| d.min(cap))),
                 }
             }
             other => other,
         }
+    }
+
+    /// A transient response's `Retry-After`, capped like a rate limit's.
+    fn transient_wait(
+        &self,
+        _status: StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Option<Duration> {
+        headers::retry_after(headers, now, self.inner.retry_after_cap)
     }
 
     fn classify_error(&self, err: &(dyn Error + 'static)) -> Outcome {
@@ -459,14 +521,127 @@ mod tests {
     }
 
     #[test]
-    fn transient_statuses_ignore_retry_after() {
+    fn transient_statuses_stay_transient_and_report_retry_after() {
         let c = HttpClassifier::new();
-        let got = c.classify_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &headers(&[("retry-after", "5")]),
-            now(),
-        );
+        let h = headers(&[("retry-after", "5")]);
+        let got = c.classify_response(StatusCode::SERVICE_UNAVAILABLE, &h, now());
         assert_eq!(got, Outcome::Transient);
+        assert_eq!(
+            c.transient_wait(StatusCode::SERVICE_UNAVAILABLE, &h, now()),
+            Some(Duration::from_secs(5))
+        );
+        let h = headers(&[("retry-after", "600")]);
+        assert_eq!(
+            c.transient_wait(StatusCode::SERVICE_UNAVAILABLE, &h, now()),
+            Some(Duration::from_secs(60)),
+            "capped like a rate limit's"
+        );
+        assert_eq!(
+            c.transient_wait(StatusCode::BAD_GATEWAY, &HeaderMap::new(), now()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_429_with_only_a_reset_hint_gets_that_wait() {
+        let c = HttpClassifier::new();
+        let epoch = 1_700_000_000u64;
+        let cases: Vec<(Vec<(&str, String)>, Outcome)> = vec![
+            (
+                vec![("ratelimit", r#""default";r=0;t=45"#.into())],
+                limited(45),
+            ),
+            (
+                vec![
+                    ("x-ratelimit-remaining", "0".into()),
+                    ("x-ratelimit-reset", (epoch + 30).to_string()),
+                ],
+                limited(30),
+            ),
+            (
+                vec![
+                    ("x-ratelimit-remaining", "0".into()),
+                    ("x-ratelimit-reset", "12".into()),
+                ],
+                limited(12),
+            ),
+            (
+                vec![
+                    ("ratelimit-remaining", "0".into()),
+                    ("ratelimit-reset", "7".into()),
+                ],
+                limited(7),
+            ),
+            // Capped like Retry-After.
+            (
+                vec![("ratelimit", r#""default";r=0;t=4500"#.into())],
+                limited(60),
+            ),
+            // Quota left: the reset is not a wait.
+            (vec![("ratelimit", r#""default";r=3;t=45"#.into())], LIMITED),
+            // Retry-After wins over a reset.
+            (
+                vec![
+                    ("retry-after", "2".into()),
+                    ("ratelimit", r#""default";r=0;t=45"#.into()),
+                ],
+                limited(2),
+            ),
+        ];
+        for (pairs, want) in cases {
+            let mut h = HeaderMap::new();
+            for (k, v) in &pairs {
+                h.append(*k, v.parse().unwrap());
+            }
+            assert_eq!(
+                c.classify_response(StatusCode::TOO_MANY_REQUESTS, &h, now()),
+                want,
+                "{pairs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_403_with_a_spent_quota_is_rate_limited() {
+        let c = HttpClassifier::new();
+        let epoch = 1_700_000_000u64;
+        let github = [
+            ("x-ratelimit-limit", "5000".to_string()),
+            ("x-ratelimit-remaining", "0".to_string()),
+            ("x-ratelimit-reset", (epoch + 20).to_string()),
+        ];
+        let mut h = HeaderMap::new();
+        for (k, v) in &github {
+            h.append(*k, v.parse().unwrap());
+        }
+        assert_eq!(
+            c.classify_response(StatusCode::FORBIDDEN, &h, now()),
+            limited(20)
+        );
+        let cases: &[(Pairs, Outcome)] = &[
+            (&[("sforce-limit-info", "api-usage=5000/5000")], LIMITED),
+            (&[("sforce-limit-info", "api-usage=5001/5000")], LIMITED),
+            (
+                &[("sforce-limit-info", "api-usage=18/5000")],
+                Outcome::Permanent,
+            ),
+            (&[("retry-after", "60")], limited(60)),
+            (&[("x-ratelimit-remaining", "10")], Outcome::Permanent),
+            (&[], Outcome::Permanent),
+        ];
+        for (h, want) in cases {
+            assert_eq!(
+                c.classify_response(StatusCode::FORBIDDEN, &headers(h), now()),
+                *want,
+                "{h:?}"
+            );
+        }
+        let off = c.rate_limited_403(false);
+        let h = headers(&[("sforce-limit-info", "api-usage=5000/5000")]);
+        assert_eq!(
+            off.classify_response(StatusCode::FORBIDDEN, &h, now()),
+            Outcome::Permanent
+        );
     }
 
     #[test]

@@ -88,14 +88,148 @@ fn parse_retry_after(value: &str, headers: &HeaderMap, now: SystemTime) -> Optio
     if let Some(secs) = parse_digits_saturating(value) {
         return Some(Duration::from_secs(secs));
     }
-    let at = httpdate::parse_http_date(value).ok()?;
+    let at = parse_http_date(value, now)?;
     let reference = headers
         .get_all(DATE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|v| httpdate::parse_http_date(trim_ows(v)).ok())
+        .find_map(|v| parse_http_date(trim_ows(v), now))
         .unwrap_or(now);
     Some(at.duration_since(reference).unwrap_or(Duration::ZERO))
+}
+
+/// An HTTP-date in any of RFC 9110's three formats, with the two-digit year of the obsolete
+/// RFC 850 format read by RFC 9110 §5.6.7: a year that would put the timestamp more than 50
+/// years after `now` means the most recent past year with those two digits.
+///
+/// (`httpdate` alone pivots at 70, which from 2020 on reads `73` as 1973 where the rule says
+/// 2073.)
+pub(crate) fn parse_http_date(value: &str, now: SystemTime) -> Option<SystemTime> {
+    match rfc850_with_full_year(value, now) {
+        Some(imf) => httpdate::parse_http_date(&imf).ok(),
+        None => httpdate::parse_http_date(value).ok(),
+    }
+}
+
+const WEEKDAYS: [(&str, &str); 7] = [
+    ("Monday", "Mon"),
+    ("Tuesday", "Tue"),
+    ("Wednesday", "Wed"),
+    ("Thursday", "Thu"),
+    ("Friday", "Fri"),
+    ("Saturday", "Sat"),
+    ("Sunday", "Sun"),
+];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// Rewrites `Sunday, 06-Nov-94 08:49:37 GMT` as the IMF-fixdate it means at `now`
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`), or `None` when `value` is not in that form. The rewritten
+/// date is then validated by `httpdate`, weekday included.
+fn rfc850_with_full_year(value: &str, now: SystemTime) -> Option<String> {
+    let (weekday, rest) = value.split_once(", ")?;
+    let short = WEEKDAYS.iter().find(|(long, _)| *long == weekday)?.1;
+    // `06-Nov-94 08:49:37 GMT`
+    let b = rest.as_bytes();
+    // ASCII first: the slices below are byte ranges, and hostile input may be any UTF-8.
+    if !rest.is_ascii() || b.len() != 22 || b[2] != b'-' || b[6] != b'-' || !rest.ends_with(" GMT")
+    {
+        return None;
+    }
+    let (day, month, yy, time) = (&rest[0..2], &rest[3..6], &rest[7..9], &rest[10..18]);
+    let mon = MONTHS.iter().position(|m| *m == month)? as u32 + 1;
+    let yy = u32::try_from(parse_digits(yy)?).ok()?;
+    let day_n = u32::try_from(parse_digits(day)?).ok()?;
+    let hms: Vec<u32> = time
+        .split(':')
+        .map(|p| parse_digits(p).and_then(|n| u32::try_from(n).ok()))
+        .collect::<Option<_>>()?;
+    let [h, m, sec] = hms[..] else { return None };
+    let year = rfc850_year(yy, (mon, day_n, h, m, sec), now);
+    Some(format!("{short}, {day} {month} {year:04} {time} GMT"))
+}
+
+/// The full year of a two-digit `yy` at `now`: the latest year ending in `yy` whose timestamp
+/// (`rest` = month, day, hour, minute, second) is at most 50 years after `now`.
+fn rfc850_year(yy: u32, rest: (u32, u32, u32, u32, u32), now: SystemTime) -> u32 {
+    let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (now_year, now_rest) = civil(now_secs);
+    let limit = (now_year + 50, now_rest);
+    // Candidates from the century after now's downwards; the first not beyond the limit wins.
+    let base = (now_year / 100 + 1) * 100 + yy;
+    (0..3)
+        .map(|i| base - 100 * i)
+        .find(|&year| (year, rest) <= limit)
+        .unwrap_or(base - 200)
+}
+
+/// Year and (month, day, hour, minute, second) of a Unix time in seconds (UTC, proleptic
+/// Gregorian; Howard Hinnant's days-to-civil algorithm).
+fn civil(secs: u64) -> (u32, (u32, u32, u32, u32, u32)) {
+    let days = secs / 86_400;
+    let tod = secs % 86_400;
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (h, m, s) = (tod / 3_600, tod / 60 % 60, tod % 60);
+    (
+        u32::try_from(year).unwrap_or(u32::MAX - 200),
+        (month as u32, day as u32, h as u32, m as u32, s as u32),
+    )
+}
+
+/// How long until the quota comes back, when the response's rate-limit headers say none is
+/// left: the `reset` of [`rate_limit_info`] when its `remaining` is 0 (the IETF
+/// `RateLimit: "default";r=0;t=45`, or `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset`
+/// as seconds to go or a Unix timestamp). `None` when quota remains or no reset is given.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use http::HeaderMap;
+/// use tower_throttle::headers::exhausted_reset;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("ratelimit", r#""default";r=0;t=45"#.parse().unwrap());
+/// assert_eq!(exhausted_reset(&headers, SystemTime::now()), Some(Duration::from_secs(45)));
+/// ```
+pub fn exhausted_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let info = rate_limit_info(headers, now)?;
+    (info.remaining == Some(0)).then_some(info.reset).flatten()
+}
+
+/// Salesforce's `Sforce-Limit-Info: api-usage=N/M` (N calls used of M in the rolling 24 h),
+/// as a [`Usage`] with `remaining = M - N` (0 when over). `None` when absent or malformed.
+///
+/// ```
+/// use http::HeaderMap;
+/// use tower_throttle::headers::{salesforce_api_usage, Usage};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("sforce-limit-info", "api-usage=18/5000".parse().unwrap());
+/// assert_eq!(salesforce_api_usage(&headers), Some(Usage { limit: 5000, remaining: 4982 }));
+/// ```
+pub fn salesforce_api_usage(headers: &HeaderMap) -> Option<Usage> {
+    let value = first_str(headers, "sforce-limit-info")?;
+    let usage = value
+        .split(',')
+        .map(trim_ows)
+        .find_map(|part| part.strip_prefix("api-usage="))?;
+    let (used, limit) = usage.split_once('/')?;
+    let (used, limit) = (
+        parse_digits(trim_ows(used))?,
+        parse_digits(trim_ows(limit))?,
+    );
+    Some(Usage {
+        limit,
+        remaining: limit.saturating_sub(used),
+    })
 }
 
 /// Which header family a [`RateLimitInfo`] was read from.

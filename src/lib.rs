@@ -68,6 +68,7 @@
 //! | [`adaptive`] | [`AdaptiveLayer`] and its rate controllers (AIMD, header-driven, Cubic, Probe); a deterministic simulation |
 //! | [`batch`] | [`BatchLayer`]: records coalesced into vendor batch requests (HubSpot, Customer.io, Mailchimp, JSON array), split back per item |
 //! | [`queue`] | [`QueueLayer`]: bounded queue, concurrency and interval caps, priorities, depth |
+//! | [`timeout`] | [`BodyTimeoutLayer`]: a per-attempt timeout that covers reading the response body |
 //! | [`dead_letter`] | [`DeadLetterLayer`], [`FileStore`], [`replay`]: nothing is lost |
 //! | [`bulk`] | [`run_bulk`]: a stream of jobs through any stack, with progress and a report |
 //! | [`metrics`] | [`Stats`]: counters, gauges and a health check; the `metrics` facade |
@@ -109,6 +110,7 @@ pub mod rate_limit;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 pub mod retry;
+pub mod timeout;
 // The mock server's limiters, also used by the always-built adaptive simulation.
 #[cfg_attr(not(feature = "mock"), allow(dead_code, unreachable_pub))]
 mod server_limit;
@@ -133,3 +135,4 @@ pub use queue::{Priority, QueueHandle, QueueLayer};
 pub use quota::{Limits, Quota};
 pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use retry::{Attempts, RetryLayer, RetryPolicy};
+pub use timeout::BodyTimeoutLayer;

@@ -143,7 +143,7 @@ async fn throttle_builder_shares_one_bucket_between_gate_and_retry_hold() {
     let client = Throttle::builder()
         .limits(Quota::per_second(10).unwrap())
         .retry(RetryPolicy::default().with_seed(1))
-        .timeout(Duration::from_secs(30))
+        .head_timeout(Duration::from_secs(30))
         .build(api_429_once(start, seen.clone()))
         .unwrap();
     assert!(client.bucket().held_until(start).is_none());

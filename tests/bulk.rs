@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{stream, StreamExt as _};
 use http::{Request, Response, StatusCode};
+use http_body_util::Full;
 use tower::{service_fn, BoxError};
 use tower_throttle::bulk::{run_bulk, BulkOptions, JobOutcome, Progress};
 
@@ -128,6 +130,156 @@ async fn concurrency_is_bounded_and_the_stream_is_pulled_lazily() {
     assert_eq!(max_seen.load(Ordering::SeqCst), 8);
 }
 
+/// A server whose every call takes 7 ms (so that no retry falls due exactly when a call ends); `fails(id, call_number)` picks the 503s. Records
+/// (id, start) per call.
+#[derive(Clone)]
+struct Flaky {
+    start: tokio::time::Instant,
+    log: Arc<Mutex<Vec<(u32, Duration)>>>,
+    fails: fn(u32, usize) -> bool,
+}
+
+impl Flaky {
+    fn new(fails: fn(u32, usize) -> bool) -> Self {
+        Flaky {
+            start: tokio::time::Instant::now(),
+            log: Arc::default(),
+            fails,
+        }
+    }
+
+    fn service(
+        &self,
+    ) -> impl tower::Service<
+        Request<Full<Bytes>>,
+        Response = Response<()>,
+        Error = BoxError,
+        Future = impl Send,
+    > + Clone {
+        let this = self.clone();
+        service_fn(move |req: Request<Full<Bytes>>| {
+            let id: u32 = req.headers()["x-id"].to_str().unwrap().parse().unwrap();
+            let fail = {
+                let mut log = this.log.lock().unwrap();
+                let n = log.iter().filter(|(i, _)| *i == id).count();
+                log.push((id, this.start.elapsed()));
+                (this.fails)(id, n)
+            };
+            async move {
+                tokio::time::sleep(ms(7)).await;
+                let status = if fail { 503 } else { 200 };
+                Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+            }
+        })
+    }
+
+    fn calls_of(&self, id: u32) -> Vec<Duration> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|(i, _)| *i == id)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+
+    fn distinct_by(&self, t: Duration) -> usize {
+        let log = self.log.lock().unwrap();
+        let ids: std::collections::HashSet<u32> = log
+            .iter()
+            .filter(|(_, at)| *at <= t)
+            .map(|(i, _)| *i)
+            .collect();
+        ids.len()
+    }
+}
+
+/// Retries with an exact 1 s, 2 s, ... backoff and no budget.
+fn retrying() -> tower_throttle::retry::RetryLayer {
+    let backoff = tower_throttle::Backoff::builder()
+        .jitter(tower_throttle::Jitter::None)
+        .build()
+        .unwrap();
+    tower_throttle::retry::RetryLayer::new(
+        tower_throttle::RetryPolicy::default()
+            .with_backoff(backoff)
+            .without_budget(),
+    )
+}
+
+fn id_jobs(n: u32) -> impl futures_util::Stream<Item = Request<Full<Bytes>>> {
+    stream::iter((0..n).map(|i| {
+        Request::post("http://api.example/v1/users")
+            .header("x-id", i.to_string())
+            .body(Full::new(Bytes::from(format!("{{\"id\":{i}}}"))))
+            .unwrap()
+    }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waiting_out_its_backoff_gives_its_bulk_slot_back() {
+    // One slot, 200 jobs of 7 ms, job 0 answered 503 once (1 s backoff). Holding the slot
+    // through the backoff made the run 2.4 s; handing it back, 1.4 s plus the retry's 7 ms.
+    let server = Flaky::new(|id, n| id == 0 && n == 0);
+    let stack = tower::ServiceBuilder::new()
+        .layer(retrying())
+        .service(server.service());
+    let report = run_bulk(id_jobs(200), stack, BulkOptions::default().concurrency(1)).await;
+    assert_eq!((report.processed, report.succeeded), (200, 200));
+    assert_eq!(report.elapsed, ms(1_407));
+    // The retry was due at 1.007 s, waited for the running job (143, 1.001-1.008 s) and went
+    // before the jobs not yet started.
+    assert_eq!(server.calls_of(0), vec![ms(0), ms(1_008)]);
+    assert_eq!(server.calls_of(143), vec![ms(1_001)]);
+    assert_eq!(server.calls_of(144), vec![ms(1_015)]);
+
+    // With deferral off the old behaviour is back: the slot idles for the backoff.
+    let server = Flaky::new(|id, n| id == 0 && n == 0);
+    let stack = tower::ServiceBuilder::new()
+        .layer(retrying())
+        .service(server.service());
+    let options = BulkOptions::default().concurrency(1).max_deferred(0);
+    let report = run_bulk(id_jobs(200), stack, options).await;
+    assert_eq!(report.succeeded, 200);
+    assert_eq!(report.elapsed, ms(2_407));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deferred_retries_are_bounded_so_a_failing_run_does_not_pull_the_whole_stream() {
+    // Everything fails, always: 5 attempts per job over 15 s. Two slots plus at most three
+    // deferred retries: five jobs in progress, not the whole stream.
+    let server = Flaky::new(|_, _| true);
+    let stack = tower::ServiceBuilder::new()
+        .layer(retrying())
+        .service(server.service());
+    let options = BulkOptions::default().concurrency(2).max_deferred(3);
+    let run = tokio::spawn(run_bulk(id_jobs(1_000), stack, options));
+    tokio::time::sleep(ms(500)).await;
+    assert_eq!(server.distinct_by(ms(500)), 5);
+    run.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_percent_503s_through_retries_keep_every_slot_busy() {
+    // 16 slots, 2,000 jobs of 7 ms, every tenth job refused once: busy slots finish the
+    // first attempts in 2000 x 7 ms / 16 = 0.875 s; the retries come 1 s after each refusal,
+    // so the run ends soon after the last of them. Holding slots through the backoffs took
+    // about 13 s (each slot idle 1 s for each of its ~12 refusals).
+    let server = Flaky::new(|id, n| id % 10 == 0 && n == 0);
+    let stack = tower::ServiceBuilder::new()
+        .layer(retrying())
+        .service(server.service());
+    let report = run_bulk(
+        id_jobs(2_000),
+        stack,
+        BulkOptions::default().concurrency(16),
+    )
+    .await;
+    assert_eq!((report.processed, report.succeeded), (2_000, 2_000));
+    assert!(report.elapsed <= ms(2_000), "{:?}", report.elapsed);
+    for id in (0..2_000).step_by(10) {
+        assert_eq!(server.calls_of(id).len(), 2, "job {id}");
+    }
+}
+
 #[cfg(feature = "mock")]
 mod against_mock {
     use super::*;
@@ -204,6 +356,51 @@ mod against_mock {
         assert_eq!((queue_handle.size(), queue_handle.pending()), (0, 0));
         let last = last.lock().unwrap().expect("a final progress report");
         assert_eq!(last.processed, JOBS);
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deferred_retries_over_loopback_deliver_every_job_once() {
+        // 10% 503s on an unlimited server, 8 slots, retries handing their slot back: every
+        // job delivered, none twice, about 1.1 attempts per job.
+        const JOBS: u64 = 1_000;
+        let server = MockServer::builder()
+            .fail_ratio(0.1)
+            .seed(3)
+            .start()
+            .await
+            .unwrap();
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let backoff = tower_throttle::Backoff::builder()
+            .base(ms(20))
+            .build()
+            .unwrap();
+        let stack = ServiceBuilder::new()
+            .layer(tower_throttle::RetryLayer::new(
+                tower_throttle::RetryPolicy::default()
+                    .with_backoff(backoff)
+                    .without_budget(),
+            ))
+            .map_err(BoxError::from)
+            .service(client);
+        let uri = server.uri("/v1/users");
+        let jobs = stream::iter((0..JOBS).map(move |i| {
+            Request::post(uri.clone())
+                .header("x-request-id", format!("job-{i}"))
+                .body(Full::new(Bytes::from(format!(r#"{{"id":{i}}}"#))))
+                .unwrap()
+        }));
+        let report = run_bulk(jobs, stack, BulkOptions::default().concurrency(8)).await;
+        let mock = server.stats();
+        assert_eq!((report.processed, report.succeeded), (JOBS, JOBS));
+        assert_eq!(mock.distinct_ids, JOBS);
+        assert_eq!(mock.accepted, JOBS, "a job was delivered twice");
+        assert!(mock.failed > 0);
+        assert!(
+            mock.received as f64 <= JOBS as f64 * 1.15,
+            "{} attempts for {JOBS} jobs",
+            mock.received
+        );
         server.shutdown().await;
     }
 }

@@ -37,9 +37,9 @@ async fn slow_server() -> MockServer {
 }
 
 /// Sends `n` requests one after another; returns the attempts each took.
-async fn send<S>(mut svc: S, server: &MockServer, n: usize) -> Vec<u32>
+async fn send<S, R>(mut svc: S, server: &MockServer, n: usize) -> Vec<u32>
 where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<hyper::body::Incoming>>,
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<R>>,
     S::Error: std::fmt::Debug,
 {
     let mut attempts = Vec::new();

@@ -378,3 +378,167 @@ async fn stats_see_queue_size_and_pending() {
     let s = stats.snapshot();
     assert_eq!((s.queue_size, s.queue_pending), (0, 0));
 }
+
+// ----- Deferred retries (issue 16, item 4) -----
+
+/// Answers `n` after 7 ms; the first call for each `n` in `fail_once` gets an error the retry
+/// policy treats as transient. Logs (n, start) per call.
+#[derive(Clone)]
+struct FailsOnce {
+    recorder: Recorder,
+    fail_once: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Service<http::Request<u32>> for FailsOnce {
+    type Response = http::Response<u32>;
+    type Error = tower::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, tower::BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), tower::BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<u32>) -> Self::Future {
+        let n = *req.body();
+        let fail = {
+            let mut list = self.fail_once.lock().unwrap();
+            let hit = list.iter().position(|m| *m == n);
+            hit.map(|i| list.remove(i)).is_some()
+        };
+        let fut = self.recorder.call(n);
+        Box::pin(async move {
+            let n = fut.await.unwrap();
+            let status = if fail { 503 } else { 200 };
+            Ok(http::Response::builder().status(status).body(n).unwrap())
+        })
+    }
+}
+
+impl tower_throttle::ReplayBody for Wrapped {
+    fn to_bytes(&self) -> Option<bytes::Bytes> {
+        Some(bytes::Bytes::copy_from_slice(&self.0.to_be_bytes()))
+    }
+    fn from_bytes(b: bytes::Bytes) -> Self {
+        Wrapped(u32::from_be_bytes(b[..4].try_into().unwrap()))
+    }
+}
+
+/// A replayable request body holding a job number.
+#[derive(Debug, Clone, Copy)]
+struct Wrapped(u32);
+
+fn retry_queue(
+    recorder: &Recorder,
+    fail_once: Vec<u32>,
+    defer: bool,
+) -> (
+    impl Service<
+            http::Request<Wrapped>,
+            Response = http::Response<u32>,
+            Error = tower::BoxError,
+            Future = impl Send,
+        > + Clone,
+    tower_throttle::QueueHandle,
+) {
+    let queue = QueueLayer::builder()
+        .capacity(1_000)
+        .concurrency(1)
+        .defer_retries(defer)
+        .build()
+        .unwrap();
+    let handle = queue.handle();
+    let backoff = tower_throttle::Backoff::builder()
+        .jitter(tower_throttle::Jitter::None)
+        .build()
+        .unwrap();
+    let inner = FailsOnce {
+        recorder: recorder.clone(),
+        fail_once: Arc::new(Mutex::new(fail_once)),
+    };
+    let svc = tower::ServiceBuilder::new()
+        .layer(queue)
+        .layer(tower_throttle::RetryLayer::new(
+            tower_throttle::RetryPolicy::default()
+                .with_backoff(backoff)
+                .without_budget(),
+        ))
+        .map_request(|req: http::Request<Wrapped>| req.map(|w| w.0))
+        .service(inner);
+    (svc, handle)
+}
+
+fn job(n: u32) -> http::Request<Wrapped> {
+    http::Request::new(Wrapped(n))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waiting_out_its_backoff_gives_its_queue_slot_back() {
+    // Concurrency 1; request 0 fails once (1 s backoff), requests 1..=200 take 7 ms each.
+    let recorder = Recorder::new(ms(7));
+    let (svc, handle) = retry_queue(&recorder, vec![0], true);
+    let handles: Vec<_> = (0..=200)
+        .map(|n| tokio::spawn(svc.clone().oneshot(job(n))))
+        .collect();
+    for h in handles {
+        assert_eq!(h.await.unwrap().unwrap().status(), 200);
+    }
+    let log = recorder.log();
+    let at = |n: u32| -> Vec<Duration> {
+        log.iter()
+            .filter(|(m, _)| *m == n)
+            .map(|(_, t)| *t)
+            .collect()
+    };
+    // While 0 waited, the others ran; its retry (due 1.007 s) took the slot when the running
+    // request (143, 1.001-1.008 s) finished, ahead of everything queued after it.
+    assert_eq!(at(1), vec![ms(7)]);
+    assert_eq!(at(0), vec![ms(0), ms(1_008)]);
+    assert_eq!(at(143), vec![ms(1_001)]);
+    assert_eq!(at(144), vec![ms(1_015)]);
+    assert_eq!((handle.size(), handle.pending()), (0, 0));
+
+    // Deferral off: the slot idles through the backoff, as before.
+    let recorder = Recorder::new(ms(7));
+    let (svc, _) = retry_queue(&recorder, vec![0], false);
+    let handles: Vec<_> = (0..=3)
+        .map(|n| tokio::spawn(svc.clone().oneshot(job(n))))
+        .collect();
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        recorder.times(),
+        vec![ms(0), ms(1_007), ms(1_014), ms(1_021), ms(1_028)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_deferred_or_requeued_request_frees_its_place() {
+    let recorder = Recorder::new(ms(7));
+    let (svc, handle) = retry_queue(&recorder, vec![0, 1], true);
+    // 0 fails and defers; drop it while deferred.
+    let first = tokio::spawn(svc.clone().oneshot(job(0)));
+    tokio::time::sleep(ms(10)).await;
+    assert_eq!((handle.size(), handle.pending()), (0, 0));
+    first.abort();
+    let _ = first.await;
+    assert_eq!((handle.size(), handle.pending()), (0, 0));
+
+    // 1 fails and defers; 2 runs long enough for 1's retry to queue behind it; drop 1 then.
+    let second = tokio::spawn(svc.clone().oneshot(job(1)));
+    tokio::time::sleep(ms(8)).await;
+    let blockers: Vec<_> = (10..160)
+        .map(|n| tokio::spawn(svc.clone().oneshot(job(n))))
+        .collect();
+    tokio::time::sleep(ms(1_000)).await;
+    // 1's retry (due at 1.017 s) is queued behind the running blocker.
+    assert!(handle.size() > 0);
+    second.abort();
+    let _ = second.await;
+    for b in blockers {
+        assert_eq!(b.await.unwrap().unwrap().status(), 200);
+    }
+    assert_eq!((handle.size(), handle.pending()), (0, 0));
+    // Request 1 was attempted once and never again.
+    assert_eq!(recorder.order().iter().filter(|n| **n == 1).count(), 1);
+}

@@ -407,3 +407,151 @@ async fn retries_go_back_through_the_gate() {
     svc.oneshot(req()).await.unwrap();
     assert_eq!(server.calls(), vec![secs(0), secs(1), secs(2)]);
 }
+
+// ----- Regression tests: issue 14 (retry) and 13 (keyed holds). -----
+
+#[tokio::test(start_paused = true)]
+async fn deadline_counts_from_each_request_not_the_first() {
+    // One long-lived layer: the first request at 0 s, the second two minutes later. With a
+    // deadline on the long-lived policy, the second inherited the first's start and came back
+    // as its 503, not retried.
+    let server = Scripted::new(vec![status(200), status(503)]);
+    let policy = RetryPolicy::default()
+        .with_backoff(exact_backoff())
+        .with_deadline(secs(30));
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy))
+        .service(server.service());
+    assert_eq!(svc.clone().oneshot(req()).await.unwrap().status(), 200);
+    tokio::time::sleep(secs(120)).await;
+    let res = svc.clone().oneshot(req()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(2)));
+    assert_eq!(server.calls(), vec![secs(0), secs(120), secs(121)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_is_checked_before_the_budget_and_the_hold() {
+    // A budget with one retry in reserve, shared by two layers; the first layer's deadline
+    // is too short for any retry. Its refusals must neither spend the budget nor hold the
+    // bucket.
+    let bucket = LocalBucket::new(Quota::per_second(10).unwrap());
+    let base = RetryPolicy::default()
+        .with_backoff(exact_backoff())
+        .with_budget(secs(1), 1, 0.0)
+        .unwrap()
+        .with_bucket(bucket.clone());
+    let short = ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            base.clone().with_deadline(Duration::from_millis(500)),
+        ))
+        .service(Scripted::new(vec![status(503), with_retry_after(429, "5")]).service());
+    let res = short.clone().oneshot(req()).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(1)));
+    let res = short.oneshot(req()).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(1)));
+    assert_eq!(
+        bucket.held_until(Instant::now()),
+        None,
+        "a 429 that will not be retried set the shared hold"
+    );
+
+    let server = Scripted::new(vec![status(503)]);
+    let res = ServiceBuilder::new()
+        .layer(RetryLayer::new(base))
+        .service(server.service())
+        .oneshot(req())
+        .await
+        .unwrap();
+    assert_eq!(
+        res.extensions().get::<Attempts>(),
+        Some(&Attempts(2)),
+        "the budget's one retry was spent by a request that did not retry"
+    );
+}
+
+#[test]
+fn budget_min_per_sec_u32_max_is_a_config_error() {
+    // tower's TpsBudget asserts min_per_sec < i32::MAX; this used to panic inside it.
+    for min in [u32::MAX, i32::MAX as u32] {
+        match RetryPolicy::default().with_budget(secs(10), min, 0.2) {
+            Err(tower_throttle::ConfigError::OutOfRange { name, .. }) => {
+                assert_eq!(name, "min_per_sec")
+            }
+            other => panic!("{min}: {other:?}"),
+        }
+    }
+    assert!(RetryPolicy::default()
+        .with_budget(secs(10), i32::MAX as u32 - 1, 0.2)
+        .is_ok());
+    assert!(RetryPolicy::default()
+        .with_budget(secs(10), 10, f32::NAN)
+        .is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_from_one_host_holds_that_host_only() {
+    use tower_throttle::rate_limit::{ByAuthority, KeyedRateLimitLayer};
+
+    let start = Instant::now();
+    let calls: Arc<Mutex<Vec<(String, Duration)>>> = Arc::default();
+    let log = calls.clone();
+    let api = service_fn(move |req: http::Request<Full<Bytes>>| {
+        let host = req.uri().host().unwrap().to_owned();
+        let mut log = log.lock().unwrap();
+        let first_to_a = host == "a.example" && log.iter().all(|(h, _)| h != "a.example");
+        log.push((host, start.elapsed()));
+        async move {
+            let res = if first_to_a {
+                http::Response::builder()
+                    .status(429)
+                    .header("retry-after", "5")
+            } else {
+                http::Response::builder().status(200)
+            };
+            Ok::<_, BoxError>(res.body(()).unwrap())
+        }
+    });
+    let gate = KeyedRateLimitLayer::per_authority(Quota::per_second(10).unwrap());
+    let policy = RetryPolicy::default().with_keyed_bucket(gate.bucket().clone(), ByAuthority);
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy))
+        .layer(gate)
+        .service(api);
+    let to = |host: &str| {
+        http::Request::post(format!("http://{host}/v1/track"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+
+    let refused = tokio::spawn(svc.clone().oneshot(to("a.example")));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Host B keeps flowing while A is held...
+    for _ in 0..3 {
+        svc.clone().oneshot(to("b.example")).await.unwrap();
+    }
+    assert!(
+        start.elapsed() < secs(1),
+        "B was held: {:?}",
+        start.elapsed()
+    );
+    // ...and a new request to A waits for A's hold.
+    let res = svc.clone().oneshot(to("a.example")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(start.elapsed() >= secs(5), "{:?}", start.elapsed());
+    let res = refused.await.unwrap().unwrap();
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(2)));
+
+    let calls = calls.lock().unwrap().clone();
+    let b: Vec<_> = calls.iter().filter(|(h, _)| h == "b.example").collect();
+    assert!(b.iter().all(|(_, t)| *t < secs(1)), "{calls:?}");
+    let a_after: Vec<_> = calls
+        .iter()
+        .filter(|(h, _)| h == "a.example")
+        .skip(1)
+        .collect();
+    assert_eq!(a_after.len(), 2);
+    assert!(a_after.iter().all(|(_, t)| *t >= secs(5)), "{calls:?}");
+}

@@ -54,7 +54,7 @@
 //! DeadLetterLayer      per item: a record that failed for good is kept on its own
 //!   BatchLayer         records -> batches; transient item failures re-batched
 //!     RetryLayer       per batch: a 429 holds the shared gate, the same batch is sent again
-//!       RateLimitLayer the batch takes one slot (or its cost, see BatchInfo)
+//!       RateLimitLayer the batch takes one slot (WeightedRateLimitLayer: its cost)
 //!         client
 //! ```
 //!
@@ -79,7 +79,10 @@
 //! # Cost
 //!
 //! Every batch request carries a [`BatchInfo`] extension with its item count, body bytes and
-//! [`BatchFormat::cost`] (1 for vendors that count calls), for a gate that admits by weight.
+//! [`BatchFormat::cost`] (1 for vendors that count calls), and the same cost as a
+//! [`Cost`](crate::rate_limit::Cost), which a
+//! [`WeightedRateLimitLayer`](crate::rate_limit::WeightedRateLimitLayer) below admits the batch
+//! at, atomically across every window (limits that count records or objects, as Braze's do).
 
 mod customerio;
 mod format;

@@ -25,6 +25,7 @@ impl QueueLayer<NoPriority> {
             capacity: DEFAULT_CAPACITY,
             concurrency: usize::MAX,
             interval: None,
+            defer_retries: true,
             stats: None,
             priority: NoPriority,
         }
@@ -79,6 +80,7 @@ pub struct QueueBuilder<P = NoPriority> {
     capacity: usize,
     concurrency: usize,
     interval: Option<(Duration, usize)>,
+    defer_retries: bool,
     stats: Option<Stats>,
     priority: P,
 }
@@ -105,6 +107,17 @@ impl<P> QueueBuilder<P> {
         self
     }
 
+    /// Whether a request whose retry waits out a backoff gives its concurrency slot back
+    /// meanwhile (default `true`). This takes a [`RetryLayer`](crate::RetryLayer) *below* the
+    /// queue: its delay hands the slot back, other requests start, and the retry queues again
+    /// at its original place (its priority and arrival order) once the delay is over. A retry
+    /// that starts again counts as a start for the interval cap, since it is one more request
+    /// to the API. With `false`, a waiting retry keeps its slot, so a 1 s backoff idles it.
+    pub fn defer_retries(mut self, enabled: bool) -> Self {
+        self.defer_retries = enabled;
+        self
+    }
+
     /// Records queue size and pending into `stats`.
     pub fn stats(mut self, stats: Stats) -> Self {
         self.stats = Some(stats);
@@ -119,6 +132,7 @@ impl<P> QueueBuilder<P> {
             capacity: self.capacity,
             concurrency: self.concurrency,
             interval: self.interval,
+            defer_retries: self.defer_retries,
             stats: self.stats,
             priority,
         }
@@ -149,6 +163,7 @@ impl<P> QueueBuilder<P> {
             capacity: self.capacity,
             concurrency: self.concurrency,
             interval: self.interval,
+            max_deferred: if self.defer_retries { usize::MAX } else { 0 },
         };
         Ok(QueueLayer {
             shared: Shared::new(config, self.stats),
@@ -163,6 +178,7 @@ impl<P> fmt::Debug for QueueBuilder<P> {
             .field("capacity", &self.capacity)
             .field("concurrency", &self.concurrency)
             .field("interval", &self.interval)
+            .field("defer_retries", &self.defer_retries)
             .finish_non_exhaustive()
     }
 }

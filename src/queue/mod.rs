@@ -11,6 +11,13 @@
 //! holds the queue back, the first waiter alone sleeps until it reopens, so waiters are
 //! started one by one, never woken as a herd.
 //!
+//! **Retries give their slot back.** With a [`RetryLayer`](crate::RetryLayer) *below* the queue,
+//! a request waiting out its backoff (or a server's `Retry-After`) stops counting as running:
+//! the next request starts, and the retry queues again at its original place (its priority and
+//! arrival order) when the delay is over, so 10% transient failures do not idle the queue's
+//! slots for a second each ([`QueueBuilder::defer_retries`]). While it queues again it counts
+//! in `size`, beyond `capacity` if need be (it was admitted once).
+//!
 //! The interval cap is a **rolling window**: at most `interval_cap` starts in *any* span of
 //! `interval`, which is what rolling-window servers enforce. p-queue's fixed windows can start
 //! `2 x interval_cap` across a window boundary; this queue cannot.
@@ -58,7 +65,7 @@
 pub mod future;
 mod layer;
 mod service;
-mod shared;
+pub(crate) mod shared;
 
 use std::fmt;
 use std::sync::Arc;

@@ -19,6 +19,9 @@ pub(crate) struct Config {
     pub(crate) capacity: usize,
     pub(crate) concurrency: usize,
     pub(crate) interval: Option<(Duration, usize)>,
+    /// At most this many started requests may give their slot back while a retry waits
+    /// (0: none may).
+    pub(crate) max_deferred: usize,
 }
 
 #[derive(Debug)]
@@ -37,6 +40,10 @@ struct State {
     /// The last `interval_cap` start times, oldest first.
     starts: VecDeque<Instant>,
     next_seq: u64,
+    /// Started requests whose retry gave the slot back and has not taken one again.
+    deferred: usize,
+    /// Woken when a slot is free and nobody waits (the bulk runner pulling its next job).
+    idle: Option<Waker>,
 }
 
 /// What `poll_ticket` found.
@@ -139,20 +146,93 @@ impl Shared {
             }
             self.dispatch(&mut st, Instant::now(), true, &mut wake);
             self.publish(&st);
+            self.wake_idle(&mut st, &mut wake);
         }
         wake.into_iter().for_each(Waker::wake);
     }
 
     /// A started request finished (or its future was dropped).
     pub(crate) fn finish(&self) {
+        self.release_slot(false);
+    }
+
+    /// A started request's retry gives its slot back while it waits, if deferral allows;
+    /// [`requeue`](Self::requeue) and [`poll_ticket`](Self::poll_ticket) take one again.
+    pub(crate) fn defer(&self) -> bool {
+        self.release_slot(true)
+    }
+
+    fn release_slot(&self, deferring: bool) -> bool {
         let mut wake = Vec::new();
         {
             let mut st = self.lock();
+            if deferring {
+                if st.deferred >= self.config.max_deferred {
+                    return false;
+                }
+                st.deferred += 1;
+            }
             st.running -= 1;
             self.dispatch(&mut st, Instant::now(), true, &mut wake);
             self.publish(&st);
+            self.wake_idle(&mut st, &mut wake);
         }
         wake.into_iter().for_each(Waker::wake);
+        true
+    }
+
+    /// A deferred request queues for a slot again, at its original place: same priority and
+    /// arrival order, so it goes before work that arrived after it. It was admitted once, so
+    /// the capacity does not apply.
+    pub(crate) fn requeue(&self, key: Key) {
+        let mut st = self.lock();
+        st.waiting.insert(key, None);
+    }
+
+    /// A deferred request took its slot again (`poll_ticket` said `Started`).
+    pub(crate) fn resumed(&self) {
+        self.lock().deferred -= 1;
+    }
+
+    /// A deferred request ended without taking a slot again; `requeued` when it was waiting
+    /// for one.
+    pub(crate) fn abandon_deferred(&self, key: Key, requeued: bool) {
+        if requeued {
+            self.cancel(key);
+        }
+        let mut wake = Vec::new();
+        {
+            let mut st = self.lock();
+            st.deferred -= 1;
+            self.wake_idle(&mut st, &mut wake);
+        }
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// Whether a new request would start at once (a slot is free and nobody waits); if not,
+    /// `waker` is woken when that may have changed.
+    pub(crate) fn poll_idle(&self, waker: &Waker) -> bool {
+        let mut wake = Vec::new();
+        let idle = {
+            let mut st = self.lock();
+            self.dispatch(&mut st, Instant::now(), true, &mut wake);
+            let idle = st.waiting.is_empty() && st.running < self.config.concurrency;
+            if !idle {
+                match &st.idle {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => st.idle = Some(waker.clone()),
+                }
+            }
+            idle
+        };
+        wake.into_iter().for_each(Waker::wake);
+        idle
+    }
+
+    fn wake_idle(&self, st: &mut State, wake: &mut Vec<Waker>) {
+        if st.waiting.is_empty() && st.running < self.config.concurrency {
+            wake.extend(st.idle.take());
+        }
     }
 
     /// When the interval window lets the next start happen, if it is full now.

@@ -60,6 +60,9 @@
 //! # Ok(()) }
 //! ```
 
+pub(crate) mod defer;
+pub mod future;
+mod hold;
 mod layer;
 mod policy;
 

@@ -5,16 +5,19 @@ use std::time::{Duration, SystemTime};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::Policy;
 use tower::BoxError;
 
+use super::future::RetryDelay;
+use super::hold::{Hold, KeyedHold};
 use crate::backoff::Backoff;
 use crate::body::ReplayBody;
-use crate::bucket::Bucket;
+use crate::bucket::{Bucket, KeyedBucket};
 use crate::classify::{Classify, HttpClassifier, Outcome};
 use crate::metrics::Stats;
+use crate::rate_limit::KeyFn;
 use crate::{ConfigError, ThrottleError};
 
 /// How many attempts a request took; inserted into the extensions of the final response.
@@ -33,16 +36,31 @@ pub struct Attempts(pub u32);
 #[derive(Debug, Clone, Copy)]
 struct NotCloned;
 
+/// When the logical request started, carried on the copy kept for the retries. The start lives
+/// on the request rather than the policy: tower's `Retry::call` calls `clone_request` on the
+/// layer's long-lived policy, so anything stored there would leak into every later request.
+#[derive(Debug, Clone, Copy)]
+struct RequestStart(Instant);
+
 /// A 429-aware [`tower::retry::Policy`] for `http::Request<B>` / `http::Response<R>`.
 ///
 /// | outcome (see [`HttpClassifier`]) | what happens |
 /// |---|---|
 /// | success, or a permanent failure (other 4xx) | returned at once |
-/// | 429 with `Retry-After` | the shared bucket (if attached) is held until then, so every caller pauses; this request retries after it plus up to 10% (at most 1 s) jitter |
-/// | 429 without `Retry-After` | backoff with jitter |
+/// | 429 (or a 403 with a spent quota) with the server's wait: `Retry-After`, or a reset with 0 remaining (see [`HttpClassifier`]) | the shared bucket (if attached, and the request's key in a keyed one) is held until then, so every caller pauses; this request retries after it plus up to 10% (at most 1 s) jitter |
+/// | 429 with no wait given | backoff with jitter |
+/// | 503 (or another transient status) with `Retry-After` | as a 429 with `Retry-After` (held, waited), but drawn from the retry budget and not counted as a rate limit |
 /// | 500/502/503/504/408, timeout, connection error | backoff with jitter, drawn from the retry budget |
 /// | attempts, deadline or budget exhausted | the last response or error is returned, with [`Attempts`] in its extensions |
 /// | body not replayable | no retry; a retryable failure becomes [`ThrottleError::NotReplayable`] |
+///
+/// Every wait is capped at the backoff's `max_delay`. Nothing shared changes for a retry that
+/// will not happen: the attempt limit, the deadline (counted from each request's first
+/// attempt) and the budget are all checked before the bucket is held.
+///
+/// Under a scheduler with a concurrency cap ([`run_bulk`](crate::bulk::run_bulk), a
+/// [`QueueLayer`](crate::queue::QueueLayer) above this layer), the wait gives the request's
+/// slot back, so other requests run while it waits (see [`RetryDelay`]).
 ///
 /// Defaults: 4 retries (5 attempts), backoff 1 s base, factor 2, 60 s cap, 25% proportional
 /// jitter (see [`Backoff`]); `Retry-After` capped at the backoff cap; no total deadline; a
@@ -69,6 +87,7 @@ pub struct RetryPolicy<C = HttpClassifier> {
     deadline: Option<Duration>,
     budget: Option<Arc<TpsBudget>>,
     bucket: Option<Arc<dyn Bucket>>,
+    keyed: Option<Arc<dyn Hold>>,
     seeds: Arc<AtomicU64>,
     stats: Option<Stats>,
     // Per-request state: tower clones the policy for every request.
@@ -97,6 +116,7 @@ impl<C> RetryPolicy<C> {
             deadline: None,
             budget: Some(Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2))),
             bucket: None,
+            keyed: None,
             rng: SmallRng::seed_from_u64(seed),
             seeds: Arc::new(AtomicU64::new(seed)),
             stats: None,
@@ -112,14 +132,34 @@ impl<C> RetryPolicy<C> {
         self
     }
 
-    /// Gives up once a retry would start more than `deadline` after the first attempt.
+    /// Gives up once a retry would start more than `deadline` after the request's first
+    /// attempt. The clock starts for each request when it is sent, not when the policy (or
+    /// the layer holding it) was made.
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
     }
 
     /// A retry budget: at most `retry_percent` (0.0 to 1000.0) extra requests on top of the
-    /// recent request rate, plus `min_per_sec`, measured over `ttl` (1 to 60 s).
+    /// recent request rate, plus `min_per_sec` (below `i32::MAX`), measured over `ttl` (1 to
+    /// 60 s).
+    ///
+    /// # Errors
+    /// [`ConfigError::OutOfRange`] for a value outside those ranges (tower's budget would
+    /// panic on it).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_throttle::{ConfigError, RetryPolicy};
+    ///
+    /// let policy = RetryPolicy::default().with_budget(Duration::from_secs(10), 5, 0.1)?;
+    /// assert!(matches!(
+    ///     RetryPolicy::default().with_budget(Duration::from_secs(10), u32::MAX, 0.2),
+    ///     Err(ConfigError::OutOfRange { name: "min_per_sec", .. })
+    /// ));
+    /// # drop(policy);
+    /// # Ok::<(), ConfigError>(())
+    /// ```
     pub fn with_budget(
         mut self,
         ttl: Duration,
@@ -140,6 +180,14 @@ impl<C> RetryPolicy<C> {
                 expected: "0.0 to 1000.0",
             });
         }
+        // tower's `TpsBudget::new` asserts this bound.
+        if min_per_sec >= i32::MAX as u32 {
+            return Err(ConfigError::OutOfRange {
+                name: "min_per_sec",
+                value: f64::from(min_per_sec),
+                expected: "below 2147483647 (i32::MAX)",
+            });
+        }
         self.budget = Some(Arc::new(TpsBudget::new(ttl, min_per_sec, retry_percent)));
         Ok(self)
     }
@@ -154,6 +202,38 @@ impl<C> RetryPolicy<C> {
     /// pauses, not only the one that was refused.
     pub fn with_bucket<B: Bucket>(mut self, bucket: B) -> Self {
         self.bucket = Some(Arc::new(bucket));
+        self
+    }
+
+    /// A per-destination gate to hold as well: when the server names a wait (see
+    /// [`with_bucket`](RetryPolicy::with_bucket)), the key of the refused request, computed
+    /// with `key_fn`, is held in `bucket` until then, and every other key keeps flowing.
+    /// Pass the bucket and key function of the
+    /// [`KeyedRateLimitLayer`](crate::rate_limit::KeyedRateLimitLayer) below this layer
+    /// (for instance [`ByAuthority`](crate::rate_limit::ByAuthority)), so a 429 from one host
+    /// pauses that host only.
+    ///
+    /// The key function sees the request's method, URI, version, headers and extensions (as
+    /// an `http::Request<()>`), so it must implement [`KeyFn`] for `http::Request<()>`: a key
+    /// function generic over the body type, as `ByAuthority` is, serves both layers.
+    ///
+    /// ```
+    /// use tower::ServiceBuilder;
+    /// use tower_throttle::rate_limit::{ByAuthority, KeyedRateLimitLayer};
+    /// use tower_throttle::retry::{RetryLayer, RetryPolicy};
+    /// use tower_throttle::Quota;
+    ///
+    /// let gate = KeyedRateLimitLayer::per_authority(Quota::per_second(10)?);
+    /// let policy = RetryPolicy::default().with_keyed_bucket(gate.bucket().clone(), ByAuthority);
+    /// let _stack = ServiceBuilder::new().layer(RetryLayer::new(policy)).layer(gate);
+    /// # Ok::<(), tower_throttle::ConfigError>(())
+    /// ```
+    pub fn with_keyed_bucket<K, F>(mut self, bucket: KeyedBucket<K>, key_fn: F) -> Self
+    where
+        K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+        F: KeyFn<http::Request<()>, Key = K> + Send + Sync + 'static,
+    {
+        self.keyed = Some(Arc::new(KeyedHold::new(bucket, key_fn)));
         self
     }
 
@@ -181,38 +261,38 @@ impl<C> RetryPolicy<C> {
         &self.classifier
     }
 
-    /// How long to wait before the next attempt, or `None` to stop.
-    fn next_delay(&mut self, outcome: Outcome, now: Instant) -> Option<Duration> {
+    /// How long to wait before the next attempt, and until when the server asked everyone
+    /// to wait (a hold), or `None` to stop. `server_wait` is the wait a transient response
+    /// named (a 503's `Retry-After`); a rate limit carries its own.
+    ///
+    /// Every reason to stop is checked before anything shared changes: a retry that will not
+    /// happen draws nothing from the budget and sets no hold.
+    fn next_delay(
+        &mut self,
+        outcome: Outcome,
+        server_wait: Option<Duration>,
+        now: Instant,
+    ) -> Option<(Duration, Option<Instant>)> {
         if self.attempt > self.backoff.max_retries() {
             return None;
         }
         let retry = self.attempt - 1;
-        let delay = match outcome {
+        let server_wait = match outcome {
             Outcome::Success | Outcome::Permanent => return None,
-            Outcome::RateLimited {
-                retry_after: Some(wait),
-            } => {
-                let wait = wait.min(self.backoff.max_delay());
+            Outcome::RateLimited { retry_after } => retry_after,
+            Outcome::Transient => server_wait,
+        }
+        .map(|wait| wait.min(self.backoff.max_delay()));
+        let delay = match server_wait {
+            Some(wait) => {
+                // The server named the instant; spread the retries a little after it so the
+                // callers it refused do not all return at once.
                 let spread = (wait / 10).min(Duration::from_secs(1));
-                if let Some(bucket) = &self.bucket {
-                    bucket.hold_until(now + wait);
-                }
                 wait + spread.mul_f64(self.rng.gen::<f64>())
             }
-            Outcome::RateLimited { retry_after: None } => {
-                self.backoff
-                    .next_delay(retry, self.prev_delay, &mut self.rng)
-            }
-            Outcome::Transient => {
-                if let Some(budget) = &self.budget {
-                    if !budget.withdraw() {
-                        tracing::debug!(attempt = self.attempt, "retry budget empty; not retrying");
-                        return None;
-                    }
-                }
-                self.backoff
-                    .next_delay(retry, self.prev_delay, &mut self.rng)
-            }
+            None => self
+                .backoff
+                .next_delay(retry, self.prev_delay, &mut self.rng),
         };
         if let (Some(deadline), Some(started)) = (self.deadline, self.started) {
             if now + delay > started + deadline {
@@ -220,8 +300,22 @@ impl<C> RetryPolicy<C> {
                 return None;
             }
         }
+        if outcome == Outcome::Transient {
+            if let Some(budget) = &self.budget {
+                if !budget.withdraw() {
+                    tracing::debug!(attempt = self.attempt, "retry budget empty; not retrying");
+                    return None;
+                }
+            }
+        }
+        let hold = server_wait
+            .filter(|wait| !wait.is_zero())
+            .and_then(|wait| now.checked_add(wait));
+        if let (Some(until), Some(bucket)) = (hold, &self.bucket) {
+            bucket.hold_until(until);
+        }
         self.prev_delay = Some(delay);
-        Some(delay)
+        Some((delay, hold))
     }
 }
 
@@ -239,6 +333,7 @@ pub(crate) enum Step {
 
 impl<C> RetryPolicy<C> {
     /// Marks the start of a logical request (for the deadline); later calls keep the first.
+    /// Call it on the per-request copy only.
     pub(crate) fn start(&mut self, now: Instant) {
         if self.started.is_none() {
             self.started = Some(now);
@@ -253,7 +348,20 @@ impl<C> RetryPolicy<C> {
 
     /// Records one attempt's outcome and decides what comes next. Holding the shared bucket
     /// and drawing from the budget happen here, and only when a retry will really be made.
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     pub(crate) fn step(&mut self, outcome: Outcome, replayable: bool, now: Instant) -> Step {
+        self.decide(outcome, None, replayable, now).0
+    }
+
+    /// [`step`](Self::step), with the wait a transient response named, also returning the
+    /// instant the shared bucket was held until (for the keyed hold, which needs the request).
+    fn decide(
+        &mut self,
+        outcome: Outcome,
+        server_wait: Option<Duration>,
+        replayable: bool,
+        now: Instant,
+    ) -> (Step, Option<Instant>) {
         self.attempt += 1;
         if self.attempt == 1 && outcome == Outcome::Success {
             if let Some(budget) = &self.budget {
@@ -261,19 +369,19 @@ impl<C> RetryPolicy<C> {
             }
         }
         if !outcome.is_retryable() {
-            return Step::Done;
+            return (Step::Done, None);
         }
         if !replayable {
-            return Step::NotReplayable;
+            return (Step::NotReplayable, None);
         }
-        match self.next_delay(outcome, now) {
-            Some(delay) => {
+        match self.next_delay(outcome, server_wait, now) {
+            Some((delay, hold)) => {
                 if let Some(stats) = &self.stats {
                     stats.record_retry(self.attempt + 1);
                 }
-                Step::Retry(delay)
+                (Step::Retry(delay), hold)
             }
-            None => Step::Done,
+            None => (Step::Done, None),
         }
     }
 
@@ -290,6 +398,8 @@ impl<C> RetryPolicy<C> {
 }
 
 impl<C: Clone> Clone for RetryPolicy<C> {
+    /// A fresh policy for one request: the configuration and the shared parts (budget,
+    /// buckets, stats) are shared; attempts, deadline start and jitter are its own.
     fn clone(&self) -> Self {
         // Each clone serves one request and needs its own jitter draws: a shared sequence
         // would send every retry of a 429 burst at the same instant.
@@ -302,12 +412,13 @@ impl<C: Clone> Clone for RetryPolicy<C> {
             deadline: self.deadline,
             budget: self.budget.clone(),
             bucket: self.bucket.clone(),
+            keyed: self.keyed.clone(),
             seeds: self.seeds.clone(),
             stats: self.stats.clone(),
             rng: SmallRng::seed_from_u64(seed),
-            attempt: self.attempt,
-            started: self.started,
-            prev_delay: self.prev_delay,
+            attempt: 0,
+            started: None,
+            prev_delay: None,
         }
     }
 }
@@ -320,6 +431,7 @@ impl<C: fmt::Debug> fmt::Debug for RetryPolicy<C> {
             .field("deadline", &self.deadline)
             .field("budget", &self.budget)
             .field("bucket", &self.bucket)
+            .field("keyed", &self.keyed)
             .field("attempt", &self.attempt)
             .finish()
     }
@@ -339,7 +451,7 @@ where
     C: Classify,
     B: ReplayBody,
 {
-    type Future = Sleep;
+    type Future = RetryDelay;
 
     fn retry(
         &mut self,
@@ -347,9 +459,23 @@ where
         result: &mut Result<http::Response<R>, BoxError>,
     ) -> Option<Self::Future> {
         let now = Instant::now();
-        let outcome = match result {
-            Ok(res) => self.classifier.classify(res, SystemTime::now()),
-            Err(err) => self.classifier.classify_error(&**err),
+        if let Some(start) = req.extensions().get::<RequestStart>() {
+            self.start(start.0);
+        }
+        let wall = SystemTime::now();
+        let (outcome, server_wait) = match result {
+            Ok(res) => {
+                let outcome = self.classifier.classify(res, wall);
+                let wait = match outcome {
+                    Outcome::Transient => {
+                        self.classifier
+                            .transient_wait(res.status(), res.headers(), wall)
+                    }
+                    _ => None,
+                };
+                (outcome, wait)
+            }
+            Err(err) => (self.classifier.classify_error(&**err), None),
         };
         if let Some(stats) = &self.stats {
             match result {
@@ -358,7 +484,8 @@ where
             }
         }
         let replayable = req.extensions().get::<NotCloned>().is_none();
-        match self.step(outcome, replayable, now) {
+        let (step, hold) = self.decide(outcome, server_wait, replayable, now);
+        match step {
             Step::Done => {
                 if let Ok(res) = result {
                     res.extensions_mut().insert(Attempts(self.attempt));
@@ -375,21 +502,30 @@ where
                 None
             }
             Step::Retry(delay) => {
+                if let (Some(until), Some(keyed)) = (hold, &self.keyed) {
+                    keyed.hold(&head_of(req), until);
+                }
                 self.log_retry(delay, outcome, req.uri());
-                Some(tokio::time::sleep(delay))
+                Some(RetryDelay::new(now + delay))
             }
         }
     }
 
     fn clone_request(&mut self, req: &http::Request<B>) -> Option<http::Request<B>> {
-        self.start(Instant::now());
+        // On the first attempt `self` is the layer's long-lived policy: nothing may be
+        // stored on it. The start goes on the copy instead.
+        let start = req
+            .extensions()
+            .get::<RequestStart>()
+            .copied()
+            .unwrap_or(RequestStart(Instant::now()));
         let body = match req.body().try_clone() {
             Some(body) => body,
             None => {
                 // Keep a bodiless copy so `retry` runs and can say why it stops.
                 let mut copy = http::Request::new(B::from_bytes(bytes::Bytes::new()));
-                *copy.extensions_mut() = http::Extensions::new();
                 copy.extensions_mut().insert(NotCloned);
+                copy.extensions_mut().insert(start);
                 *copy.uri_mut() = req.uri().clone();
                 *copy.method_mut() = req.method().clone();
                 return Some(copy);
@@ -401,6 +537,18 @@ where
         *copy.version_mut() = req.version();
         *copy.headers_mut() = req.headers().clone();
         *copy.extensions_mut() = req.extensions().clone();
+        copy.extensions_mut().insert(start);
         Some(copy)
     }
+}
+
+/// The request without its body, for a key function (only on a retry that holds).
+fn head_of<B>(req: &http::Request<B>) -> http::Request<()> {
+    let mut head = http::Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    *head.extensions_mut() = req.extensions().clone();
+    head
 }

@@ -298,7 +298,15 @@ async fn a_hold_by_one_client_is_seen_by_all() {
     }
     let until = Instant::now() + Duration::from_millis(800);
     clients[0].hold_until(until);
-    assert_eq!(clients[0].held_until(Instant::now()), Some(until));
+    // Until the server's copy comes back the hold is the one set here; after, the server's, as
+    // a local instant no earlier than it (a reply is mapped to the instant it arrived).
+    let held = clients[0]
+        .held_until(Instant::now())
+        .expect("hold in force");
+    assert!(
+        held >= until && held - until < Duration::from_millis(50),
+        "{held:?} vs {until:?}"
+    );
     // The hold travels in the background; the holder's own next reservation carries it too.
     let own = reserve(&clients[0], None).await.unwrap();
     assert!(own.at() >= until);

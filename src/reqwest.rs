@@ -96,10 +96,14 @@ impl<B: Bucket + Clone, C> ThrottleMiddleware<B, C> {
     /// Retries with `policy`, attached to this middleware's bucket so a 429 holds it.
     pub fn with_retry<C2>(self, policy: RetryPolicy<C2>) -> ThrottleMiddleware<B, C2> {
         let policy = policy.with_bucket(self.gate.bucket().clone());
+        let adaptive = self.adaptive.map(|mut a| {
+            a.max_hold = Some(policy.backoff().max_delay());
+            a
+        });
         ThrottleMiddleware {
             gate: self.gate,
             policy: Some(policy),
-            adaptive: self.adaptive,
+            adaptive,
             dead_letters: self.dead_letters,
         }
     }
@@ -136,7 +140,10 @@ impl<B: Bucket + Clone, C> ThrottleMiddleware<B, C> {
         self,
         controller: impl RateController + 'static,
     ) -> Result<Self, ConfigError> {
-        let layer = AdaptiveLayer::new(self.gate.bucket().clone(), controller)?;
+        let mut layer = AdaptiveLayer::new(self.gate.bucket().clone(), controller)?;
+        // The retry policy's cap bounds how long a hostile `Retry-After` may hold the bucket,
+        // here as in the tower stack.
+        layer.max_hold = self.policy.as_ref().map(|p| p.backoff().max_delay());
         Ok(ThrottleMiddleware {
             adaptive: Some(layer),
             ..self

@@ -9,10 +9,10 @@
 //! A key whose every window has refilled (TAT at or before now) behaves exactly like a key
 //! never seen, so forgetting it changes no decision: eviction is free of error, not a
 //! heuristic. Two sweeps keep memory bounded (governor#171 reports the unbounded growth):
-//! a shard is swept once it has served as many reservations as it holds keys, and every
-//! reservation on any key also advances a round-robin over all shards, so shards that no longer
-//! get traffic are reached too. Each sweep shrinks its table when most of it is free, so memory
-//! is returned, not just reused. [`KeyedBucket::evict_idle`] sweeps everything at once (call it
+//! a shard is swept once it has served as many reservations as it holds keys, and each such
+//! sweep also sweeps the next shard of a round-robin over all of them, so shards that no longer
+//! get traffic are reached too, with work bounded per reservation (amortised). A large table
+//! shrinks when most of it is free, so memory is returned, not just reused. [`KeyedBucket::evict_idle`] sweeps everything at once (call it
 //! from a timer after a burst of one-off keys).
 
 use std::collections::hash_map::RandomState;
@@ -34,9 +34,9 @@ use crate::{Limits, ThrottleError};
 
 const SHARDS: usize = 32;
 const MIN_SWEEP_INTERVAL: usize = 1_024;
-/// The round-robin sweeps one shard per this many reservations, at least, or more rarely when
-/// there are many keys: about `SHARDS * ROUND_ROBIN_SHARE` entries looked at per reservation.
-const ROUND_ROBIN_SHARE: usize = 8;
+/// A swept table shrinks only above this many slots (and when mostly free): small tables that
+/// empty and refill in turn keep their memory rather than reallocating every sweep.
+const SHRINK_ABOVE: usize = 1_024;
 
 /// A set of independent buckets, one per key, all with the same [`Limits`].
 ///
@@ -68,10 +68,10 @@ struct Inner<K> {
     // is handed to the shard's table as is.
     hasher: RandomState,
     shards: Box<[Mutex<Shard<K>>]>,
-    /// Keys tracked across all shards (approximate between sweeps), which paces the
-    /// round-robin sweep.
-    keys: AtomicUsize,
-    reservations: AtomicUsize,
+    /// The next shard the round-robin sweep visits: each time a shard sweeps itself, it also
+    /// sweeps this one, so shards without traffic are reached too, with no shared write on
+    /// the admit path.
+    cursor: AtomicUsize,
     /// Holds in force, by key: only keys a server refused are here, so it stays small.
     holds: Mutex<HashMap<K, (u64, Release)>>,
     /// How many entries `holds` has (expired ones included until the next hold prunes them):
@@ -142,34 +142,29 @@ fn shard_of(hash: u64) -> usize {
 }
 
 impl<K: Hash + Eq + Clone> Shard<K> {
-    /// Hands `f` the key's TATs, creating them if the key is new or was forgotten. With
-    /// `sweep_at` (a reservation's now) it first sweeps, now and then (amortised over calls).
-    /// Returns whether a key was added, beside `f`'s result.
+    /// Hands `f` the key's TATs, creating them if the key is new or was forgotten, after
+    /// sweeping the shard now and then (amortised over reservations at `now_n`). Returns `f`'s
+    /// result and whether the shard swept itself.
     #[inline]
     fn with_tats<R>(
         &mut self,
         key: &K,
         hash: u64,
         inner: &Inner<K>,
-        sweep_at: Option<u64>,
+        now_n: u64,
         f: impl FnOnce(&mut [u64]) -> R,
-    ) -> R {
-        if let Some(now_n) = sweep_at {
-            self.since_sweep += 1;
-            if self.since_sweep >= self.table.len().max(MIN_SWEEP_INTERVAL) {
-                self.sweep(now_n, inner);
-            }
+    ) -> (R, bool) {
+        self.since_sweep += 1;
+        let swept = self.since_sweep >= self.table.len().max(MIN_SWEEP_INTERVAL);
+        if swept {
+            self.sweep(now_n, inner);
         }
         let windows = inner.cells.len();
-        let before = self.table.len();
         let out = match &mut self.table {
             Table::One(t) => f(entry(t, key, hash, &inner.hasher, windows).as_slice_mut()),
             Table::Many(t) => f(entry(t, key, hash, &inner.hasher, windows).as_slice_mut()),
         };
-        if self.table.len() > before {
-            inner.keys.fetch_add(1, Ordering::Relaxed);
-        }
-        out
+        (out, swept)
     }
 
     fn get_mut(&mut self, key: &K, hash: u64) -> Option<&mut [u64]> {
@@ -187,15 +182,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
     /// many keys went.
     fn sweep(&mut self, now_n: u64, inner: &Inner<K>) -> usize {
         self.since_sweep = 0;
-        let gone = self.table.retain_active(now_n, &inner.hasher);
-        if gone > 0 {
-            let _ = inner
-                .keys
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| {
-                    Some(k.saturating_sub(gone))
-                });
-        }
-        gone
+        self.table.retain_active(now_n, &inner.hasher)
     }
 }
 
@@ -221,7 +208,7 @@ fn retain_and_shrink<K: Hash, T: Tats>(
 ) -> usize {
     let before = table.len();
     table.retain(|(_, tats)| tats.latest() > now_n);
-    if table.capacity() > 4 * table.len() + 64 {
+    if table.capacity() > SHRINK_ABOVE && table.capacity() > 4 * table.len() {
         table.shrink_to(2 * table.len(), |(k, _)| hasher.hash_one(k));
     }
     before - table.len()
@@ -347,8 +334,7 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
                 cells,
                 hasher: RandomState::new(),
                 shards,
-                keys: AtomicUsize::new(0),
-                reservations: AtomicUsize::new(0),
+                cursor: AtomicUsize::new(0),
                 holds: Mutex::new(HashMap::new()),
                 held_keys: AtomicUsize::new(0),
             }),
@@ -362,18 +348,13 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
         (hash, lock(&self.inner.shards[shard_of(hash)]))
     }
 
-    /// Every so many reservations, sweeps the next shard in turn (never the caller's own,
-    /// which is not locked yet: one lock at a time).
-    #[inline]
+    /// After a shard swept itself, sweeps the next shard in turn (once the caller's own lock
+    /// is released: one lock at a time).
+    #[cold]
     fn round_robin(&self, now_n: u64) {
         let inner = &*self.inner;
-        let n = inner.reservations.fetch_add(1, Ordering::Relaxed);
-        let every = (inner.keys.load(Ordering::Relaxed) / (SHARDS * ROUND_ROBIN_SHARE))
-            .max(MIN_SWEEP_INTERVAL);
-        if n % every == every - 1 {
-            let shard = (n / every) % SHARDS;
-            lock(&inner.shards[shard]).sweep(now_n, inner);
-        }
+        let next = inner.cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        lock(&inner.shards[next]).sweep(now_n, inner);
     }
 
     /// The decision in bucket time for `key`: its slot and the token to cancel it with.
@@ -385,7 +366,6 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
         cost: u32,
         max_wait: Option<Duration>,
     ) -> Result<(u64, u64), ThrottleError> {
-        self.round_robin(now_n);
         let inner = &*self.inner;
         let limit = max_wait.map_or(u64::MAX, duration_nanos);
         let cost = u64::from(cost.max(1));
@@ -397,15 +377,20 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
             .and_then(|h| h.get(key))
             .map_or(Release::default(), |h| h.1);
         let (hash, mut shard) = self.shard(key);
-        let decided = shard.with_tats(key, hash, inner, Some(now_n), |tats| {
+        let (decided, swept) = shard.with_tats(key, hash, inner, now_n, |tats| {
             core::admit(&inner.cells, tats, &mut release, now_n, cost, limit)
                 .map(|slot| (slot, tats[0]))
                 .map_err(|r| r.error(cost, max_wait))
         });
+        drop(shard);
         if let (Ok(_), Some(holds)) = (&decided, holds.as_mut()) {
             if let Some(h) = holds.get_mut(key) {
                 h.1 = release;
             }
+        }
+        drop(holds);
+        if swept {
+            self.round_robin(now_n);
         }
         decided
     }

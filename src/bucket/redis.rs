@@ -1291,6 +1291,27 @@ mod tests {
         assert_eq!(local.quotas()[0].burst(), 1);
     }
 
+    /// A sub-millisecond timeout was refused as `Zero` ("must be greater than zero"): only the
+    /// key's expiry is counted in whole milliseconds, and only it says so.
+    #[test]
+    fn a_sub_millisecond_timeout_is_accepted_and_the_real_bound_is_named() {
+        let limits = Limits::new(Quota::per_second(10).unwrap());
+        let b = || RedisBucket::builder(limits.clone(), "ws");
+        assert_eq!(b().timeout(Duration::from_micros(500)).check(), Ok(()));
+        assert_eq!(
+            b().retry_interval(Duration::from_micros(500)).check(),
+            Ok(())
+        );
+        let err = b()
+            .idle_ttl(Duration::from_micros(500))
+            .check()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("at least 1 ms"),
+            "the message names the bound: {err}"
+        );
+    }
+
     #[test]
     fn microseconds_round_up_so_the_server_never_paces_faster() {
         assert_eq!(micros_up(1), 1);

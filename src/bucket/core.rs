@@ -243,7 +243,8 @@ pub(crate) fn admit(
     debug_assert_eq!(cells.len(), tats.len());
     let mut slot = now;
     for (cell, tat) in cells.iter().zip(tats.iter()) {
-        if cost > cell.burst() {
+        // One unit always fits a burst; only a weighted request pays for the division.
+        if cost > 1 && cost > cell.burst() {
             return Err(Refusal::TooCostly {
                 burst: cells.iter().map(Cell::burst).min().unwrap_or(0),
             });

@@ -386,6 +386,12 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
         if let (Ok(_), Some(holds)) = (&decided, holds.as_mut()) {
             if let Some(h) = holds.get_mut(key) {
                 h.1 = release;
+                // A hold that is over leaves the map, so that once none is left admits stop
+                // taking its lock.
+                if release.is_over(now_n) {
+                    holds.remove(key);
+                    inner.held_keys.store(holds.len(), Ordering::Release);
+                }
             }
         }
         drop(holds);

@@ -54,10 +54,11 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::adaptive::{Adaptive, AdaptiveLayer, RateController};
-use crate::bucket::{Bucket, LocalBucket};
+use crate::bucket::{Bucket, KeyedBucket, LocalBucket};
 use crate::classify::{Classify, HttpClassifier};
 use crate::dead_letter::{DeadLetterLayer, DeadLetterStore, DeadLetters};
 use crate::metrics::Stats;
+use crate::rate_limit::{Destination, DestinationKey, KeyedRateLimit, KeyedRateLimitLayer};
 use crate::retry::{ReplayBody, RetryLayer, RetryPolicy};
 use crate::timeout::BodyTimeout;
 use crate::{ConfigError, Limits, RateLimit, RateLimitLayer};
@@ -203,12 +204,22 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
 /// ```
 pub struct Throttle<S, C = HttpClassifier> {
     inner: Outer<S, C>,
-    bucket: LocalBucket,
+    buckets: Buckets,
 }
 
-/// The gate, with the adaptive layer above it when configured (classifying as the retry
-/// policy does).
-type Gated<S, C> = Either<Adaptive<RateLimit<Attempt<S>>, LocalBucket, C>, RateLimit<Attempt<S>>>;
+/// The bucket every request goes through, or one per destination.
+#[derive(Clone, Debug)]
+enum Buckets {
+    Shared(LocalBucket),
+    Keyed(KeyedBucket<DestinationKey>),
+}
+
+/// The gate: shared (with the adaptive layer above it when configured, classifying as the
+/// retry policy does) or keyed per destination.
+type Gated<S, C> = Either<
+    Either<Adaptive<RateLimit<Attempt<S>>, LocalBucket, C>, RateLimit<Attempt<S>>>,
+    KeyedRateLimit<Attempt<S>, DestinationKey, Destination>,
+>;
 /// Retry above the gate, with the dead-letter layer outermost when configured.
 type Outer<S, C> =
     Either<DeadLetters<Retry<RetryPolicy<C>, Gated<S, C>>>, Retry<RetryPolicy<C>, Gated<S, C>>>;
@@ -225,6 +236,7 @@ impl Throttle<(), HttpClassifier> {
             adaptive: None,
             dead_letters: None,
             stats: None,
+            keyed: None,
             body: PhantomData,
         }
     }
@@ -243,9 +255,23 @@ pub struct Buffered;
 
 impl<S, C> Throttle<S, C> {
     /// The shared bucket: take a snapshot, change its rate, or gate another stack with it
-    /// ([`RateLimitLayer::with_bucket`]).
-    pub fn bucket(&self) -> &LocalBucket {
-        &self.bucket
+    /// ([`RateLimitLayer::with_bucket`]). `None` when the gate is keyed per destination
+    /// ([`keyed_bucket`](Self::keyed_bucket)).
+    pub fn bucket(&self) -> Option<&LocalBucket> {
+        match &self.buckets {
+            Buckets::Shared(b) => Some(b),
+            Buckets::Keyed(_) => None,
+        }
+    }
+
+    /// The per-destination buckets, when built with
+    /// [`per_authority`](ThrottleBuilder::per_authority) or
+    /// [`per_header`](ThrottleBuilder::per_header).
+    pub fn keyed_bucket(&self) -> Option<&KeyedBucket<DestinationKey>> {
+        match &self.buckets {
+            Buckets::Shared(_) => None,
+            Buckets::Keyed(b) => Some(b),
+        }
     }
 }
 
@@ -253,7 +279,7 @@ impl<S: Clone, C: Clone> Clone for Throttle<S, C> {
     fn clone(&self) -> Self {
         Throttle {
             inner: self.inner.clone(),
-            bucket: self.bucket.clone(),
+            buckets: self.buckets.clone(),
         }
     }
 }
@@ -307,6 +333,7 @@ pub struct ThrottleBuilder<C = HttpClassifier, T = Streamed> {
     adaptive: Option<std::sync::Mutex<Box<dyn RateController>>>,
     dead_letters: Option<DeadLetterLayer>,
     stats: Option<Stats>,
+    keyed: Option<Destination>,
     body: PhantomData<fn() -> T>,
 }
 
@@ -328,6 +355,7 @@ impl<C, T> ThrottleBuilder<C, T> {
             adaptive: self.adaptive,
             dead_letters: self.dead_letters,
             stats: self.stats,
+            keyed: self.keyed,
             body: PhantomData,
         }
     }
@@ -349,6 +377,7 @@ impl<C, T> ThrottleBuilder<C, T> {
             adaptive: self.adaptive,
             dead_letters: self.dead_letters,
             stats: self.stats,
+            keyed: self.keyed,
             body: PhantomData,
         }
     }
@@ -385,6 +414,53 @@ impl<C, T> ThrottleBuilder<C, T> {
         self
     }
 
+    /// Gives each URI authority (`host:port`) its own bucket enforcing the limits, for one
+    /// client calling several APIs (or several workspaces on their own hosts). A 429 holds only
+    /// the destination that sent it, and the limits' concurrency cap applies per destination.
+    ///
+    /// A keyed gate waits in the response future, not in `poll_ready` (see
+    /// [`KeyedRateLimitLayer`]); adaptive control, which learns one rate, cannot be combined
+    /// with it (`build` says so).
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::{service_fn, ServiceExt};
+    /// use tower_throttle::rate_limit::DestinationKey;
+    /// use tower_throttle::{Quota, Throttle};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// let api = service_fn(|_req: http::Request<Full<Bytes>>| async {
+    ///     Ok::<_, tower::BoxError>(http::Response::new(()))
+    /// });
+    /// let client = Throttle::builder()
+    ///     .limits(Quota::per_second(10)?)
+    ///     .per_authority()
+    ///     .build(api)?;
+    ///
+    /// let req = http::Request::get("https://api.hubapi.com/crm/v3/objects/contacts")
+    ///     .body(Full::new(Bytes::new()))?;
+    /// client.clone().oneshot(req).await?;
+    /// let key = DestinationKey::authority(Some("api.hubapi.com".parse()?));
+    /// assert_eq!(client.keyed_bucket().map(|b| b.len()), Some(1));
+    /// assert!(client.keyed_bucket().unwrap().held_until(&key, tokio::time::Instant::now()).is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn per_authority(mut self) -> Self {
+        self.keyed = Some(Destination::Authority);
+        self
+    }
+
+    /// Gives each value of the header `name` its own bucket enforcing the limits: a
+    /// workspace, tenant or account header, or `Authorization` where the API limits each
+    /// token (the values stay out of `Debug` output, see [`DestinationKey`]). Requests without
+    /// the header share one bucket. As [`per_authority`](Self::per_authority) otherwise.
+    pub fn per_header(mut self, name: http::HeaderName) -> Self {
+        self.keyed = Some(Destination::Header(name));
+        self
+    }
+
     /// Checks the configuration and assembles the stack around `client`, with `head` as the
     /// tower timeout on each attempt.
     fn assemble<S>(self, client: S, head: Option<Duration>) -> Result<Throttle<S, C>, ConfigError>
@@ -405,41 +481,73 @@ impl<C, T> ThrottleBuilder<C, T> {
                     .into(),
             ));
         }
-        let mut gate = RateLimitLayer::new(limits);
-        if let Some(max_wait) = self.max_wait {
-            gate = gate.with_max_wait(max_wait);
-        }
         let mut policy = self.retry;
         let mut dead_letters = self.dead_letters;
-        if let Some(stats) = self.stats {
-            gate = gate.with_stats(stats.clone());
+        if let Some(stats) = &self.stats {
             policy = policy.with_stats(stats.clone());
-            dead_letters = dead_letters.map(|d| d.with_stats(stats));
+            dead_letters = dead_letters.map(|d| d.with_stats(stats.clone()));
         }
-        let bucket = gate.bucket().clone();
         let attempt = match head {
             Some(d) => Attempt::Timed(Timeout::new(client, d)),
             None => Attempt::Plain(client),
         };
-        let gated = match self.adaptive {
-            Some(controller) => {
-                let controller = controller
-                    .into_inner()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                Either::Left(
-                    AdaptiveLayer::new(bucket.clone(), controller)?
-                        .with_retry_policy(&policy)
-                        .layer(gate.layer(attempt)),
+        let (gated, policy, buckets) = match self.keyed {
+            Some(destination) => {
+                if self.adaptive.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "adaptive control learns one rate, and a keyed gate has one per \
+                         destination: drop .adaptive(..) or .per_authority()/.per_header(..)"
+                            .into(),
+                    ));
+                }
+                let bucket = KeyedBucket::new(limits);
+                let mut gate =
+                    KeyedRateLimitLayer::with_bucket(bucket.clone(), destination.clone());
+                if let Some(max_wait) = self.max_wait {
+                    gate = gate.with_max_wait(max_wait);
+                }
+                if let Some(stats) = self.stats {
+                    gate = gate.with_stats(stats);
+                }
+                let policy = policy.with_keyed_bucket(bucket.clone(), destination);
+                (
+                    Either::Right(gate.layer(attempt)),
+                    policy,
+                    Buckets::Keyed(bucket),
                 )
             }
-            None => Either::Right(gate.layer(attempt)),
+            None => {
+                let mut gate = RateLimitLayer::new(limits);
+                if let Some(max_wait) = self.max_wait {
+                    gate = gate.with_max_wait(max_wait);
+                }
+                if let Some(stats) = self.stats {
+                    gate = gate.with_stats(stats);
+                }
+                let bucket = gate.bucket().clone();
+                let gated = match self.adaptive {
+                    Some(controller) => {
+                        let controller = controller
+                            .into_inner()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        Either::Left(
+                            AdaptiveLayer::new(bucket.clone(), controller)?
+                                .with_retry_policy(&policy)
+                                .layer(gate.layer(attempt)),
+                        )
+                    }
+                    None => Either::Right(gate.layer(attempt)),
+                };
+                let policy = policy.with_bucket(bucket.clone());
+                (Either::Left(gated), policy, Buckets::Shared(bucket))
+            }
         };
-        let retry = Retry::new(policy.with_bucket(bucket.clone()), gated);
+        let retry = Retry::new(policy, gated);
         let inner = match dead_letters {
             Some(layer) => Either::Left(layer.layer(retry)),
             None => Either::Right(retry),
         };
-        Ok(Throttle { inner, bucket })
+        Ok(Throttle { inner, buckets })
     }
 }
 
@@ -494,6 +602,7 @@ impl<C: fmt::Debug, T> fmt::Debug for ThrottleBuilder<C, T> {
             .field("adaptive", &self.adaptive)
             .field("dead_letters", &self.dead_letters)
             .field("stats", &self.stats.is_some())
+            .field("keyed", &self.keyed)
             .finish()
     }
 }

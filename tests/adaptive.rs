@@ -310,7 +310,7 @@ async fn hostile_retry_after_never_holds_the_gate_past_the_retry_cap() {
         let start = Instant::now();
         let first = tokio::spawn(client.clone().oneshot(request()));
         tokio::time::sleep(Duration::from_millis(1)).await;
-        let held = client.bucket().held_until(Instant::now());
+        let held = client.bucket().unwrap().held_until(Instant::now());
         assert!(
             held.is_some_and(|h| h <= start + cap),
             "adaptive {adaptive}: held until {:?} after start",
@@ -357,7 +357,7 @@ async fn limits_are_a_ceiling_under_adaptive_control() {
             let mut highest: f64 = 0.0;
             while Instant::now() < end {
                 client.clone().oneshot(request()).await.unwrap();
-                highest = highest.max(client.bucket().rate());
+                highest = highest.max(client.bucket().unwrap().rate());
             }
             highest
         }
@@ -368,7 +368,7 @@ async fn limits_are_a_ceiling_under_adaptive_control() {
     // Slow start reached the ceiling, and the per-minute window still held: at most its
     // burst of 600 plus 10/s, 1000 in 40 s, and the 8 workers' last requests, admitted
     // just past the end (50/s would be 2000).
-    assert_eq!(client.bucket().rate(), 50.0);
+    assert_eq!(client.bucket().unwrap().rate(), 50.0);
     let sent = calls.load(Ordering::SeqCst);
     assert!((950..=1009).contains(&sent), "{sent} requests");
 

@@ -109,3 +109,51 @@ async fn hyper_stack_retries_timeouts_through_the_one_call_builder() {
     check(&server, &attempts);
     server.shutdown().await;
 }
+
+/// Issue 13 item 3, over loopback: one client, two APIs, each limited to 10 per second. Keyed
+/// per authority, each API gets its own bucket at its own limit: a server that limits harder
+/// than we were told (5/s) answers 429s and its holds stay its own, while the other server
+/// sees neither a 429 nor more than its limit, and every record reaches both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttle_builder_per_authority_paces_two_servers_on_their_own_limits() {
+    use tower_throttle::mock::ServerLimit;
+    let strict = MockServer::builder()
+        .limit(ServerLimit::sliding_window(5, Duration::from_secs(1)).unwrap())
+        .start()
+        .await
+        .unwrap();
+    // A little headroom over the client's pace: requests paced exactly at a sliding window's
+    // limit arrive closer together than they were sent whenever the network delays one.
+    let fair = MockServer::builder()
+        .limit(ServerLimit::sliding_window(12, Duration::from_secs(1)).unwrap())
+        .start()
+        .await
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let throttle = Throttle::builder()
+        .limits(Quota::per_second(10).unwrap())
+        .retry(RetryPolicy::default().with_seed(5))
+        .per_authority()
+        .timeout(Duration::from_secs(5))
+        .build(client)
+        .unwrap();
+    let mut calls = Vec::new();
+    for id in 0..20 {
+        for server in [&strict, &fair] {
+            let req = http::Request::post(server.uri("/v1/track"))
+                .header("x-request-id", id.to_string())
+                .body(Full::new(Bytes::from(format!("{{\"id\":{id}}}"))))
+                .unwrap();
+            calls.push(tokio::spawn(throttle.clone().oneshot(req)));
+        }
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    }
+    let (s, f) = (strict.stats(), fair.stats());
+    assert_eq!((s.distinct_ids, f.distinct_ids), (20, 20));
+    assert!(s.rate_limited > 0, "the strict server never refused: {s:?}");
+    assert_eq!(f.rate_limited, 0, "{f:?}");
+    assert!(fair.max_accepted_in_any_window(Duration::from_secs(1)) <= 11);
+    assert_eq!(throttle.keyed_bucket().unwrap().len(), 2);
+}

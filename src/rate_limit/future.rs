@@ -14,6 +14,7 @@ use tower::BoxError;
 use tower_service::Service;
 
 use crate::bucket::{KeyedBucket, KeyedPermit, Reservation};
+use crate::metrics::Stats;
 use crate::ThrottleError;
 
 pub use super::weighted::WeightedFuture;
@@ -71,6 +72,7 @@ pin_project! {
         permit: Option<KeyedPermit<K>>,
         call: Option<(S, Req)>,
         max_wait: Option<Duration>,
+        stats: Option<Stats>,
     }
 }
 
@@ -110,6 +112,7 @@ impl<S: Service<Req>, Req, K: Hash + Eq + Clone + Send + Sync + 'static>
         bucket: KeyedBucket<K>,
         key: K,
         max_wait: Option<Duration>,
+        stats: Option<Stats>,
         svc: S,
         req: Req,
     ) -> Self {
@@ -133,6 +136,7 @@ impl<S: Service<Req>, Req, K: Hash + Eq + Clone + Send + Sync + 'static>
             permit: None,
             call: Some((svc, req)),
             max_wait,
+            stats,
         }
     }
 }
@@ -161,8 +165,13 @@ where
                 }
                 KeyedStateProj::Reserving => {
                     let guard = &mut *this.slot;
-                    match guard.bucket.reserve_now(&guard.key, *this.max_wait) {
-                        Ok(r) if r.is_admitted() || r.at() <= Instant::now() => {
+                    let now = Instant::now();
+                    let reserved = guard.bucket.reserve_now(&guard.key, *this.max_wait);
+                    if let (Ok(r), Some(stats)) = (&reserved, this.stats.as_ref()) {
+                        stats.record_gate_wait(r.at().saturating_duration_since(now));
+                    }
+                    match reserved {
+                        Ok(r) if r.is_admitted() || r.at() <= now => {
                             let (svc, req) = this.call.take().expect("polled after completion");
                             this.state.set(KeyedState::Calling {
                                 fut: Oneshot::new(svc, req),

@@ -11,6 +11,7 @@ use tower_service::Service;
 
 use super::future::KeyedResponseFuture;
 use crate::bucket::KeyedBucket;
+use crate::metrics::Stats;
 use crate::Limits;
 
 /// Picks the bucket a request belongs to.
@@ -49,6 +50,70 @@ impl<B> KeyFn<http::Request<B>> for ByAuthority {
     }
 }
 
+/// What [`Throttle::builder`](crate::Throttle::builder) keys its gate by, with
+/// [`per_authority`](crate::ThrottleBuilder::per_authority) or
+/// [`per_header`](crate::ThrottleBuilder::per_header).
+#[derive(Debug, Clone)]
+pub(crate) enum Destination {
+    Authority,
+    Header(http::HeaderName),
+}
+
+/// The key of a request in a [`Throttle`](crate::Throttle) keyed per destination: its URI
+/// authority, or the value of the header it is keyed by (`None` when absent: those requests
+/// share one bucket).
+///
+/// Its `Debug` form never shows a header's value, which may be a credential (keying by
+/// `Authorization` gives each API token its own limit): only its length and a hash.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct DestinationKey(DestinationRepr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum DestinationRepr {
+    Authority(Option<Authority>),
+    Header(Option<http::HeaderValue>),
+}
+
+impl DestinationKey {
+    /// The key of requests to `authority` (`host:port`), under
+    /// [`per_authority`](crate::ThrottleBuilder::per_authority).
+    pub fn authority(authority: Option<Authority>) -> DestinationKey {
+        DestinationKey(DestinationRepr::Authority(authority))
+    }
+
+    /// The key of requests carrying `value` in the header the gate is keyed by, under
+    /// [`per_header`](crate::ThrottleBuilder::per_header).
+    pub fn header(value: Option<http::HeaderValue>) -> DestinationKey {
+        DestinationKey(DestinationRepr::Header(value))
+    }
+}
+
+impl fmt::Debug for DestinationKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            DestinationRepr::Authority(a) => f.debug_tuple("Authority").field(a).finish(),
+            DestinationRepr::Header(None) => f.write_str("Header(None)"),
+            DestinationRepr::Header(Some(v)) => {
+                use std::hash::Hasher;
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                v.as_bytes().hash(&mut h);
+                write!(f, "Header({} bytes, hash {:016x})", v.len(), h.finish())
+            }
+        }
+    }
+}
+
+impl<B> KeyFn<http::Request<B>> for Destination {
+    type Key = DestinationKey;
+
+    fn key(&self, req: &http::Request<B>) -> DestinationKey {
+        match self {
+            Destination::Authority => DestinationKey::authority(req.uri().authority().cloned()),
+            Destination::Header(name) => DestinationKey::header(req.headers().get(name).cloned()),
+        }
+    }
+}
+
 /// One rate limit per destination (host, workspace, token), keyed by a function of the
 /// request.
 ///
@@ -76,6 +141,7 @@ pub struct KeyedRateLimitLayer<K, F> {
     bucket: KeyedBucket<K>,
     key_fn: F,
     max_wait: Option<Duration>,
+    stats: Option<Stats>,
 }
 
 impl KeyedRateLimitLayer<Option<Authority>, ByAuthority> {
@@ -116,12 +182,19 @@ impl<K: Hash + Eq + Clone, F> KeyedRateLimitLayer<K, F> {
             bucket,
             key_fn,
             max_wait: None,
+            stats: None,
         }
     }
 
     /// Refuses a request whose key's slot is more than `max_wait` away.
     pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// Records every wait for a key's slot (count, total, longest) into `stats`.
+    pub fn with_stats(mut self, stats: Stats) -> Self {
+        self.stats = Some(stats);
         self
     }
 
@@ -137,6 +210,7 @@ impl<K, F: Clone> Clone for KeyedRateLimitLayer<K, F> {
             bucket: self.bucket.clone(),
             key_fn: self.key_fn.clone(),
             max_wait: self.max_wait,
+            stats: self.stats.clone(),
         }
     }
 }
@@ -159,6 +233,7 @@ impl<S, K, F: Clone> Layer<S> for KeyedRateLimitLayer<K, F> {
             bucket: self.bucket.clone(),
             key_fn: self.key_fn.clone(),
             max_wait: self.max_wait,
+            stats: self.stats.clone(),
             _key: PhantomData,
         }
     }
@@ -170,6 +245,7 @@ pub struct KeyedRateLimit<S, K, F> {
     bucket: KeyedBucket<K>,
     key_fn: F,
     max_wait: Option<Duration>,
+    stats: Option<Stats>,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -180,6 +256,7 @@ impl<S: Clone, K, F: Clone> Clone for KeyedRateLimit<S, K, F> {
             bucket: self.bucket.clone(),
             key_fn: self.key_fn.clone(),
             max_wait: self.max_wait,
+            stats: self.stats.clone(),
             _key: PhantomData,
         }
     }
@@ -229,6 +306,7 @@ where
             self.bucket.clone(),
             key,
             self.max_wait,
+            self.stats.clone(),
             self.inner.clone(),
             req,
         )

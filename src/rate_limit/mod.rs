@@ -39,7 +39,8 @@ mod layer;
 mod service;
 mod weighted;
 
-pub use keyed::{ByAuthority, KeyFn, KeyedRateLimit, KeyedRateLimitLayer};
+pub(crate) use keyed::Destination;
+pub use keyed::{ByAuthority, DestinationKey, KeyFn, KeyedRateLimit, KeyedRateLimitLayer};
 pub use layer::RateLimitLayer;
 pub use service::RateLimit;
 pub use weighted::{Cost, WeightedRateLimit, WeightedRateLimitLayer};

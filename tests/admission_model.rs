@@ -129,6 +129,11 @@ trait Subject {
     fn late(&self) -> u64 {
         0
     }
+    /// Whether the last successful reservation was decided by the bucket just now (not a
+    /// slot handed back to a lease earlier): only such slots show the rate in force.
+    fn last_fresh(&self) -> bool {
+        true
+    }
 }
 
 /// The paced-time subjects: explicit instants from a base, on tokio's (paused) clock, so that
@@ -258,6 +263,29 @@ struct Log {
     /// How far into a new rate the check of the shortest window starts: zero where the driver
     /// and the bucket share one clock, a round trip's worth where they do not (Redis).
     margin: u64,
+    /// Per stretch, the earliest fresh slot reserved while its rate was the latest: where the
+    /// driver's clock is not the bucket's, it places the stretch on the bucket's clock.
+    fresh: Vec<Option<u64>>,
+}
+
+impl Log {
+    fn note_fresh(&mut self, slot: u64) {
+        let i = self.stretches.len() - 1;
+        self.fresh[i] = Some(self.fresh[i].map_or(slot, |f| f.min(slot)));
+    }
+
+    /// Moves each rate change after the first to the earliest fresh slot reserved at that
+    /// rate or a later one: on the bucket's clock the change came no later (each such slot
+    /// was decided after it) and no earlier (no slot at a later rate precedes it).
+    fn place_stretches_by_fresh_slots(&mut self) {
+        let mut earliest_later = u64::MAX;
+        for i in (1..self.stretches.len()).rev() {
+            if let Some(f) = self.fresh[i] {
+                earliest_later = earliest_later.min(f);
+            }
+            self.stretches[i].from = earliest_later;
+        }
+    }
 }
 
 struct Waiter {
@@ -282,6 +310,7 @@ async fn drive<S: Subject>(
             from: 0,
             interval: interval_of(subject.rate()),
         }],
+        fresh: vec![None],
         ..Log::default()
     };
     let mut waiting: Vec<Waiter> = Vec::new();
@@ -325,6 +354,9 @@ async fn drive<S: Subject>(
                     .reserve(w.key, w.slot, cost, None)
                     .ok_or_else(|| TestCaseError::fail("a re-slot without max_wait is refused"))?;
                 let slot = subject.slot(&r);
+                if subject.last_fresh() {
+                    log.note_fresh(slot);
+                }
                 prop_assert!(slot >= w.slot, "a re-slot goes back in time");
                 waiting.push(Waiter {
                     key: w.key,
@@ -349,9 +381,15 @@ async fn drive<S: Subject>(
             } => {
                 if let Some(r) = subject.reserve(*key, now, *cost, *max_wait) {
                     let slot = subject.slot(&r);
+                    if subject.last_fresh() {
+                        log.note_fresh(slot);
+                    }
                     prop_assert!(slot + subject.late() >= now, "a slot in the past");
                     if let Some(m) = max_wait {
-                        prop_assert!(slot - now <= *m + subject.skew(), "max_wait exceeded");
+                        prop_assert!(
+                            slot.saturating_sub(now) <= *m + subject.skew(),
+                            "max_wait exceeded"
+                        );
                     }
                     if slot <= now {
                         // Admitted at once: the gate lets it through without sleeping.
@@ -382,6 +420,9 @@ async fn drive<S: Subject>(
                 // The next caller goes at the hold's end, or at the slot it had anyway.
                 if let Some(r) = subject.reserve(*key, now, 1, None) {
                     let slot = subject.slot(&r);
+                    if subject.last_fresh() {
+                        log.note_fresh(slot);
+                    }
                     if let Some(before) = before {
                         prop_assert_eq!(slot, until.max(before), "first slot after a hold");
                     }
@@ -396,6 +437,7 @@ async fn drive<S: Subject>(
                     from: now,
                     interval: interval_of(subject.rate()),
                 });
+                log.fresh.push(None);
             }
         }
     }
@@ -679,6 +721,8 @@ mod redis {
         base: Instant,
         /// The largest interval any window has had in this run, in nanoseconds.
         widest: u64,
+        /// Whether the last reservation came from the server rather than the lease.
+        fresh: bool,
     }
 
     impl Subject for Redis {
@@ -689,6 +733,7 @@ mod redis {
             cost: u32,
             max_wait: Option<u64>,
         ) -> Option<Reservation> {
+            let leased = self.bucket.stats().from_lease;
             let reserve = self.bucket.reserve_weighted(
                 Instant::now(),
                 cost,
@@ -698,6 +743,7 @@ mod redis {
                 Reserve::Ready(r) => r,
                 Reserve::Pending(f) => tokio::task::block_in_place(|| self.rt.block_on(f)),
             };
+            self.fresh = self.bucket.stats().from_lease == leased;
             r.ok()
         }
         fn cancel(&mut self, _: u8, r: Reservation, _: u64) {
@@ -729,6 +775,9 @@ mod redis {
         fn late(&self) -> u64 {
             // The lease's grace is half the smallest interval; half the largest bounds it.
             self.widest / 2 + self.skew()
+        }
+        fn last_fresh(&self) -> bool {
+            self.fresh
         }
     }
 
@@ -785,6 +834,7 @@ mod redis {
                     rt: tokio::runtime::Handle::current(),
                     bucket,
                     widest: limits.quotas().iter().map(|q| q.interval().as_nanos() as u64).max().unwrap_or(0),
+                    fresh: true,
                 };
                 // Real time, scaled down: the steps' gaps shrink tenfold.
                 let steps: Vec<Step> = steps.iter().map(|s| Step { gap: s.gap / 10, op: s.op.clone() }).collect();
@@ -796,13 +846,9 @@ mod redis {
                 // server's by at most a round trip, so it is skipped here.
                 log.holds.clear();
                 // The driver's clock runs behind the server's by a round trip, and a rate
-                // change reaches the server with the next call, so the instant a new rate
-                // starts is not known here to the microsecond: with rate changes in the run,
-                // the shortest window is left to the in-process model (the same arithmetic)
-                // and the longer windows, costs and cancels are checked here.
-                if steps.iter().any(|s| matches!(s.op, Op::SetRate(_))) {
-                    log.stretches.clear();
-                }
+                // change reaches the server with the next call (or its background push), so
+                // each new rate is placed on the server's clock by the slots it produced.
+                log.place_stretches_by_fresh_slots();
                 log.margin = 0;
                 check(&log, &limits, 1)
             });

@@ -339,6 +339,33 @@ async fn set_rate_on_one_client_paces_the_fleet() {
     assert!(a.set_rate(f64::NAN).is_err());
 }
 
+/// Found by the Redis property model: after a rate cut, slots already leased (or handed back
+/// with `cancel`) were still used, paced at the old rate, so the first callers after a cut
+/// went faster than the new rate allows. A cut now voids the lease, as it re-slots waiters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_rate_cut_voids_slots_leased_at_the_old_rate() {
+    let Some(server) = RedisServer::start("redis_rate_cut_voids_leased_slots") else {
+        return;
+    };
+    // 10/s, burst 4, 4 slots per round trip: one round trip leases the whole burst.
+    let b = bucket(&server, per_second(10, 4), "cut", 4, FailMode::Closed).await;
+    let first = reserve(&b, None).await.unwrap();
+    assert_eq!(b.stats().granted, 4);
+    // One more leased slot handed back unused: it returns to the lease.
+    let second = reserve(&b, None).await.unwrap();
+    b.cancel(second, Instant::now());
+    b.set_rate(1.0).unwrap();
+    let next = reserve(&b, None).await.unwrap();
+    let stats = b.stats();
+    assert_eq!(
+        stats.from_lease, 1,
+        "a slot leased at the old rate was used: {stats:?}"
+    );
+    assert!(stats.expired >= 3, "{stats:?}");
+    // The server decided it at the new rate, behind the slots it already granted.
+    assert!(next.token() > first.token(), "{next:?} {first:?}");
+}
+
 /// Redis killed mid-run and restarted: no panic, nobody hangs, fail-open keeps admitting at
 /// its share, fail-closed refuses with a typed error, and both recover without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

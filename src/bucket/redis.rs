@@ -453,7 +453,9 @@ impl RedisBucketBuilder {
 ///
 /// [`Bucket::set_rate`] stores the shortest window's interval on the server too, so the fleet
 /// follows one adaptive rate; it is re-sent with each reservation until acknowledged, and
-/// every reply refreshes [`Bucket::rate`].
+/// every reply refreshes [`Bucket::rate`]. A cut (here, or seen in a reply from another worker's) voids
+/// this worker's leased and handed-back slots, which were paced at the old rate, as it makes
+/// waiting callers re-slot.
 ///
 /// # Faults
 ///
@@ -571,6 +573,14 @@ impl Lease {
     fn put(&mut self, slot: Leased) {
         let at = self.slots.partition_point(|s| s.at <= slot.at);
         self.slots.insert(at, slot);
+    }
+
+    /// Drops every slot (a rate cut voids them: they were paced at the old rate); returns how
+    /// many.
+    fn void_all(&mut self) -> u64 {
+        let n = self.slots.len() as u64;
+        self.slots.clear();
+        n
     }
 
     /// Drops slots before `until` (a hold voids them); returns how many.
@@ -863,8 +873,11 @@ impl Inner {
             let seen = reply.primary_us.saturating_mul(1_000);
             let before = self.primary_interval.swap(seen, Ordering::Relaxed);
             if seen > before {
-                // Another worker cut the fleet's rate: our waiters were paced at the old one.
+                // Another worker cut the fleet's rate: our waiters and leased slots were paced
+                // at the old one.
                 st.epochs.bump(true);
+                let voided = st.lease.void_all();
+                bump(&self.counters.expired, voided);
             }
         }
         let mut hold_local = None;
@@ -1135,7 +1148,14 @@ impl Bucket for RedisBucket {
         {
             let mut st = lock(&inner.state);
             st.rate_pending = Some(us);
-            st.epochs.bump(us.saturating_mul(1_000) > before);
+            let cut = us.saturating_mul(1_000) > before;
+            st.epochs.bump(cut);
+            if cut {
+                // Leased and handed-back slots were paced at the old rate: the same reason
+                // waiters re-slot. Dropping them is safe (the server counted them unused).
+                let voided = st.lease.void_all();
+                bump(&inner.counters.expired, voided);
+            }
         }
         inner.spawn_push();
         Ok(())

@@ -36,12 +36,32 @@ use crate::ConfigError;
 /// assert_eq!(bursty.burst(), 100);
 /// # Ok::<(), tower_throttle::ConfigError>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Quota {
     count: u32,
     period: Duration,
     burst: u32,
     interval_nanos: u64,
+}
+
+/// The quota as written: `count` per `period` (with `burst` when above 1), or the
+/// `allowance` of [`Quota::allowance`] / [`Quota::daily`], never the derived interval.
+impl std::fmt::Debug for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Quota");
+        let allowance = self.window_allowance();
+        if self.burst > 1 && Quota::allowance_shape(allowance) == Some((self.count, self.burst)) {
+            return d
+                .field("allowance", &allowance)
+                .field("period", &self.period)
+                .finish();
+        }
+        d.field("count", &self.count).field("period", &self.period);
+        if self.burst > 1 {
+            d.field("burst", &self.burst);
+        }
+        d.finish()
+    }
 }
 
 impl Quota {
@@ -118,10 +138,20 @@ impl Quota {
     ///
     /// Errors: [`ConfigError::ZeroRate`] for a zero count, and those of [`Quota::new`].
     pub fn allowance(count: u32, period: Duration) -> Result<Quota, ConfigError> {
-        if count == 0 {
-            return Err(ConfigError::ZeroRate);
-        }
-        Quota::new(count / 2 + 1, period)?.with_burst(count.div_ceil(2))
+        let (paced, burst) =
+            Quota::allowance_shape(u64::from(count)).ok_or(ConfigError::ZeroRate)?;
+        Quota::new(paced, period)?.with_burst(burst)
+    }
+
+    /// The (count, burst) that spend `allowance` per period at most, half of it at once.
+    fn allowance_shape(allowance: u64) -> Option<(u32, u32)> {
+        let n = u32::try_from(allowance).ok().filter(|n| *n > 0)?;
+        Some((n / 2 + 1, n.div_ceil(2)))
+    }
+
+    /// The most this quota admits in any window of its period: `count + burst - 1`.
+    fn window_allowance(&self) -> u64 {
+        u64::from(self.count) + u64::from(self.burst) - 1
     }
 
     /// [`Quota::allowance`] over 24 hours: a daily budget that never paces the short window.
@@ -259,6 +289,25 @@ impl From<Quota> for Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 18 item 9: the HubSpot preset printed `count: 125001 ... burst: 125000` and the
+    /// derived interval, not the 250,000 per day it was written as.
+    #[test]
+    fn debug_shows_the_quota_as_written() {
+        let daily = Quota::daily(250_000).unwrap();
+        assert_eq!(
+            format!("{daily:?}"),
+            "Quota { allowance: 250000, period: 86400s }"
+        );
+        let paced = Quota::new(100, Duration::from_secs(10)).unwrap();
+        assert_eq!(format!("{paced:?}"), "Quota { count: 100, period: 10s }");
+        let bucket = Quota::per_second(10).unwrap().with_burst(100).unwrap();
+        assert_eq!(
+            format!("{bucket:?}"),
+            "Quota { count: 10, period: 1s, burst: 100 }"
+        );
+        assert!(!format!("{:?}", crate::presets::hubspot()).contains("interval"));
+    }
 
     #[test]
     fn rejects_invalid_quotas_with_typed_errors() {

@@ -35,9 +35,12 @@ pub(crate) fn since_origin(t: Instant) -> Option<i64> {
 /// ```
 /// use tower_throttle::{Bucket, Clock, LocalBucket, Quota};
 ///
+/// # #[cfg(feature = "fast-clock")] {
+/// // With the `fast-clock` feature:
 /// let bucket = LocalBucket::with_clock(Quota::per_second(100)?, Clock::Fast);
 /// assert_eq!(bucket.clock(), Clock::Fast);
 /// assert!(bucket.try_reserve_now(None).is_ok());
+/// # }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -55,6 +58,9 @@ pub enum Clock {
     /// It does **not** follow `tokio::time::pause()`: under paused time this clock keeps
     /// running in real time while tokio's stands still, so tests that rely on virtual time
     /// must use [`Clock::Tokio`]. Waits are still slept on tokio's timer.
+    ///
+    /// Needs the `fast-clock` feature (it adds the `quanta` dependency).
+    #[cfg(feature = "fast-clock")]
     Fast,
 }
 
@@ -70,7 +76,7 @@ pub(crate) struct BucketClock {
 
 #[derive(Debug)]
 struct Fast {
-    clock: quanta::Clock,
+    clock: Counter,
     /// The counter's raw value at the epoch: bucket time is nanoseconds since it.
     anchor: u64,
     /// Tokio time minus counter time, in nanoseconds, as last measured. The two clocks are
@@ -83,10 +89,32 @@ struct Fast {
     skew: AtomicI64,
 }
 
+/// The time-stamp counter behind [`Clock::Fast`].
+#[cfg(feature = "fast-clock")]
+type Counter = quanta::Clock;
+
+/// Without the `fast-clock` feature there is no counter: a `Fast` cannot exist, and the code
+/// that reads one compiles to nothing.
+#[cfg(not(feature = "fast-clock"))]
+#[derive(Debug)]
+enum Counter {}
+
+#[cfg(not(feature = "fast-clock"))]
+impl Counter {
+    fn raw(&self) -> u64 {
+        match *self {}
+    }
+
+    fn delta_as_nanos(&self, _: u64, _: u64) -> u64 {
+        match *self {}
+    }
+}
+
 impl BucketClock {
     pub(crate) fn new(kind: Clock) -> BucketClock {
         let fast = match kind {
             Clock::Tokio => None,
+            #[cfg(feature = "fast-clock")]
             Clock::Fast => {
                 // Calibration is process-wide and runs once (at most ~200 ms, the first time).
                 let clock = quanta::Clock::new();
@@ -114,9 +142,12 @@ impl BucketClock {
     }
 
     pub(crate) fn kind(&self) -> Clock {
-        match self.fast {
+        match &self.fast {
             None => Clock::Tokio,
+            #[cfg(feature = "fast-clock")]
             Some(_) => Clock::Fast,
+            #[cfg(not(feature = "fast-clock"))]
+            Some(f) => match f.clock {},
         }
     }
 
@@ -334,6 +365,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "fast-clock")]
     #[tokio::test(start_paused = true)]
     async fn fast_clock_maps_tokio_instants_through_the_measured_skew() {
         let clock = BucketClock::new(Clock::Fast);

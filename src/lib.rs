@@ -83,6 +83,7 @@
 //! | `reqwest` | `reqwest`: a `reqwest_middleware::Middleware` with the same gate, retry, adaptive control and dead letters |
 //! | `metrics` | counters and gauges through the `metrics` facade |
 //! | `redis` | `bucket::RedisBucket` and `dead_letter::RedisStore`: one limit and one dead-letter store for a fleet of processes |
+//! | `fast-clock` | `Clock::Fast`: buckets read the CPU's time-stamp counter (through `quanta`) instead of tokio's clock |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]

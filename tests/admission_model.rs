@@ -277,6 +277,7 @@ impl Log {
     /// Moves each rate change after the first to the earliest fresh slot reserved at that
     /// rate or a later one: on the bucket's clock the change came no later (each such slot
     /// was decided after it) and no earlier (no slot at a later rate precedes it).
+    #[cfg_attr(not(all(feature = "redis", feature = "mock")), allow(dead_code))]
     fn place_stretches_by_fresh_slots(&mut self) {
         let mut earliest_later = u64::MAX;
         for i in (1..self.stretches.len()).rev() {

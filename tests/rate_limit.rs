@@ -383,6 +383,7 @@ mod keyed {
 
     /// Real time (the fast clock does not follow a paused tokio), but counts only: the next
     /// slot of a key is a whole second away, far beyond the 10 ms ceiling.
+    #[cfg(feature = "fast-clock")]
     #[tokio::test]
     async fn a_fast_clock_keyed_bucket_drives_the_layer() {
         let bucket = tower_throttle::bucket::KeyedBucket::with_clock(

@@ -672,6 +672,7 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 4_096);
     }
 
+    #[cfg(feature = "fast-clock")]
     #[tokio::test]
     async fn fast_clock_keys_admit_their_burst_then_wait() {
         let b = KeyedBucket::with_clock(

@@ -90,7 +90,8 @@ impl LocalBucket {
     /// ```
     /// use tower_throttle::{Clock, LocalBucket, Quota, RateLimitLayer};
     ///
-    /// let bucket = LocalBucket::with_clock(Quota::per_second(50)?, Clock::Fast);
+    /// // `Clock::Fast` with the `fast-clock` feature; `Clock::Tokio` is the default.
+    /// let bucket = LocalBucket::with_clock(Quota::per_second(50)?, Clock::Tokio);
     /// let layer = RateLimitLayer::with_bucket(bucket);
     /// # let _ = layer;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -548,7 +549,7 @@ impl fmt::Debug for LocalBucket {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "fast-clock"))]
 mod tests {
     use super::*;
     use crate::Quota;

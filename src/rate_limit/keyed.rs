@@ -168,7 +168,8 @@ impl<K: Hash + Eq + Clone, F> KeyedRateLimitLayer<K, F> {
     /// use tower_throttle::{Clock, Quota};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower::BoxError> {
-    /// let per_tenant = KeyedBucket::with_clock(Quota::per_second(10)?, Clock::Fast);
+    /// // `Clock::Fast` (feature `fast-clock`) reads the CPU's counter instead of tokio's clock.
+    /// let per_tenant = KeyedBucket::with_clock(Quota::per_second(10)?, Clock::Tokio);
     /// let layer = KeyedRateLimitLayer::with_bucket(per_tenant.clone(), |tenant: &u32| *tenant);
     /// let svc = ServiceBuilder::new()
     ///     .layer(layer)

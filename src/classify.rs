@@ -1026,4 +1026,52 @@ mod tests {
         assert!(err.is_parse(), "{err:?}");
         assert_eq!(c.classify_error(&err), Outcome::Permanent);
     }
+
+    #[test]
+    fn hubspot_daily_quota_is_read_from_the_body_then_the_headers() {
+        use std::time::UNIX_EPOCH;
+        let c = HttpClassifier::new();
+        let too_many = StatusCode::TOO_MANY_REQUESTS;
+        let daily = br#"{"errorType":"RATE_LIMIT","policyName":"DAILY"}"#.as_slice();
+        let secondly = br#"{"errorType":"RATE_LIMIT","policyName":"SECONDLY"}"#.as_slice();
+        let mut spent = HeaderMap::new();
+        spent.insert("x-hubspot-ratelimit-daily", "250000".parse().unwrap());
+        spent.insert("x-hubspot-ratelimit-daily-remaining", "0".parse().unwrap());
+        let none = HeaderMap::new();
+        // 23:50 UTC by the caller's clock...
+        let now = UNIX_EPOCH + Duration::from_secs(23 * 3600 + 50 * 60);
+        let ten_min = Some(Duration::from_secs(600));
+        assert_eq!(c.quota_reset(too_many, &none, Some(daily), now), ten_min);
+        // ...but the server's `Date` wins: 23:55, five minutes to the quarter hour.
+        let mut dated = HeaderMap::new();
+        dated.insert(
+            http::header::DATE,
+            "Thu, 01 Jan 1970 23:55:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            c.quota_reset(too_many, &dated, Some(daily), now),
+            Some(Duration::from_secs(300))
+        );
+        // The body names the policy; headers only decide when there is no readable body.
+        assert_eq!(c.quota_reset(too_many, &spent, Some(secondly), now), None);
+        assert_eq!(c.quota_reset(too_many, &spent, None, now), ten_min);
+        assert_eq!(
+            c.quota_reset(too_many, &spent, Some(b"<html>"), now),
+            ten_min
+        );
+        assert_eq!(c.quota_reset(too_many, &none, None, now), None);
+        // Only a 429, and only when enabled.
+        assert_eq!(
+            c.quota_reset(StatusCode::SERVICE_UNAVAILABLE, &spent, Some(daily), now),
+            None
+        );
+        let off = c.clone().hubspot_daily(false);
+        assert_eq!(off.quota_reset(too_many, &spent, Some(daily), now), None);
+        // A known zone: UTC-5 is at 18:50, so midnight there is 5 h 10 min away.
+        let ny = c.hubspot_utc_offset(-5 * 3600);
+        assert_eq!(
+            ny.quota_reset(too_many, &none, Some(daily), now),
+            Some(Duration::from_secs(5 * 3600 + 600))
+        );
+    }
 }

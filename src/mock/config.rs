@@ -80,6 +80,7 @@ pub struct MockServerBuilder {
     pub(crate) item_fail_ratio: f64,
     pub(crate) item_reject_ratio: f64,
     pub(crate) limited_answer: Option<(bytes::Bytes, http::HeaderMap)>,
+    pub(crate) unavailable_retry_after: Option<Duration>,
 }
 
 impl Default for MockServerBuilder {
@@ -97,6 +98,7 @@ impl Default for MockServerBuilder {
             item_fail_ratio: 0.0,
             item_reject_ratio: 0.0,
             limited_answer: None,
+            unavailable_retry_after: None,
         }
     }
 }
@@ -214,6 +216,14 @@ impl MockServerBuilder {
         headers: http::HeaderMap,
     ) -> Self {
         self.limited_answer = Some((body.into(), headers));
+        self
+    }
+
+    /// Sends `Retry-After` (whole seconds, rounded up) with the injected 503s of
+    /// [`fail_ratio`](Self::fail_ratio), as RFC 9110 allows: a server in maintenance saying
+    /// when it can take requests again.
+    pub fn unavailable_retry_after(mut self, wait: Duration) -> Self {
+        self.unavailable_retry_after = Some(wait);
         self
     }
 

@@ -63,6 +63,7 @@ struct Shared {
     item_fail_ratio: f64,
     item_reject_ratio: f64,
     limited_answer: Option<(Bytes, HeaderMap)>,
+    unavailable_retry_after: Option<Duration>,
     // One lock for decisions and records: the critical section is short and never awaits,
     // and deciding and recording under the same lock keeps accept times in order.
     state: Mutex<State>,
@@ -178,6 +179,7 @@ impl MockServer {
             item_fail_ratio: cfg.item_fail_ratio,
             item_reject_ratio: cfg.item_reject_ratio,
             limited_answer: cfg.limited_answer,
+            unavailable_retry_after: cfg.unavailable_retry_after,
             state: Mutex::new(state),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -538,10 +540,16 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         tokio::time::sleep(latency).await;
     }
     match outcome {
-        Outcome::Failed => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"error":"unavailable"}"#.into(),
-        ),
+        Outcome::Failed => {
+            let mut resp = json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":"unavailable"}"#.into(),
+            );
+            if let Some(wait) = shared.unavailable_retry_after {
+                retry_after_header(resp.headers_mut(), RetryAfterFormat::Seconds, wait);
+            }
+            resp
+        }
         Outcome::Accepted {
             capacity,
             remaining,

@@ -104,7 +104,8 @@ pub trait Classify: Clone {
     /// The retry policy then holds the shared bucket until then and does not retry before
     /// it, uncapped by the backoff's `max_delay` and without spending an attempt (a retry
     /// sooner would only be refused again), or, when that is past the request's deadline,
-    /// ends the request at once with [`ThrottleError::QuotaExhausted`]. The default: `None`.
+    /// ends the request at once with [`ThrottleError::QuotaExhausted`]. A wait under a
+    /// second is treated as an ordinary rate limit. The default: `None`.
     fn quota_reset(
         &self,
         status: StatusCode,

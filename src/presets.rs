@@ -197,7 +197,14 @@ pub fn customerio_broadcasts() -> Limits {
 /// instead (burst 1), which never exceeds 100 in any 10 s. HubSpot sends
 /// `X-HubSpot-RateLimit-*` headers (the daily pair not to OAuth apps), and names the limit a
 /// 429 hit in its body's `policyName` ([`hubspot_policy`]). Keep errors under 5% of the day's
-/// requests ([`HUBSPOT_MAX_ERROR_RATIO`]).
+/// requests ([`HUBSPOT_MAX_ERROR_RATIO`]; check a run with
+/// [`HealthThresholds::hubspot`](crate::metrics::HealthThresholds::hubspot)).
+///
+/// A daily 429 holds every caller until the daily reset ([`hubspot_daily_wait`]) instead of
+/// spending retries on it: the default [`HttpClassifier`] recognises it, from the body when
+/// the stack buffers it (`Throttle::builder().timeout(..)`) or from the daily headers. Tell it
+/// the account's zone with [`HttpClassifier::hubspot_utc_offset`] to wait for that midnight
+/// rather than probe every quarter hour.
 ///
 /// ```
 /// use std::time::Duration;
@@ -304,9 +311,10 @@ pub enum HubSpotPolicy {
 /// The body is untrusted input: anything that is not a JSON object with a string
 /// `policyName` gives `None`, never a panic.
 ///
-/// The classifier sees only a response's status and headers, so this needs the 429's body
-/// buffered first (the retry path does not buffer response bodies); see the crate's
-/// CHANGELOG for how it is meant to be wired.
+/// [`HttpClassifier`]'s [`quota_reset`](crate::classify::Classify::quota_reset) reads it
+/// from 429 bodies the retry policy can see (buffered, at most 16 KiB: what
+/// [`Throttle::builder().timeout(..)`](crate::ThrottleBuilder::timeout) gives it), so a daily
+/// 429 holds every caller until the reset ([`hubspot_daily_wait`]).
 ///
 /// ```
 /// use tower_throttle::presets::{hubspot_policy, HubSpotPolicy};

@@ -11,6 +11,16 @@
 //! a retry then fails with [`ThrottleError::NotReplayable`] (reqwest-middleware#44) instead of
 //! silently returning the first failure.
 //!
+//! Each attempt is decided by the retry policy's own code, so everything in the
+//! [`RetryPolicy`] table holds here too: a 503's `Retry-After` is waited out and holds the
+//! bucket, a policy's [keyed bucket](RetryPolicy::with_keyed_bucket) is held for the refused
+//! request's key, a spent daily quota holds until it is back (or ends at once with
+//! [`ThrottleError::QuotaExhausted`] past the deadline), the policy's stats are recorded, and
+//! under a scheduler with a concurrency cap a waiting retry gives its slot back. One
+//! difference: a reqwest body is a stream that cannot be read and handed back, so the
+//! classifier tells a spent quota from headers alone (for HubSpot, the daily pair that
+//! private apps receive).
+//!
 //! Unlike `reqwest-retry`, the retry decision sees the whole response, including
 //! `Retry-After` as seconds or an HTTP-date (reqwest-middleware#146), and the gate paces every
 //! attempt so retries cannot exceed the limit.

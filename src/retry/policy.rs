@@ -49,14 +49,25 @@ struct RequestStart(Instant);
 /// | success, or a permanent failure (other 4xx) | returned at once |
 /// | 429 (or a 403 with a spent quota) with the server's wait: `Retry-After`, or a reset with 0 remaining (see [`HttpClassifier`]) | the shared bucket (if attached, and the request's key in a keyed one) is held until then, so every caller pauses; this request retries after it plus up to 10% (at most 1 s) jitter |
 /// | 429 with no wait given | backoff with jitter |
+/// | 429 for a spent long allowance (HubSpot's daily limit: [`Classify::quota_reset`]) | the shared bucket (and the key) is held until the allowance is back, uncapped (up to a day); the request retries after it without spending an attempt; if that is past its deadline, it ends at once with [`ThrottleError::QuotaExhausted`] |
 /// | 503 (or another transient status) with `Retry-After` | as a 429 with `Retry-After` (held, waited), but drawn from the retry budget and not counted as a rate limit |
 /// | 500/502/503/504/408, timeout, connection error | backoff with jitter, drawn from the retry budget |
 /// | attempts, deadline or budget exhausted | the last response or error is returned, with [`Attempts`] in its extensions |
 /// | body not replayable | no retry; a retryable failure becomes [`ThrottleError::NotReplayable`] |
 ///
-/// Every wait is capped at the backoff's `max_delay`. Nothing shared changes for a retry that
-/// will not happen: the attempt limit, the deadline (counted from each request's first
-/// attempt) and the budget are all checked before the bucket is held.
+/// Every wait but a spent quota's is capped at the backoff's `max_delay`. Nothing shared
+/// changes for a retry that will not happen: the attempt limit, the deadline (counted from
+/// each request's first attempt) and the budget are all checked before the bucket is held.
+/// The one exception is a spent quota, which holds the bucket in any case: the server refuses
+/// everything until then, so any request sent sooner would only spend an attempt.
+///
+/// To tell a spent quota, the classifier may need the 429's body (HubSpot names the policy
+/// there). The policy reads a body it can see without waiting: a buffered one (`Full<Bytes>`,
+/// as [`ThrottleBuilder::timeout`](crate::ThrottleBuilder::timeout) answers, `Bytes`,
+/// `String`, `Vec<u8>`) of at most [`MAX_BODY_INSPECTED`](crate::classify::MAX_BODY_INSPECTED)
+/// bytes, and hands it on untouched. Below a streaming client, put a
+/// [`BodyTimeoutLayer`](crate::timeout::BodyTimeoutLayer) under the retry layer so 429 bodies
+/// arrive buffered within a time bound; without it the classifier has the headers only.
 ///
 /// Under a scheduler with a concurrency cap ([`run_bulk`](crate::bulk::run_bulk), a
 /// [`QueueLayer`](crate::queue::QueueLayer) above this layer), the wait gives the request's
@@ -367,6 +378,9 @@ impl<C> RetryPolicy<C> {
     }
 }
 
+/// The shortest wait treated as a spent quota rather than an ordinary rate limit.
+const MIN_QUOTA_WAIT: Duration = Duration::from_secs(1);
+
 /// The longest a spent quota holds the bucket at a time (a daily allowance's longest wait);
 /// a longer claim is probed again after it.
 const MAX_QUOTA_WAIT: Duration = Duration::from_secs(86_400);
@@ -514,6 +528,9 @@ impl<C> RetryPolicy<C> {
         if !outcome.is_retryable() {
             return (Step::Done, None);
         }
+        // A quota back within a second is a short window like any other: counted and capped,
+        // so a classifier that answers zero cannot make retries free and endless.
+        let quota_reset = quota_reset.filter(|reset| *reset >= MIN_QUOTA_WAIT);
         if let (Outcome::RateLimited { .. }, Some(reset)) = (outcome, quota_reset) {
             return self.quota_wait(reset, status, replayable, now);
         }

@@ -421,12 +421,11 @@ where
                     return result;
                 }
                 Step::NotReplayable => {
-                    let reason = match &result {
-                        Ok(res) => format!("{} after attempt {}", res.status(), policy.attempts()),
-                        Err(e) => format!("{e} after attempt {}", policy.attempts()),
+                    let err = match &result {
+                        Ok(res) => policy.not_replayable(&res.status()),
+                        Err(e) => policy.not_replayable(e),
                     };
-                    tracing::warn!(%reason, "not retrying: request body cannot be replayed");
-                    return Err(Error::middleware(ThrottleError::NotReplayable { reason }));
+                    return Err(Error::middleware(err));
                 }
                 Step::QuotaExhausted { wait, status } => {
                     return Err(Error::middleware(ThrottleError::QuotaExhausted {

@@ -548,6 +548,14 @@ impl<C> RetryPolicy<C> {
         }
     }
 
+    /// The error for a retry that was due but cannot be sent, naming what the last attempt
+    /// came back as.
+    pub(crate) fn not_replayable(&self, last: &dyn fmt::Display) -> ThrottleError {
+        let reason = format!("{last} after attempt {}", self.attempt);
+        tracing::warn!(%reason, "not retrying: request body cannot be replayed");
+        ThrottleError::NotReplayable { reason }
+    }
+
     pub(crate) fn log_retry(&self, delay: Duration, outcome: Outcome, uri: &dyn fmt::Display) {
         tracing::info!(
             attempt = self.attempt,
@@ -650,12 +658,11 @@ where
                 None
             }
             Step::NotReplayable => {
-                let reason = match result {
-                    Ok(res) => format!("{} after attempt {}", res.status(), self.attempt),
-                    Err(err) => format!("{err} after attempt {}", self.attempt),
+                let err = match result {
+                    Ok(res) => self.not_replayable(&res.status()),
+                    Err(err) => self.not_replayable(err),
                 };
-                tracing::warn!(%reason, "not retrying: request body cannot be replayed");
-                *result = Err(ThrottleError::NotReplayable { reason }.into());
+                *result = Err(err.into());
                 None
             }
             Step::QuotaExhausted { wait, status } => {

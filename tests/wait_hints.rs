@@ -351,3 +351,56 @@ async fn waiting_out_a_spent_daily_quota_spends_no_retry() {
     assert!(calls[1] >= secs(60) && calls[1] <= secs(62), "{calls:?}");
     assert!(calls[2] - calls[1] >= secs(60), "{calls:?}");
 }
+
+/// Says every 429 is a quota back at once: a classifier bug that must not make retries free.
+#[derive(Clone, Debug)]
+struct QuotaBackAtOnce(tower_throttle::classify::HttpClassifier);
+
+impl tower_throttle::classify::Classify for QuotaBackAtOnce {
+    fn classify_response(
+        &self,
+        status: http::StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> tower_throttle::classify::Outcome {
+        self.0.classify_response(status, headers, now)
+    }
+
+    fn classify_error(
+        &self,
+        err: &(dyn std::error::Error + 'static),
+    ) -> tower_throttle::classify::Outcome {
+        self.0.classify_error(err)
+    }
+
+    fn quota_reset(
+        &self,
+        _: http::StatusCode,
+        _: &HeaderMap,
+        _: Option<&[u8]>,
+        _: SystemTime,
+    ) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quota_reset_of_zero_is_an_ordinary_429_counted_against_the_attempts() {
+    let calls: Calls = Arc::default();
+    let api = {
+        let calls = calls.clone();
+        service_fn(move |_req: http::Request<Full<Bytes>>| {
+            calls.lock().unwrap().push(Duration::ZERO);
+            async { Ok::<_, BoxError>(http::Response::builder().status(429).body(())?) }
+        })
+    };
+    let policy = RetryPolicy::new(QuotaBackAtOnce(Default::default()))
+        .with_backoff(Backoff::builder().max_retries(2).build().unwrap());
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy))
+        .service(api);
+    let res = svc.oneshot(req()).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(3)));
+    assert_eq!(calls.lock().unwrap().len(), 3);
+}

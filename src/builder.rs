@@ -366,7 +366,9 @@ impl<C, T> ThrottleBuilder<C, T> {
     ///
     /// Each attempt reads the whole body ([`BodyTimeout`]), so a server that sends its
     /// headers and then drips the body cannot hold a caller past the timeout, and a slow body
-    /// is retried like a slow head. Responses come back buffered (`http::Response<Full<Bytes>>`).
+    /// is retried like a slow head. Responses come back buffered (`http::Response<Full<Bytes>>`),
+    /// which also lets the retry policy read a 429's body (HubSpot's daily refusal names its
+    /// policy there: [`Classify::quota_reset`]).
     /// To stream bodies instead, use [`head_timeout`](ThrottleBuilder::head_timeout).
     pub fn timeout(self, timeout: Duration) -> ThrottleBuilder<C, Buffered> {
         ThrottleBuilder {

@@ -95,7 +95,32 @@ pub trait Classify: Clone {
         let _ = (status, headers, now);
         None
     }
+
+    /// For a response classified [`Outcome::RateLimited`]: how long until the quota it hit is
+    /// back, when that is a long allowance (a daily one) rather than a short window. `body`
+    /// is the response body when the retry policy could see it without waiting (a buffered
+    /// body of at most [`MAX_BODY_INSPECTED`] bytes; see [`RetryPolicy`](crate::RetryPolicy)).
+    ///
+    /// The retry policy then holds the shared bucket until then and does not retry before
+    /// it, uncapped by the backoff's `max_delay` and without spending an attempt (a retry
+    /// sooner would only be refused again), or, when that is past the request's deadline,
+    /// ends the request at once with [`ThrottleError::QuotaExhausted`]. A wait under a
+    /// second is treated as an ordinary rate limit. The default: `None`.
+    fn quota_reset(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+        now: SystemTime,
+    ) -> Option<Duration> {
+        let _ = (status, headers, body, now);
+        None
+    }
 }
+
+/// The largest response body the retry policy hands to [`Classify::quota_reset`]: a
+/// vendor's JSON error fits in far less, and anything larger is not parsed.
+pub const MAX_BODY_INSPECTED: usize = 16 * 1024;
 
 /// A rule consulted before the built-in table.
 type CustomRule = dyn Fn(StatusCode, &HeaderMap) -> Option<Outcome> + Send + Sync;
@@ -211,6 +236,8 @@ struct Inner {
     custom: Vec<Arc<CustomRule>>,
     unknown_errors: Outcome,
     rate_limited_403: bool,
+    hubspot_daily: bool,
+    hubspot_utc_offset: Option<i32>,
 }
 
 impl fmt::Debug for HttpClassifier {
@@ -221,6 +248,8 @@ impl fmt::Debug for HttpClassifier {
             .field("custom_rules", &self.inner.custom.len())
             .field("unknown_errors", &self.inner.unknown_errors)
             .field("rate_limited_403", &self.inner.rate_limited_403)
+            .field("hubspot_daily", &self.inner.hubspot_daily)
+            .field("hubspot_utc_offset", &self.inner.hubspot_utc_offset)
             .finish()
     }
 }
@@ -241,6 +270,8 @@ impl HttpClassifier {
                 custom: Vec::new(),
                 unknown_errors: Outcome::Permanent,
                 rate_limited_403: true,
+                hubspot_daily: true,
+                hubspot_utc_offset: None,
             }),
         }
     }
@@ -282,6 +313,37 @@ impl HttpClassifier {
     /// `true`; see the table above for exactly which headers).
     pub fn rate_limited_403(mut self, enabled: bool) -> Self {
         Arc::make_mut(&mut self.inner).rate_limited_403 = enabled;
+        self
+    }
+
+    /// Whether a HubSpot 429 for the *daily* allowance holds until the daily reset (default
+    /// `true`; see [`Classify::quota_reset`]). It is recognised by its body's `policyName`
+    /// (`"DAILY"`, [`hubspot_policy`](crate::presets::hubspot_policy)) when the body is seen,
+    /// otherwise by `X-HubSpot-RateLimit-Daily-Remaining: 0` (sent to private apps only). A
+    /// body naming another policy (`SECONDLY`, `TEN_SECONDLY_ROLLING`) is an ordinary 429.
+    /// Other APIs do not send that body or header, so leaving it on costs them nothing.
+    pub fn hubspot_daily(mut self, enabled: bool) -> Self {
+        Arc::make_mut(&mut self.inner).hubspot_daily = enabled;
+        self
+    }
+
+    /// The HubSpot account's time zone, as seconds ahead of UTC (negative behind it), for
+    /// the daily reset; unset, a daily 429 waits only until the next quarter hour and probes
+    /// again (see [`hubspot_daily_wait`](crate::presets::hubspot_daily_wait) for why).
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use http::{HeaderMap, StatusCode};
+    /// use tower_throttle::classify::{Classify, HttpClassifier};
+    ///
+    /// let classifier = HttpClassifier::new().hubspot_utc_offset(-5 * 3600); // New York, winter
+    /// let body = br#"{"status":"error","errorType":"RATE_LIMIT","policyName":"DAILY"}"#;
+    /// let now = UNIX_EPOCH + Duration::from_secs(22 * 3600); // 22:00 UTC, 17:00 there
+    /// let wait = classifier.quota_reset(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), Some(body), now);
+    /// assert_eq!(wait, Some(Duration::from_secs(7 * 3600)));
+    /// ```
+    pub fn hubspot_utc_offset(mut self, utc_offset_secs: i32) -> Self {
+        Arc::make_mut(&mut self.inner).hubspot_utc_offset = Some(utc_offset_secs);
         self
     }
 
@@ -342,6 +404,31 @@ impl Classify for HttpClassifier {
             }
             other => other,
         }
+    }
+
+    /// A HubSpot daily 429 (see [`HttpClassifier::hubspot_daily`]): until the daily reset,
+    /// measured from the server's `Date` when it sent one.
+    fn quota_reset(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+        now: SystemTime,
+    ) -> Option<Duration> {
+        use crate::presets::{self, HubSpotPolicy};
+        if !self.inner.hubspot_daily || status != StatusCode::TOO_MANY_REQUESTS {
+            return None;
+        }
+        let daily = match body.and_then(presets::hubspot_policy) {
+            Some(policy) => policy == HubSpotPolicy::Daily,
+            None => presets::hubspot_daily_exhausted(headers),
+        };
+        daily.then(|| {
+            presets::hubspot_daily_wait(
+                headers::server_now(headers, now),
+                self.inner.hubspot_utc_offset,
+            )
+        })
     }
 
     /// A transient response's `Retry-After`, capped like a rate limit's.
@@ -939,5 +1026,53 @@ mod tests {
         let err = hyper_error(b"NOT HTTP AT ALL\r\n\r\n").await;
         assert!(err.is_parse(), "{err:?}");
         assert_eq!(c.classify_error(&err), Outcome::Permanent);
+    }
+
+    #[test]
+    fn hubspot_daily_quota_is_read_from_the_body_then_the_headers() {
+        use std::time::UNIX_EPOCH;
+        let c = HttpClassifier::new();
+        let too_many = StatusCode::TOO_MANY_REQUESTS;
+        let daily = br#"{"errorType":"RATE_LIMIT","policyName":"DAILY"}"#.as_slice();
+        let secondly = br#"{"errorType":"RATE_LIMIT","policyName":"SECONDLY"}"#.as_slice();
+        let mut spent = HeaderMap::new();
+        spent.insert("x-hubspot-ratelimit-daily", "250000".parse().unwrap());
+        spent.insert("x-hubspot-ratelimit-daily-remaining", "0".parse().unwrap());
+        let none = HeaderMap::new();
+        // 23:50 UTC by the caller's clock...
+        let now = UNIX_EPOCH + Duration::from_secs(23 * 3600 + 50 * 60);
+        let ten_min = Some(Duration::from_secs(600));
+        assert_eq!(c.quota_reset(too_many, &none, Some(daily), now), ten_min);
+        // ...but the server's `Date` wins: 23:55, five minutes to the quarter hour.
+        let mut dated = HeaderMap::new();
+        dated.insert(
+            http::header::DATE,
+            "Thu, 01 Jan 1970 23:55:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            c.quota_reset(too_many, &dated, Some(daily), now),
+            Some(Duration::from_secs(300))
+        );
+        // The body names the policy; headers only decide when there is no readable body.
+        assert_eq!(c.quota_reset(too_many, &spent, Some(secondly), now), None);
+        assert_eq!(c.quota_reset(too_many, &spent, None, now), ten_min);
+        assert_eq!(
+            c.quota_reset(too_many, &spent, Some(b"<html>"), now),
+            ten_min
+        );
+        assert_eq!(c.quota_reset(too_many, &none, None, now), None);
+        // Only a 429, and only when enabled.
+        assert_eq!(
+            c.quota_reset(StatusCode::SERVICE_UNAVAILABLE, &spent, Some(daily), now),
+            None
+        );
+        let off = c.clone().hubspot_daily(false);
+        assert_eq!(off.quota_reset(too_many, &spent, Some(daily), now), None);
+        // A known zone: UTC-5 is at 18:50, so midnight there is 5 h 10 min away.
+        let ny = c.hubspot_utc_offset(-5 * 3600);
+        assert_eq!(
+            ny.quota_reset(too_many, &none, Some(daily), now),
+            Some(Duration::from_secs(5 * 3600 + 600))
+        );
     }
 }

@@ -142,6 +142,15 @@ pub enum ThrottleError {
         /// What went wrong.
         reason: String,
     },
+    /// The server refused the request because a long allowance (a daily quota) is spent, and
+    /// it is back only after the request's retry deadline: nothing was retried. The shared
+    /// bucket is held until then, so other requests do not spend attempts on it either.
+    QuotaExhausted {
+        /// How long until the allowance is back.
+        wait: Duration,
+        /// The response's status code.
+        status: u16,
+    },
 }
 
 impl ThrottleError {
@@ -173,6 +182,10 @@ impl fmt::Display for ThrottleError {
             ThrottleError::BucketUnavailable { reason } => {
                 write!(f, "shared rate-limit bucket unavailable (failing closed): {reason}")
             }
+            ThrottleError::QuotaExhausted { wait, status } => write!(
+                f,
+                "quota exhausted ({status}): the allowance is back in {wait:?}, after the retry deadline; send it again then"
+            ),
         }
     }
 }

@@ -89,13 +89,21 @@ fn parse_retry_after(value: &str, headers: &HeaderMap, now: SystemTime) -> Optio
         return Some(Duration::from_secs(secs));
     }
     let at = parse_http_date(value, now)?;
-    let reference = headers
+    Some(
+        at.duration_since(server_now(headers, now))
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The server's clock when it answered (its `Date` header), or `now` without a valid one: a
+/// wait the server names as an instant is measured against the clock that named it.
+pub(crate) fn server_now(headers: &HeaderMap, now: SystemTime) -> SystemTime {
+    headers
         .get_all(DATE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(|v| parse_http_date(trim_ows(v), now))
-        .unwrap_or(now);
-    Some(at.duration_since(reference).unwrap_or(Duration::ZERO))
+        .unwrap_or(now)
 }
 
 /// An HTTP-date in any of RFC 9110's three formats, with the two-digit year of the obsolete

@@ -197,7 +197,14 @@ pub fn customerio_broadcasts() -> Limits {
 /// instead (burst 1), which never exceeds 100 in any 10 s. HubSpot sends
 /// `X-HubSpot-RateLimit-*` headers (the daily pair not to OAuth apps), and names the limit a
 /// 429 hit in its body's `policyName` ([`hubspot_policy`]). Keep errors under 5% of the day's
-/// requests ([`HUBSPOT_MAX_ERROR_RATIO`]).
+/// requests ([`HUBSPOT_MAX_ERROR_RATIO`]; check a run with
+/// [`HealthThresholds::hubspot`](crate::metrics::HealthThresholds::hubspot)).
+///
+/// A daily 429 holds every caller until the daily reset ([`hubspot_daily_wait`]) instead of
+/// spending retries on it: the default [`HttpClassifier`] recognises it, from the body when
+/// the stack buffers it (`Throttle::builder().timeout(..)`) or from the daily headers. Tell it
+/// the account's zone with [`HttpClassifier::hubspot_utc_offset`] to wait for that midnight
+/// rather than probe every quarter hour.
 ///
 /// ```
 /// use std::time::Duration;
@@ -304,9 +311,10 @@ pub enum HubSpotPolicy {
 /// The body is untrusted input: anything that is not a JSON object with a string
 /// `policyName` gives `None`, never a panic.
 ///
-/// The classifier sees only a response's status and headers, so this needs the 429's body
-/// buffered first (the retry path does not buffer response bodies); see the crate's
-/// CHANGELOG for how it is meant to be wired.
+/// [`HttpClassifier`]'s [`quota_reset`](crate::classify::Classify::quota_reset) reads it
+/// from 429 bodies the retry policy can see (buffered, at most 16 KiB: what
+/// [`Throttle::builder().timeout(..)`](crate::ThrottleBuilder::timeout) gives it), so a daily
+/// 429 holds every caller until the reset ([`hubspot_daily_wait`]).
 ///
 /// ```
 /// use tower_throttle::presets::{hubspot_policy, HubSpotPolicy};
@@ -374,6 +382,62 @@ pub fn hubspot_daily_reset_in(now: SystemTime, utc_offset_secs: i32) -> Duration
     let left = (DAY_SECS - into_local_day).unsigned_abs();
     Duration::from_secs(left) - Duration::from_nanos(u64::from(since_epoch.subsec_nanos()))
 }
+
+/// How long a daily HubSpot 429 should hold every caller: until the earliest instant the
+/// account's allowance can be back, measured from `now` (the server's `Date` where known).
+///
+/// HubSpot resets the daily allowance at midnight in the account's time-zone setting
+/// (<https://developers.hubspot.com/docs/developer-tooling/platform/usage-guidelines>), and no
+/// API tells a client that setting. So:
+///
+/// * `utc_offset_secs: Some(offset)`: until the next local midnight
+///   ([`hubspot_daily_reset_in`]). Within [`HUBSPOT_RESET_GRACE`] after a local midnight the
+///   reset should already have happened, so the offset is taken to be stale (a daylight-saving
+///   change, a wrong setting) and the wait is only until the next quarter hour, rather than a
+///   whole day;
+/// * `None` (unknown zone): until the next quarter hour of UTC. Every real time zone's
+///   midnight falls on one, so the reset is noticed within 15 minutes, at the cost of at most
+///   one refused probe per quarter hour (96 a day, far below HubSpot's 5% error guideline).
+///
+/// Never zero, and never more than a day.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use tower_throttle::presets::hubspot_daily_wait;
+///
+/// // 23:50 UTC.
+/// let now = UNIX_EPOCH + Duration::from_secs(23 * 3600 + 50 * 60);
+/// assert_eq!(hubspot_daily_wait(now, Some(0)), Duration::from_secs(600));
+/// // UTC-5: local 18:50, five hours and ten minutes to midnight.
+/// assert_eq!(hubspot_daily_wait(now, Some(-5 * 3600)), Duration::from_secs(5 * 3600 + 600));
+/// // Unknown zone: probe at the next quarter hour.
+/// assert_eq!(hubspot_daily_wait(now, None), Duration::from_secs(600));
+/// ```
+pub fn hubspot_daily_wait(now: SystemTime, utc_offset_secs: Option<i32>) -> Duration {
+    const QUARTER_HOUR: u64 = 15 * 60;
+    let to_next_quarter = || {
+        let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        let into_quarter = Duration::new(since_epoch.as_secs() % QUARTER_HOUR, 0)
+            + Duration::from_nanos(u64::from(since_epoch.subsec_nanos()));
+        Duration::from_secs(QUARTER_HOUR) - into_quarter
+    };
+    match utc_offset_secs {
+        None => to_next_quarter(),
+        Some(offset) => {
+            let to_midnight = hubspot_daily_reset_in(now, offset);
+            let since_midnight = Duration::from_secs(86_400).saturating_sub(to_midnight);
+            if since_midnight < HUBSPOT_RESET_GRACE {
+                to_next_quarter()
+            } else {
+                to_midnight
+            }
+        }
+    }
+}
+
+/// How long after the expected local midnight a daily 429 is taken to mean the configured
+/// time zone is off (see [`hubspot_daily_wait`]): two hours covers a daylight-saving shift.
+pub const HUBSPOT_RESET_GRACE: Duration = Duration::from_secs(2 * 3600);
 
 /// Salesforce REST/SOAP APIs: at most 25 requests in flight, and `daily_requests` per rolling
 /// 24 hours as a [`daily_allowance`].
@@ -873,6 +937,50 @@ mod tests {
             (daily, "250000"),
             (left, "12"),
         ]));
+    }
+
+    #[test]
+    fn hubspot_daily_wait_probes_quarter_hours_when_the_zone_is_unknown_or_stale() {
+        let at = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
+        let hour: u64 = 3600;
+        let h: i32 = 3600;
+        // 22:13:20.5 UTC: the next quarter hour is 22:15.
+        let t = 1_700_000_000;
+        assert_eq!(
+            hubspot_daily_wait(at(t, 500_000_000), None),
+            Duration::from_millis(99_500)
+        );
+        // On a quarter hour exactly: the next one, never zero.
+        assert_eq!(
+            hubspot_daily_wait(at(22 * hour, 0), None),
+            Duration::from_secs(900)
+        );
+        // Known zone, far from midnight: the local midnight.
+        assert_eq!(
+            hubspot_daily_wait(at(t, 0), Some(-5 * h)),
+            hubspot_daily_reset_in(at(t, 0), -5 * h)
+        );
+        // UTC+2 is at 00:13:20 local: the reset should have happened 13 minutes ago, so the
+        // zone is stale (daylight saving): probe at 22:15 UTC, not in 23 h 46 min.
+        assert_eq!(
+            hubspot_daily_wait(at(t, 0), Some(2 * h)),
+            Duration::from_secs(100)
+        );
+        // Just past the grace: the whole day again.
+        assert_eq!(
+            hubspot_daily_wait(at(2 * hour, 0), Some(0)),
+            Duration::from_secs(22 * hour)
+        );
+        // Hostile clocks: never zero, never more than a day, never a panic.
+        for now in [UNIX_EPOCH, at(u64::MAX / 4, 999_999_999)] {
+            for offset in [None, Some(i32::MIN), Some(i32::MAX), Some(0)] {
+                let wait = hubspot_daily_wait(now, offset);
+                assert!(
+                    !wait.is_zero() && wait <= DAY,
+                    "{now:?} {offset:?}: {wait:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,16 @@
 //! a retry then fails with [`ThrottleError::NotReplayable`] (reqwest-middleware#44) instead of
 //! silently returning the first failure.
 //!
+//! Each attempt is decided by the retry policy's own code, so everything in the
+//! [`RetryPolicy`] table holds here too: a 503's `Retry-After` is waited out and holds the
+//! bucket, a policy's [keyed bucket](RetryPolicy::with_keyed_bucket) is held for the refused
+//! request's key, a spent daily quota holds until it is back (or ends at once with
+//! [`ThrottleError::QuotaExhausted`] past the deadline), the policy's stats are recorded, and
+//! under a scheduler with a concurrency cap a waiting retry gives its slot back. One
+//! difference: a reqwest body is a stream that cannot be read and handed back, so the
+//! classifier tells a spent quota from headers alone (for HubSpot, the daily pair that
+//! private apps receive).
+//!
 //! Unlike `reqwest-retry`, the retry decision sees the whole response, including
 //! `Retry-After` as seconds or an HTTP-date (reqwest-middleware#146), and the gate paces every
 //! attempt so retries cannot exceed the limit.
@@ -50,11 +60,12 @@ use tokio::time::Instant;
 
 use crate::adaptive::{AdaptiveLayer, RateController};
 use crate::bucket::{Bucket, LocalBucket};
-use crate::classify::{Classify, HttpClassifier, Outcome};
+use crate::classify::{Classify, HttpClassifier};
 use crate::dead_letter::layer::Config as DeadLetterConfig;
 use crate::dead_letter::service::{Captured, CapturedUri};
 use crate::dead_letter::{error_text, DeadLetterLayer, DeadLetterStore, DeadLettered};
-use crate::retry::{Attempts, RetryPolicy, Step};
+use crate::retry::future::RetryDelay;
+use crate::retry::{Attempts, Observed, RetryPolicy, Step};
 use crate::{ConfigError, Limits, RateLimitLayer, ThrottleError};
 
 /// A [`Middleware`] applying a shared rate limit and a 429-aware retry policy to a `reqwest`
@@ -255,11 +266,26 @@ fn inner_error(err: &Error) -> &(dyn std::error::Error + 'static) {
     }
 }
 
-fn classify<C: Classify>(classifier: &C, result: &Result<Response, Error>) -> Outcome {
+/// The policy's reading of one attempt, as the tower `Policy` reads it. A reqwest body is a
+/// stream that cannot be read and handed back, so a spent quota is told from headers only.
+fn observe<C: Classify>(policy: &RetryPolicy<C>, result: &Result<Response, Error>) -> Observed {
     match result {
-        Ok(res) => classifier.classify_response(res.status(), res.headers(), SystemTime::now()),
-        Err(e) => classifier.classify_error(inner_error(e)),
+        Ok(res) => policy.observe_response(res.status(), res.headers(), || None, SystemTime::now()),
+        Err(e) => policy.observe_error(inner_error(e)),
     }
+}
+
+/// The request without its body, for the keyed hold's key function.
+fn head_of(req: &Request, extensions: &Extensions) -> http::Request<()> {
+    let mut head = http::Request::new(());
+    *head.method_mut() = req.method().clone();
+    if let Ok(uri) = req.url().as_str().parse() {
+        *head.uri_mut() = uri;
+    }
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    *head.extensions_mut() = extensions.clone();
+    head
 }
 
 impl<B: Bucket + Clone, C> ThrottleMiddleware<B, C> {
@@ -368,6 +394,11 @@ where
                 .map_err(Error::middleware)?;
             let permit = gate.take();
             let url = req.url().clone();
+            // Kept only when a hold would need the request's key: the request is moved below.
+            let head = policy
+                .as_deref()
+                .filter(|p| p.holds_keys())
+                .map(|_| head_of(&req, extensions));
             let mut result = next.clone().run(req, extensions).await;
             drop(permit);
             self.observe(&result);
@@ -375,8 +406,14 @@ where
             let Some(policy) = policy.as_deref_mut() else {
                 return result;
             };
-            let outcome = classify(policy.classifier(), &result);
-            let delay = match policy.step(outcome, copy.is_some(), Instant::now()) {
+            let observed = observe(policy, &result);
+            let outcome = observed.outcome();
+            let now = Instant::now();
+            let (step, hold) = policy.decide(observed, copy.is_some(), now);
+            if let (Some(until), Some(head)) = (hold, head) {
+                policy.hold_key(until, || head);
+            }
+            let delay = match step {
                 Step::Done => {
                     if let Ok(res) = &mut result {
                         res.extensions_mut().insert(Attempts(policy.attempts()));
@@ -384,19 +421,26 @@ where
                     return result;
                 }
                 Step::NotReplayable => {
-                    let reason = match &result {
-                        Ok(res) => format!("{} after attempt {}", res.status(), policy.attempts()),
-                        Err(e) => format!("{e} after attempt {}", policy.attempts()),
+                    let err = match &result {
+                        Ok(res) => policy.not_replayable(&res.status()),
+                        Err(e) => policy.not_replayable(e),
                     };
-                    tracing::warn!(%reason, "not retrying: request body cannot be replayed");
-                    return Err(Error::middleware(ThrottleError::NotReplayable { reason }));
+                    return Err(Error::middleware(err));
+                }
+                Step::QuotaExhausted { wait, status } => {
+                    return Err(Error::middleware(ThrottleError::QuotaExhausted {
+                        wait,
+                        status,
+                    }));
                 }
                 Step::Retry(delay) => delay,
             };
             policy.log_retry(delay, outcome, &url);
             // Release the connection before sleeping.
             drop(result);
-            tokio::time::sleep(delay).await;
+            // As in the tower stack: under a scheduler with a concurrency cap, the wait gives
+            // the request's slot back.
+            RetryDelay::new(now + delay).await;
             req = copy.expect("a retry is only decided for a replayable request");
         }
     }

@@ -294,3 +294,127 @@ async fn reqwest_successes_are_not_dead_lettered_and_errors_are() {
     ok_server.shutdown().await;
     failing.shutdown().await;
 }
+
+/// Waits (in paused time) until the server has received `n` requests.
+async fn received(server: &MockServer, n: u64) {
+    while server.stats().received < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reqwest_503_with_retry_after_waits_as_told_and_holds_the_shared_bucket() {
+    // Before: the middleware classified the 503 without its `Retry-After`, backed off 1 ms
+    // and set no hold, while the tower policy waited 5 s and held the bucket.
+    let server = MockServer::builder()
+        .fail_ratio(1.0)
+        .unavailable_retry_after(Duration::from_secs(5))
+        .start()
+        .await
+        .unwrap();
+    let mw = ThrottleMiddleware::new(Quota::per_second(50).unwrap()).with_retry(quick_retries(1));
+    let client = client(mw.clone());
+    let start = tokio::time::Instant::now();
+    let url = server.url("/v1/track");
+    let call = tokio::spawn(async move { client.get(url).send().await.unwrap() });
+
+    received(&server, 1).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let held = mw.bucket().held_until(tokio::time::Instant::now());
+    assert!(
+        held.is_some_and(|until| until >= start + Duration::from_secs(5)),
+        "{held:?}"
+    );
+    let res = call.await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(2)));
+    let elapsed = start.elapsed();
+    // The server's 5 s, plus at most 0.5 s of spread; not the 1 ms backoff.
+    assert!(
+        elapsed >= Duration::from_secs(5) && elapsed <= Duration::from_millis(5_600),
+        "{elapsed:?}"
+    );
+    assert_eq!(server.stats().received, 2);
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reqwest_429_holds_the_refused_key_of_a_keyed_bucket() {
+    // Before: `RetryPolicy::with_keyed_bucket` was ignored by the middleware, so a tower
+    // stack sharing that keyed gate kept sending to the host that had just refused.
+    use tower_throttle::rate_limit::{ByAuthority, KeyedRateLimitLayer};
+    let server = MockServer::builder()
+        .limit(ServerLimit::sliding_window(1, Duration::from_secs(60)).unwrap())
+        .retry_after(RetryAfterFormat::Seconds)
+        .start()
+        .await
+        .unwrap();
+    let keyed = KeyedRateLimitLayer::per_authority(Quota::per_second(10).unwrap());
+    let policy = quick_retries(1).with_keyed_bucket(keyed.bucket().clone(), ByAuthority);
+    let client = client(ThrottleMiddleware::new(Quota::per_second(50).unwrap()).with_retry(policy));
+
+    let ok = client.get(server.url("/v1/track")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let now = tokio::time::Instant::now();
+    let refused_key: Option<http::uri::Authority> = server
+        .url("/")
+        .parse::<http::Uri>()
+        .unwrap()
+        .authority()
+        .cloned();
+    assert_eq!(keyed.bucket().held_until(&refused_key, now), None);
+    let url = server.url("/v1/track");
+    let call = tokio::spawn(async move { client.get(url).send().await.unwrap() });
+    received(&server, 2).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let now = tokio::time::Instant::now();
+    let held = keyed.bucket().held_until(&refused_key, now);
+    assert!(
+        held.is_some_and(|until| until >= now + Duration::from_secs(59)),
+        "{held:?}"
+    );
+    let other: Option<http::uri::Authority> = Some("api.other.example".parse().unwrap());
+    assert_eq!(keyed.bucket().held_until(&other, now), None);
+    call.abort();
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reqwest_daily_quota_past_the_deadline_is_a_typed_error_at_once() {
+    // A reqwest body is a stream, so the daily refusal is told by HubSpot's daily pair at 0
+    // (private apps); the server's `Date` puts the reset ten minutes away.
+    let mut headers = http::HeaderMap::new();
+    headers.insert("date", "Wed, 02 Dec 2026 23:50:00 GMT".parse().unwrap());
+    headers.insert("x-hubspot-ratelimit-daily", "250000".parse().unwrap());
+    headers.insert("x-hubspot-ratelimit-daily-remaining", "0".parse().unwrap());
+    let server = MockServer::builder()
+        .limit(ServerLimit::sliding_window(1, Duration::from_secs(600)).unwrap())
+        .retry_after(RetryAfterFormat::Omit)
+        .limited_answer(r#"{"status":"error"}"#, headers)
+        .start()
+        .await
+        .unwrap();
+    let policy = RetryPolicy::default().with_deadline(Duration::from_secs(60));
+    let mw = ThrottleMiddleware::new(Quota::per_second(10).unwrap()).with_retry(policy);
+    let client = client(mw.clone());
+    assert_eq!(
+        client.get(server.url("/")).send().await.unwrap().status(),
+        200
+    );
+
+    let start = tokio::time::Instant::now();
+    let err = client.get(server.url("/")).send().await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(
+        matches!(
+            throttle_error(&err),
+            Some(ThrottleError::QuotaExhausted { wait, status: 429 }) if *wait == Duration::from_secs(600)
+        ),
+        "{err}"
+    );
+    // Every caller of the client is held until the reset.
+    let held = mw.bucket().held_until(tokio::time::Instant::now());
+    assert!(held.is_some_and(|until| until >= start + Duration::from_secs(599)));
+    assert_eq!(server.stats().rate_limited, 1);
+    server.shutdown().await;
+}

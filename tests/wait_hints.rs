@@ -306,3 +306,101 @@ fn hostile_rfc850_lookalikes_give_none_never_a_panic() {
     assert_eq!(wait_for("Sunday, 06-Nov-94 08:49:37 GMT", far), None);
     assert!(wait_for("Sunday, 06-Nov-94 08:49:37 GMT", UNIX_EPOCH).is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn waiting_out_a_spent_daily_quota_spends_no_retry() {
+    // HubSpot's daily pair at 0 on a 429 (private apps; no body needed): the policy holds
+    // for the reset twice (the server was still refusing at the first probe), yet one retry
+    // is all this policy allows, and it is still there for the request once the quota is back.
+    let calls: Calls = Arc::default();
+    let api = {
+        let calls = calls.clone();
+        let start = Instant::now();
+        service_fn(move |_req: http::Request<Full<Bytes>>| {
+            let mut seen = calls.lock().unwrap();
+            seen.push(start.elapsed());
+            let n = seen.len();
+            async move {
+                let mut res = http::Response::builder();
+                if n <= 2 {
+                    res = res
+                        .status(429)
+                        .header("date", "Wed, 02 Dec 2026 23:59:00 GMT")
+                        .header("x-hubspot-ratelimit-daily", "250000")
+                        .header("x-hubspot-ratelimit-daily-remaining", "0");
+                }
+                Ok::<_, BoxError>(res.body(())?)
+            }
+        })
+    };
+    let bucket = LocalBucket::new(Quota::per_second(10).unwrap());
+    let policy = RetryPolicy::default()
+        .with_backoff(Backoff::builder().max_retries(1).build().unwrap())
+        .with_bucket(bucket.clone());
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy))
+        .layer(RateLimitLayer::with_bucket(bucket.clone()))
+        .service(api);
+    let res = svc.oneshot(req()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(3)));
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 3);
+    // Each refusal holds until the next quarter hour by the server's clock (23:59, so a
+    // minute), the zone being unknown.
+    assert!(calls[1] >= secs(60) && calls[1] <= secs(62), "{calls:?}");
+    assert!(calls[2] - calls[1] >= secs(60), "{calls:?}");
+}
+
+/// Says every 429 is a quota back at once: a classifier bug that must not make retries free.
+#[derive(Clone, Debug)]
+struct QuotaBackAtOnce(tower_throttle::classify::HttpClassifier);
+
+impl tower_throttle::classify::Classify for QuotaBackAtOnce {
+    fn classify_response(
+        &self,
+        status: http::StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> tower_throttle::classify::Outcome {
+        self.0.classify_response(status, headers, now)
+    }
+
+    fn classify_error(
+        &self,
+        err: &(dyn std::error::Error + 'static),
+    ) -> tower_throttle::classify::Outcome {
+        self.0.classify_error(err)
+    }
+
+    fn quota_reset(
+        &self,
+        _: http::StatusCode,
+        _: &HeaderMap,
+        _: Option<&[u8]>,
+        _: SystemTime,
+    ) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quota_reset_of_zero_is_an_ordinary_429_counted_against_the_attempts() {
+    let calls: Calls = Arc::default();
+    let api = {
+        let calls = calls.clone();
+        service_fn(move |_req: http::Request<Full<Bytes>>| {
+            calls.lock().unwrap().push(Duration::ZERO);
+            async { Ok::<_, BoxError>(http::Response::builder().status(429).body(())?) }
+        })
+    };
+    let policy = RetryPolicy::new(QuotaBackAtOnce(Default::default()))
+        .with_backoff(Backoff::builder().max_retries(2).build().unwrap());
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy))
+        .service(api);
+    let res = svc.oneshot(req()).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(3)));
+    assert_eq!(calls.lock().unwrap().len(), 3);
+}

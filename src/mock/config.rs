@@ -79,6 +79,8 @@ pub struct MockServerBuilder {
     pub(crate) batch_routes: Vec<(String, BatchEndpoint)>,
     pub(crate) item_fail_ratio: f64,
     pub(crate) item_reject_ratio: f64,
+    pub(crate) limited_answer: Option<(bytes::Bytes, http::HeaderMap)>,
+    pub(crate) unavailable_retry_after: Option<Duration>,
 }
 
 impl Default for MockServerBuilder {
@@ -95,6 +97,8 @@ impl Default for MockServerBuilder {
             batch_routes: Vec::new(),
             item_fail_ratio: 0.0,
             item_reject_ratio: 0.0,
+            limited_answer: None,
+            unavailable_retry_after: None,
         }
     }
 }
@@ -189,6 +193,37 @@ impl MockServerBuilder {
     /// [`item_fail_ratio`](Self::item_fail_ratio); the two shares must add up to at most 1.
     pub fn item_reject_ratio(mut self, ratio: f64) -> Self {
         self.item_reject_ratio = ratio;
+        self
+    }
+
+    /// Answers 429s with `body` instead of the default JSON, and adds `headers` to them
+    /// (replacing any of the same name, `Date` included): a vendor's error shape, such as
+    /// HubSpot's `{"policyName":"DAILY",...}`. `Retry-After` and the rate headers are sent as
+    /// configured unless `headers` replaces them.
+    ///
+    /// ```
+    /// use tower_throttle::mock::MockServer;
+    ///
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.insert("x-hubspot-ratelimit-daily-remaining", "0".parse().unwrap());
+    /// let builder = MockServer::builder()
+    ///     .limited_answer(r#"{"status":"error","policyName":"DAILY"}"#, headers);
+    /// # let _ = builder;
+    /// ```
+    pub fn limited_answer(
+        mut self,
+        body: impl Into<bytes::Bytes>,
+        headers: http::HeaderMap,
+    ) -> Self {
+        self.limited_answer = Some((body.into(), headers));
+        self
+    }
+
+    /// Sends `Retry-After` (whole seconds, rounded up) with the injected 503s of
+    /// [`fail_ratio`](Self::fail_ratio), as RFC 9110 allows: a server in maintenance saying
+    /// when it can take requests again.
+    pub fn unavailable_retry_after(mut self, wait: Duration) -> Self {
+        self.unavailable_retry_after = Some(wait);
         self
     }
 

@@ -62,6 +62,8 @@ struct Shared {
     batch_routes: HashMap<String, BatchEndpoint>,
     item_fail_ratio: f64,
     item_reject_ratio: f64,
+    limited_answer: Option<(Bytes, HeaderMap)>,
+    unavailable_retry_after: Option<Duration>,
     // One lock for decisions and records: the critical section is short and never awaits,
     // and deciding and recording under the same lock keeps accept times in order.
     state: Mutex<State>,
@@ -176,6 +178,8 @@ impl MockServer {
             batch_routes: cfg.batch_routes.into_iter().collect(),
             item_fail_ratio: cfg.item_fail_ratio,
             item_reject_ratio: cfg.item_reject_ratio,
+            limited_answer: cfg.limited_answer,
+            unavailable_retry_after: cfg.unavailable_retry_after,
             state: Mutex::new(state),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -536,10 +540,16 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         tokio::time::sleep(latency).await;
     }
     match outcome {
-        Outcome::Failed => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"error":"unavailable"}"#.into(),
-        ),
+        Outcome::Failed => {
+            let mut resp = json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":"unavailable"}"#.into(),
+            );
+            if let Some(wait) = shared.unavailable_retry_after {
+                retry_after_header(resp.headers_mut(), RetryAfterFormat::Seconds, wait);
+            }
+            resp
+        }
         Outcome::Accepted {
             capacity,
             remaining,
@@ -582,6 +592,12 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             retry_after_header(headers, shared.retry_after, retry_after);
             if let Some(capacity) = capacity {
                 rate_headers(headers, shared.rate_headers, capacity, 0, reset);
+            }
+            if let Some((body, extra)) = &shared.limited_answer {
+                *resp.body_mut() = Full::new(body.clone());
+                for (name, value) in extra {
+                    resp.headers_mut().insert(name, value.clone());
+                }
             }
             resp
         }

@@ -68,6 +68,6 @@ mod policy;
 
 pub use crate::body::ReplayBody;
 pub use layer::RetryLayer;
-#[cfg(feature = "reqwest")]
-pub(crate) use policy::Step;
 pub use policy::{Attempts, RetryPolicy};
+#[cfg(feature = "reqwest")]
+pub(crate) use policy::{Observed, Step};

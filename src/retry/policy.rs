@@ -15,7 +15,7 @@ use super::hold::{Hold, KeyedHold};
 use crate::backoff::Backoff;
 use crate::body::ReplayBody;
 use crate::bucket::{Bucket, KeyedBucket};
-use crate::classify::{Classify, HttpClassifier, Outcome};
+use crate::classify::{Classify, HttpClassifier, Outcome, MAX_BODY_INSPECTED};
 use crate::metrics::Stats;
 use crate::rate_limit::KeyFn;
 use crate::{ConfigError, ThrottleError};
@@ -49,14 +49,25 @@ struct RequestStart(Instant);
 /// | success, or a permanent failure (other 4xx) | returned at once |
 /// | 429 (or a 403 with a spent quota) with the server's wait: `Retry-After`, or a reset with 0 remaining (see [`HttpClassifier`]) | the shared bucket (if attached, and the request's key in a keyed one) is held until then, so every caller pauses; this request retries after it plus up to 10% (at most 1 s) jitter |
 /// | 429 with no wait given | backoff with jitter |
+/// | 429 for a spent long allowance (HubSpot's daily limit: [`Classify::quota_reset`]) | the shared bucket (and the key) is held until the allowance is back, uncapped (up to a day); the request retries after it without spending an attempt; if that is past its deadline, it ends at once with [`ThrottleError::QuotaExhausted`] |
 /// | 503 (or another transient status) with `Retry-After` | as a 429 with `Retry-After` (held, waited), but drawn from the retry budget and not counted as a rate limit |
 /// | 500/502/503/504/408, timeout, connection error | backoff with jitter, drawn from the retry budget |
 /// | attempts, deadline or budget exhausted | the last response or error is returned, with [`Attempts`] in its extensions |
 /// | body not replayable | no retry; a retryable failure becomes [`ThrottleError::NotReplayable`] |
 ///
-/// Every wait is capped at the backoff's `max_delay`. Nothing shared changes for a retry that
-/// will not happen: the attempt limit, the deadline (counted from each request's first
-/// attempt) and the budget are all checked before the bucket is held.
+/// Every wait but a spent quota's is capped at the backoff's `max_delay`. Nothing shared
+/// changes for a retry that will not happen: the attempt limit, the deadline (counted from
+/// each request's first attempt) and the budget are all checked before the bucket is held.
+/// The one exception is a spent quota, which holds the bucket in any case: the server refuses
+/// everything until then, so any request sent sooner would only spend an attempt.
+///
+/// To tell a spent quota, the classifier may need the 429's body (HubSpot names the policy
+/// there). The policy reads a body it can see without waiting: a buffered one (`Full<Bytes>`,
+/// as [`ThrottleBuilder::timeout`](crate::ThrottleBuilder::timeout) answers, `Bytes`,
+/// `String`, `Vec<u8>`) of at most [`MAX_BODY_INSPECTED`](crate::classify::MAX_BODY_INSPECTED)
+/// bytes, and hands it on untouched. Below a streaming client, put a
+/// [`BodyTimeoutLayer`](crate::timeout::BodyTimeoutLayer) under the retry layer so 429 bodies
+/// arrive buffered within a time bound; without it the classifier has the headers only.
 ///
 /// Under a scheduler with a concurrency cap ([`run_bulk`](crate::bulk::run_bulk), a
 /// [`QueueLayer`](crate::queue::QueueLayer) above this layer), the wait gives the request's
@@ -95,6 +106,8 @@ pub struct RetryPolicy<C = HttpClassifier> {
     attempt: u32,
     started: Option<Instant>,
     prev_delay: Option<Duration>,
+    /// Retries that waited out a spent quota: they do not count against `max_retries`.
+    quota_waits: u32,
 }
 
 impl Default for RetryPolicy<HttpClassifier> {
@@ -123,6 +136,7 @@ impl<C> RetryPolicy<C> {
             attempt: 0,
             started: None,
             prev_delay: None,
+            quota_waits: 0,
         }
     }
 
@@ -273,10 +287,11 @@ impl<C> RetryPolicy<C> {
         server_wait: Option<Duration>,
         now: Instant,
     ) -> Option<(Duration, Option<Instant>)> {
-        if self.attempt > self.backoff.max_retries() {
+        let counted = self.attempt - self.quota_waits;
+        if counted > self.backoff.max_retries() {
             return None;
         }
-        let retry = self.attempt - 1;
+        let retry = counted - 1;
         let server_wait = match outcome {
             Outcome::Success | Outcome::Permanent => return None,
             Outcome::RateLimited { retry_after } => retry_after,
@@ -284,12 +299,7 @@ impl<C> RetryPolicy<C> {
         }
         .map(|wait| wait.min(self.backoff.max_delay()));
         let delay = match server_wait {
-            Some(wait) => {
-                // The server named the instant; spread the retries a little after it so the
-                // callers it refused do not all return at once.
-                let spread = (wait / 10).min(Duration::from_secs(1));
-                wait + spread.mul_f64(self.rng.gen::<f64>())
-            }
+            Some(wait) => self.spread_after(wait),
             None => self
                 .backoff
                 .next_delay(retry, self.prev_delay, &mut self.rng),
@@ -317,6 +327,81 @@ impl<C> RetryPolicy<C> {
         self.prev_delay = Some(delay);
         Some((delay, hold))
     }
+
+    /// A wait the server named, plus a little: the callers it refused then do not all return
+    /// at the same instant.
+    fn spread_after(&mut self, wait: Duration) -> Duration {
+        let spread = (wait / 10).min(Duration::from_secs(1));
+        wait + spread.mul_f64(self.rng.gen::<f64>())
+    }
+
+    /// A spent quota (see [`Classify::quota_reset`]), back in `reset`. Unlike a short wait,
+    /// the hold is set whether or not this request retries: the server refuses everything
+    /// until then, so every request sent sooner would spend an attempt for nothing.
+    fn quota_wait(
+        &mut self,
+        reset: Duration,
+        status: u16,
+        replayable: bool,
+        now: Instant,
+    ) -> (Step, Option<Instant>) {
+        let reset = reset.min(MAX_QUOTA_WAIT);
+        let until = now + reset;
+        if let Some(bucket) = &self.bucket {
+            bucket.hold_until(until);
+        }
+        if let (Some(deadline), Some(started)) = (self.deadline, self.started) {
+            if until > started + deadline {
+                tracing::warn!(
+                    ?reset,
+                    "quota spent until after the retry deadline; giving up"
+                );
+                return (
+                    Step::QuotaExhausted {
+                        wait: reset,
+                        status,
+                    },
+                    Some(until),
+                );
+            }
+        }
+        if !replayable {
+            return (Step::NotReplayable, Some(until));
+        }
+        self.quota_waits += 1;
+        let delay = self.spread_after(reset);
+        if let Some(stats) = &self.stats {
+            stats.record_retry(self.attempt + 1);
+        }
+        tracing::info!(?reset, "quota spent; holding every caller until it is back");
+        (Step::Retry(delay), Some(until))
+    }
+}
+
+/// The shortest wait treated as a spent quota rather than an ordinary rate limit.
+const MIN_QUOTA_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest a spent quota holds the bucket at a time (a daily allowance's longest wait);
+/// a longer claim is probed again after it.
+const MAX_QUOTA_WAIT: Duration = Duration::from_secs(86_400);
+
+/// What one attempt came back as, read once by the classifier: shared by the tower `Policy`
+/// and the reqwest middleware.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Observed {
+    outcome: Outcome,
+    /// A transient response's named wait (a 503's `Retry-After`).
+    server_wait: Option<Duration>,
+    /// A rate limit's spent quota, back in this long.
+    quota_reset: Option<Duration>,
+    /// The response's status; 0 for an error.
+    status: u16,
+}
+
+impl Observed {
+    pub(crate) fn outcome(&self) -> Outcome {
+        self.outcome
+    }
 }
 
 /// What the policy decided after one attempt; shared by the tower `Policy` and the
@@ -329,6 +414,14 @@ pub(crate) enum Step {
     NotReplayable,
     /// Try again after this delay.
     Retry(Duration),
+    /// A quota is spent until after the deadline: end with
+    /// [`ThrottleError::QuotaExhausted`].
+    QuotaExhausted {
+        /// Until the quota is back.
+        wait: Duration,
+        /// The refusing response's status.
+        status: u16,
+    },
 }
 
 impl<C> RetryPolicy<C> {
@@ -346,22 +439,86 @@ impl<C> RetryPolicy<C> {
         self.attempt
     }
 
-    /// Records one attempt's outcome and decides what comes next. Holding the shared bucket
-    /// and drawing from the budget happen here, and only when a retry will really be made.
-    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
-    pub(crate) fn step(&mut self, outcome: Outcome, replayable: bool, now: Instant) -> Step {
-        self.decide(outcome, None, replayable, now).0
+    /// Reads a response: its outcome, a transient one's named wait, a rate limit's spent
+    /// quota (`body` when it could be seen), and records it in the stats.
+    pub(crate) fn observe_response(
+        &self,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+        body: impl FnOnce() -> Option<bytes::Bytes>,
+        now: SystemTime,
+    ) -> Observed
+    where
+        C: Classify,
+    {
+        if let Some(stats) = &self.stats {
+            stats.record_response(status);
+        }
+        let outcome = self.classifier.classify_response(status, headers, now);
+        let (server_wait, quota_reset) = match outcome {
+            Outcome::Transient => (self.classifier.transient_wait(status, headers, now), None),
+            Outcome::RateLimited { .. } => {
+                let body = body().filter(|b| b.len() <= MAX_BODY_INSPECTED);
+                let reset = self
+                    .classifier
+                    .quota_reset(status, headers, body.as_deref(), now);
+                (None, reset)
+            }
+            Outcome::Success | Outcome::Permanent => (None, None),
+        };
+        Observed {
+            outcome,
+            server_wait,
+            quota_reset,
+            status: status.as_u16(),
+        }
     }
 
-    /// [`step`](Self::step), with the wait a transient response named, also returning the
-    /// instant the shared bucket was held until (for the keyed hold, which needs the request).
-    fn decide(
+    /// Reads an error returned instead of a response, and records it in the stats.
+    pub(crate) fn observe_error(&self, err: &(dyn std::error::Error + 'static)) -> Observed
+    where
+        C: Classify,
+    {
+        if let Some(stats) = &self.stats {
+            stats.record_error();
+        }
+        Observed {
+            outcome: self.classifier.classify_error(err),
+            server_wait: None,
+            quota_reset: None,
+            status: 0,
+        }
+    }
+
+    /// Whether a hold also needs the request's key (so the caller keeps its head).
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    pub(crate) fn holds_keys(&self) -> bool {
+        self.keyed.is_some()
+    }
+
+    /// Holds the refused request's key until `until`, when a keyed bucket is attached.
+    pub(crate) fn hold_key(&self, until: Instant, head: impl FnOnce() -> http::Request<()>) {
+        if let Some(keyed) = &self.keyed {
+            keyed.hold(&head(), until);
+        }
+    }
+
+    /// Records one attempt and decides what comes next, also returning the instant the shared
+    /// bucket was held until (for the keyed hold, which needs the request: see
+    /// [`hold_key`](Self::hold_key)). Holding and drawing from the budget happen here, and
+    /// only when a retry will really be made, except for a spent quota (see `quota_wait`).
+    pub(crate) fn decide(
         &mut self,
-        outcome: Outcome,
-        server_wait: Option<Duration>,
+        observed: Observed,
         replayable: bool,
         now: Instant,
     ) -> (Step, Option<Instant>) {
+        let Observed {
+            outcome,
+            server_wait,
+            quota_reset,
+            status,
+        } = observed;
         self.attempt += 1;
         if self.attempt == 1 && outcome == Outcome::Success {
             if let Some(budget) = &self.budget {
@@ -370,6 +527,12 @@ impl<C> RetryPolicy<C> {
         }
         if !outcome.is_retryable() {
             return (Step::Done, None);
+        }
+        // A quota back within a second is a short window like any other: counted and capped,
+        // so a classifier that answers zero cannot make retries free and endless.
+        let quota_reset = quota_reset.filter(|reset| *reset >= MIN_QUOTA_WAIT);
+        if let (Outcome::RateLimited { .. }, Some(reset)) = (outcome, quota_reset) {
+            return self.quota_wait(reset, status, replayable, now);
         }
         if !replayable {
             return (Step::NotReplayable, None);
@@ -383,6 +546,14 @@ impl<C> RetryPolicy<C> {
             }
             None => (Step::Done, None),
         }
+    }
+
+    /// The error for a retry that was due but cannot be sent, naming what the last attempt
+    /// came back as.
+    pub(crate) fn not_replayable(&self, last: &dyn fmt::Display) -> ThrottleError {
+        let reason = format!("{last} after attempt {}", self.attempt);
+        tracing::warn!(%reason, "not retrying: request body cannot be replayed");
+        ThrottleError::NotReplayable { reason }
     }
 
     pub(crate) fn log_retry(&self, delay: Duration, outcome: Outcome, uri: &dyn fmt::Display) {
@@ -419,6 +590,7 @@ impl<C: Clone> Clone for RetryPolicy<C> {
             attempt: 0,
             started: None,
             prev_delay: None,
+            quota_waits: 0,
         }
     }
 }
@@ -450,6 +622,7 @@ impl<C, B, R> Policy<http::Request<B>, http::Response<R>, BoxError> for RetryPol
 where
     C: Classify,
     B: ReplayBody,
+    R: 'static,
 {
     type Future = RetryDelay;
 
@@ -462,29 +635,21 @@ where
         if let Some(start) = req.extensions().get::<RequestStart>() {
             self.start(start.0);
         }
-        let wall = SystemTime::now();
-        let (outcome, server_wait) = match result {
-            Ok(res) => {
-                let outcome = self.classifier.classify(res, wall);
-                let wait = match outcome {
-                    Outcome::Transient => {
-                        self.classifier
-                            .transient_wait(res.status(), res.headers(), wall)
-                    }
-                    _ => None,
-                };
-                (outcome, wait)
-            }
-            Err(err) => (self.classifier.classify_error(&**err), None),
+        let observed = match result {
+            Ok(res) => self.observe_response(
+                res.status(),
+                res.headers(),
+                || buffered_body(res.body()),
+                SystemTime::now(),
+            ),
+            Err(err) => self.observe_error(&**err),
         };
-        if let Some(stats) = &self.stats {
-            match result {
-                Ok(res) => stats.record_response(res.status()),
-                Err(_) => stats.record_error(),
-            }
-        }
+        let outcome = observed.outcome();
         let replayable = req.extensions().get::<NotCloned>().is_none();
-        let (step, hold) = self.decide(outcome, server_wait, replayable, now);
+        let (step, hold) = self.decide(observed, replayable, now);
+        if let Some(until) = hold {
+            self.hold_key(until, || head_of(req));
+        }
         match step {
             Step::Done => {
                 if let Ok(res) = result {
@@ -493,18 +658,18 @@ where
                 None
             }
             Step::NotReplayable => {
-                let reason = match result {
-                    Ok(res) => format!("{} after attempt {}", res.status(), self.attempt),
-                    Err(err) => format!("{err} after attempt {}", self.attempt),
+                let err = match result {
+                    Ok(res) => self.not_replayable(&res.status()),
+                    Err(err) => self.not_replayable(err),
                 };
-                tracing::warn!(%reason, "not retrying: request body cannot be replayed");
-                *result = Err(ThrottleError::NotReplayable { reason }.into());
+                *result = Err(err.into());
+                None
+            }
+            Step::QuotaExhausted { wait, status } => {
+                *result = Err(ThrottleError::QuotaExhausted { wait, status }.into());
                 None
             }
             Step::Retry(delay) => {
-                if let (Some(until), Some(keyed)) = (hold, &self.keyed) {
-                    keyed.hold(&head_of(req), until);
-                }
                 self.log_retry(delay, outcome, req.uri());
                 Some(RetryDelay::new(now + delay))
             }
@@ -540,6 +705,28 @@ where
         copy.extensions_mut().insert(start);
         Some(copy)
     }
+}
+
+/// A response body the policy can read without waiting or consuming it: the buffered types
+/// (`Full<Bytes>`, which [`ThrottleBuilder::timeout`](crate::ThrottleBuilder::timeout)
+/// answers with, `Bytes`, `String`, `Vec<u8>`). The policy is generic over the client's body
+/// and cannot require more of it without refusing streaming clients, so it looks for these
+/// by type; a streaming body is not read (the classifier still has the headers).
+fn buffered_body<R: 'static>(body: &R) -> Option<bytes::Bytes> {
+    let body = body as &dyn std::any::Any;
+    if let Some(full) = body.downcast_ref::<http_body_util::Full<bytes::Bytes>>() {
+        return full.to_bytes();
+    }
+    if let Some(bytes) = body.downcast_ref::<bytes::Bytes>() {
+        return Some(bytes.clone());
+    }
+    // These two are copied, so only when small enough to be inspected at all.
+    let small =
+        |b: &[u8]| (b.len() <= MAX_BODY_INSPECTED).then(|| bytes::Bytes::copy_from_slice(b));
+    if let Some(text) = body.downcast_ref::<String>() {
+        return small(text.as_bytes());
+    }
+    body.downcast_ref::<Vec<u8>>().and_then(|v| small(v))
 }
 
 /// The request without its body, for a key function (only on a retry that holds).

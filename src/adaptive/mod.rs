@@ -157,6 +157,13 @@
 //! measured at a probe. Every controller but `Probe` collapses under storms: each cuts at
 //! every storm, and a cut does not make the next storm any shorter (header-driven also takes
 //! the storm's own headers, 10/s, at their word).
+//!
+//! Over loopback against the mock server configured the same way (`examples/goodput.rs`,
+//! `Throttle::builder()` with the retry layer; BENCHMARKS.md has the runs), the leaky-bucket
+//! rows give 95.9-97.1% (from 20/s) and 100.0-100.2% (from 60/s) after 10 s and 88.7-90.5% and
+//! 93.2-93.5% over the 40 s, with 0.2-0.3% 429s. The path is the simulation's (the same levels
+//! and holds); with no response latency the fitted limit lands on the limit itself rather than
+//! just under it, so the first climb after the fit is refused within the run.
 
 mod aimd;
 mod controller;

@@ -278,16 +278,21 @@ mod tests {
     use super::*;
     use crate::adaptive::controller::test_signals::{ok, throttled};
 
-    #[test]
-    fn header_rate_is_exact_and_falls_back_when_headers_vanish() {
-        let now = Instant::now();
-        let mut c = HeaderDriven::builder()
+    /// From 5/s in [1, 500], taking the stated limit at its word.
+    fn without_margin() -> HeaderDriven {
+        HeaderDriven::builder()
             .start(5.0)
             .min(1.0)
             .max(500.0)
             .margin(0.0)
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn header_rate_is_exact_and_falls_back_when_headers_vanish() {
+        let now = Instant::now();
+        let mut c = without_margin();
         let h = HeaderInfo {
             limit: Some(100.0),
             remaining: Some(0.0),
@@ -320,13 +325,7 @@ mod tests {
     #[test]
     fn header_window_is_estimated_from_the_longest_reset() {
         let now = Instant::now();
-        let mut c = HeaderDriven::builder()
-            .start(5.0)
-            .min(1.0)
-            .max(500.0)
-            .margin(0.0)
-            .build()
-            .unwrap();
+        let mut c = without_margin();
         for reset in [2, 10, 4] {
             let h = HeaderInfo {
                 limit: Some(100.0),

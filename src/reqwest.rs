@@ -76,7 +76,10 @@ use crate::{ConfigError, Limits, RateLimitLayer, ThrottleError};
 pub struct ThrottleMiddleware<B: Bucket + Clone = LocalBucket, C = HttpClassifier> {
     gate: RateLimitLayer<B>,
     policy: Option<RetryPolicy<C>>,
-    adaptive: Option<AdaptiveLayer<B>>,
+    /// The retry policy's classifier, kept when retrying is turned off, so the adaptive layer
+    /// always classifies (and caps `Retry-After`) as the retry policy it is paired with does.
+    classifier: C,
+    adaptive: Option<AdaptiveLayer<B, C>>,
     dead_letters: Option<DeadLetterConfig>,
 }
 
@@ -96,6 +99,7 @@ impl<B: Bucket + Clone> ThrottleMiddleware<B, HttpClassifier> {
         let policy = RetryPolicy::default().with_bucket(gate.bucket().clone());
         ThrottleMiddleware {
             gate,
+            classifier: policy.classifier().clone(),
             policy: Some(policy),
             adaptive: None,
             dead_letters: None,
@@ -105,14 +109,12 @@ impl<B: Bucket + Clone> ThrottleMiddleware<B, HttpClassifier> {
 
 impl<B: Bucket + Clone, C> ThrottleMiddleware<B, C> {
     /// Retries with `policy`, attached to this middleware's bucket so a 429 holds it.
-    pub fn with_retry<C2>(self, policy: RetryPolicy<C2>) -> ThrottleMiddleware<B, C2> {
+    pub fn with_retry<C2: Classify>(self, policy: RetryPolicy<C2>) -> ThrottleMiddleware<B, C2> {
         let policy = policy.with_bucket(self.gate.bucket().clone());
-        let adaptive = self.adaptive.map(|mut a| {
-            a.max_hold = Some(policy.backoff().max_delay());
-            a
-        });
+        let adaptive = self.adaptive.map(|a| a.with_retry_policy(&policy));
         ThrottleMiddleware {
             gate: self.gate,
+            classifier: policy.classifier().clone(),
             policy: Some(policy),
             adaptive,
             dead_letters: self.dead_letters,
@@ -150,11 +152,17 @@ impl<B: Bucket + Clone, C> ThrottleMiddleware<B, C> {
     pub fn with_adaptive(
         self,
         controller: impl RateController + 'static,
-    ) -> Result<Self, ConfigError> {
-        let mut layer = AdaptiveLayer::new(self.gate.bucket().clone(), controller)?;
-        // The retry policy's cap bounds how long a hostile `Retry-After` may hold the bucket,
-        // here as in the tower stack.
-        layer.max_hold = self.policy.as_ref().map(|p| p.backoff().max_delay());
+    ) -> Result<Self, ConfigError>
+    where
+        C: Classify,
+    {
+        let layer = AdaptiveLayer::new(self.gate.bucket().clone(), controller)?;
+        // One classifier and one `Retry-After` cap with the retry policy, here as in the tower
+        // stack: a hostile `Retry-After` holds the bucket no longer with adaptive control.
+        let layer = match &self.policy {
+            Some(policy) => layer.with_retry_policy(policy),
+            None => layer.with_classifier(self.classifier.clone()),
+        };
         Ok(ThrottleMiddleware {
             adaptive: Some(layer),
             ..self
@@ -217,6 +225,7 @@ impl<B: Bucket + Clone, C: Clone> Clone for ThrottleMiddleware<B, C> {
         ThrottleMiddleware {
             gate: self.gate.clone(),
             policy: self.policy.clone(),
+            classifier: self.classifier.clone(),
             adaptive: self.adaptive.clone(),
             dead_letters: self.dead_letters.clone(),
         }
@@ -288,7 +297,7 @@ fn head_of(req: &Request, extensions: &Extensions) -> http::Request<()> {
     head
 }
 
-impl<B: Bucket + Clone, C> ThrottleMiddleware<B, C> {
+impl<B: Bucket + Clone, C: Classify> ThrottleMiddleware<B, C> {
     fn observe(&self, result: &Result<Response, Error>) {
         let Some(adaptive) = &self.adaptive else {
             return;
@@ -442,6 +451,79 @@ where
             // the request's slot back.
             RetryDelay::new(now + delay).await;
             req = copy.expect("a retry is only decided for a replayable request");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::StatusCode;
+
+    use super::*;
+    use crate::adaptive::Aimd;
+    use crate::classify::Outcome;
+    use crate::Quota;
+
+    fn hostile_429() -> Result<Response, Error> {
+        let res = http::Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("retry-after", "99999999999")
+            .body(Vec::<u8>::new())
+            .unwrap();
+        Ok(Response::from(res))
+    }
+
+    fn aimd() -> Aimd {
+        Aimd::new(8.0, 1.0, 10.0).unwrap()
+    }
+
+    /// Regression (issue 15, reqwest): `with_adaptive` classified with a default
+    /// [`HttpClassifier`] and its 60 s `Retry-After` cap, so a hostile `Retry-After` held the
+    /// bucket for 60 s behind a retry policy capped at 3 s, and a status the policy's
+    /// classifier reads as a rate limit (a 403 here) did not cut the rate. The adaptive layer
+    /// now classifies with the retry policy's classifier, in whichever order they are added.
+    #[tokio::test(start_paused = true)]
+    async fn with_adaptive_classifies_with_the_retry_policys_classifier_not_a_default_one() {
+        let cap = Duration::from_secs(3);
+        let classifier = HttpClassifier::new().retry_after_cap(cap).status(
+            StatusCode::FORBIDDEN,
+            Outcome::RateLimited { retry_after: None },
+        );
+        let policy = || RetryPolicy::new(classifier.clone());
+        let quota = || Quota::per_second(20).unwrap();
+        let wirings = [
+            ThrottleMiddleware::new(quota())
+                .with_retry(policy())
+                .with_adaptive(aimd())
+                .unwrap(),
+            ThrottleMiddleware::new(quota())
+                .with_adaptive(aimd())
+                .unwrap()
+                .with_retry(policy()),
+            ThrottleMiddleware::new(quota())
+                .with_retry(policy())
+                .without_retry()
+                .with_adaptive(aimd())
+                .unwrap(),
+        ];
+        for (i, mw) in wirings.into_iter().enumerate() {
+            let now = Instant::now();
+            mw.observe(&hostile_429());
+            let held = mw.bucket().held_until(now).expect("a 429 holds the bucket");
+            assert_eq!(held - now, cap, "wiring {i}");
+            assert_eq!(mw.adaptive_rate(), Some(4.0), "wiring {i}");
+            let forbidden = http::Response::builder()
+                .status(StatusCode::FORBIDDEN)
+                .body(Vec::<u8>::new())
+                .unwrap();
+            mw.observe(&Ok(Response::from(forbidden)));
+            assert_eq!(
+                mw.adaptive_rate(),
+                Some(2.0),
+                "wiring {i}: a 403 is a rate limit"
+            );
         }
     }
 }

@@ -8,10 +8,13 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use tokio::time::Instant;
-use tower::{service_fn, BoxError, ServiceExt};
+use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
 use tower_throttle::adaptive::sim::{self, HiddenLimit, Report, Scenario};
 use tower_throttle::adaptive::{Aimd, Cubic, HeaderDriven, Probe, RateController};
-use tower_throttle::{Bucket, ConfigError, HttpClassifier, Limits, Quota, RetryPolicy, Throttle};
+use tower_throttle::{
+    AdaptiveLayer, Bucket, ConfigError, HttpClassifier, Limits, LocalBucket, Quota, RateLimitLayer,
+    RetryPolicy, Throttle,
+};
 
 const START: f64 = 5.0;
 const MIN: f64 = 0.5;
@@ -327,6 +330,46 @@ async fn hostile_retry_after_never_holds_the_gate_past_the_retry_cap() {
         assert_eq!(first.status(), 200);
         // The retry waits the capped hold plus at most 10% jitter.
         assert!(start.elapsed() <= cap.mul_f64(1.1) + Duration::from_millis(200));
+    }
+}
+
+/// Issue 15.3: a 503 with `Retry-After` is a server-told pause. The adaptive layer holds the
+/// shared bucket for it, capped by the retry policy's cap like a 429's (a hostile value holds
+/// for the cap, no longer), and the controller does not cut the rate; a 503 without it holds
+/// nothing.
+#[tokio::test(start_paused = true)]
+async fn a_503_with_retry_after_holds_the_gate_for_the_capped_wait_without_a_cut() {
+    let cap = Duration::from_secs(3);
+    for (retry_after, hold) in [
+        (Some("99999999999"), Some(cap)),
+        (Some("2"), Some(Duration::from_secs(2))),
+        (None, None),
+    ] {
+        let api = service_fn(move |_req: Request<Full<Bytes>>| async move {
+            let mut res = Response::builder().status(503);
+            if let Some(v) = retry_after {
+                res = res.header("retry-after", v);
+            }
+            Ok::<_, BoxError>(res.body(()).unwrap())
+        });
+        let policy = RetryPolicy::new(HttpClassifier::default().retry_after_cap(cap));
+        let bucket = LocalBucket::new(Quota::per_second(20).unwrap());
+        let adaptive = AdaptiveLayer::probe(bucket.clone(), 8.0, 1.0, 20.0)
+            .unwrap()
+            .with_retry_policy(&policy);
+        let svc = ServiceBuilder::new()
+            .layer(adaptive.clone())
+            .layer(RateLimitLayer::with_bucket(bucket.clone()))
+            .service(api);
+        let now = Instant::now();
+        let res = svc.oneshot(request()).await.unwrap();
+        assert_eq!(res.status(), 503);
+        assert_eq!(
+            bucket.held_until(now).map(|h| h - now),
+            hold,
+            "Retry-After {retry_after:?}"
+        );
+        assert_eq!(adaptive.rate(), 8.0, "Retry-After {retry_after:?}");
     }
 }
 

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::controller::{Aimd, Cubic, HeaderDriven, RateController};
+use super::aimd::Aimd;
+use super::controller::RateController;
+use super::cubic::Cubic;
+use super::header_driven::HeaderDriven;
 use super::probe::Probe;
 use super::service::Adaptive;
 use crate::bucket::Bucket;
@@ -121,8 +124,9 @@ impl<B: Bucket + Clone, C> AdaptiveLayer<B, C> {
         layer
     }
 
-    /// Whether a 429 with `Retry-After` also holds the shared bucket until then (default
-    /// `true`), so every caller pauses, not only the one that was refused. A retry layer
+    /// Whether a 429 with `Retry-After` (or a 503 with one, [`Signal::Overloaded`](super::Signal::Overloaded))
+    /// also holds the shared bucket until then (default `true`), so every caller pauses, not
+    /// only the one that was refused. A retry layer
     /// above may do the same; holding twice is harmless, the later hold wins.
     pub fn with_retry_after_hold(mut self, hold: bool) -> Self {
         self.hold_on_retry_after = hold;

@@ -42,6 +42,14 @@
 //!   rate limit and cap `Retry-After` alike, so a hostile `Retry-After: 99999999999` holds the
 //!   gate for the policy's cap and no longer. [`Throttle::builder`](crate::Throttle::builder)
 //!   does this itself.
+//! * **A 503 with `Retry-After` is a pause, not a limit.** The server asked every caller to
+//!   wait ([`Classify::transient_wait`](crate::Classify::transient_wait)): the layer holds the
+//!   shared bucket for it, capped exactly like a 429's `Retry-After`, and feeds
+//!   [`Signal::Overloaded`]. It is congestion, so no controller grows through it (a climb in
+//!   progress returns to the level it started from, and the pause is not growth time), but it
+//!   says nothing about the rate the server takes, so none cuts for it: a server shedding load
+//!   for everyone would otherwise drive the rate down for good. A 503 without `Retry-After`
+//!   stays [`Signal::Transient`] and moves nothing.
 //!
 //! # Controllers
 //!
@@ -149,18 +157,28 @@
 //! measured at a probe. Every controller but `Probe` collapses under storms: each cuts at
 //! every storm, and a cut does not make the next storm any shorter (header-driven also takes
 //! the storm's own headers, 10/s, at their word).
+//!
+//! Over loopback against the mock server configured the same way (`examples/goodput.rs`,
+//! `Throttle::builder()` with the retry layer; BENCHMARKS.md has the runs), the leaky-bucket
+//! rows give 95.9-97.1% (from 20/s) and 100.0-100.2% (from 60/s) after 10 s and 88.7-90.5% and
+//! 93.2-93.5% over the 40 s, with 0.2-0.3% 429s. The path is the simulation's (the same levels
+//! and holds); with no response latency the fitted limit lands on the limit itself rather than
+//! just under it, so the first climb after the fit is refused within the run.
 
+mod aimd;
 mod controller;
+mod cubic;
 pub mod future;
+mod header_driven;
 mod layer;
 mod probe;
 mod service;
 pub mod sim;
 
-pub use controller::{
-    Aimd, AimdBuilder, Cubic, CubicBuilder, HeaderDriven, HeaderDrivenBuilder, HeaderInfo,
-    RateController, Signal,
-};
+pub use aimd::{Aimd, AimdBuilder};
+pub use controller::{HeaderInfo, RateController, Signal};
+pub use cubic::{Cubic, CubicBuilder};
+pub use header_driven::{HeaderDriven, HeaderDrivenBuilder};
 pub use layer::AdaptiveLayer;
 pub use probe::{Probe, ProbeBuilder};
 pub use service::Adaptive;

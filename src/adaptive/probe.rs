@@ -5,8 +5,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::controller::{
-    check_bounds, check_duration, check_open, clamp, event_setters, grow_towards, lower_max,
-    observe, rate_bound_setters, Observed, RateController, Signal, ThrottleEvent, Window,
+    check_bounds, check_cruise, check_duration, check_open, clamp, doubled, prober_limit_max,
+    prober_outcome, prober_reset, Prober, Probing, RateController, Signal,
 };
 use crate::ConfigError;
 
@@ -79,12 +79,8 @@ use crate::ConfigError;
 #[derive(Debug, Clone)]
 pub struct Probe {
     cfg: ProbeConfig,
-    rate: f64,
+    p: Probing,
     phase: Phase,
-    /// Growth time: advances only while successes arrive.
-    growth: Duration,
-    last_seen: Option<Instant>,
-    event: ThrottleEvent,
     /// The rate to cruise at.
     level: f64,
     /// Whether `level` has been held for `prove` without a 429.
@@ -102,8 +98,6 @@ pub struct Probe {
     /// Growth time until which refusals after a long survival are storms: no cut.
     storm_until: Option<Duration>,
     cruise: Duration,
-    accepted: Window,
-    sent: Window,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -172,13 +166,187 @@ impl Probe {
         (!matches!(self.phase, Phase::SlowStart { .. })).then_some(self.level)
     }
 
+    fn cruise_at(&mut self, level: f64) {
+        self.level = clamp(level, self.p.min, self.p.max);
+        // Returning to the floor is returning to a level that already worked.
+        self.proven = self.floor == Some(self.level);
+        self.phase = Phase::Cruise {
+            since: self.p.growth,
+            until: self.p.growth + self.cruise,
+        };
+    }
+}
+
+/// Survival times (seconds) at which a refusal may be a storm rather than our rate: shorter
+/// ones say the level is plainly over the limit, longer ones are rare enough not to matter.
+const STORM_SURVIVAL: std::ops::RangeInclusive<f64> = 0.5..=3.0;
+
+/// Survival (seconds) below which a refusal's timing is too noisy to fit a limit with.
+const MIN_FIT_SURVIVAL: f64 = 0.25;
+
+/// The largest step down for a level that was never proven: its survival time is only a
+/// rough reading of how far over it is.
+const FRESH_MAX_STEP: f64 = 0.2;
+
+/// A cut, remembered until the next event to check that it helped.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    /// The level before the cut.
+    from: f64,
+    /// How long that level had survived.
+    survived: f64,
+}
+
+/// A safe level under the limit behind two refusals of steady levels `l1` and `l2`, each
+/// after sending resumed on a drained server and refused after `t1` and `t2` seconds, or
+/// `None` when they do not pin it. A token bucket of rate `r` and burst `b` refuses level `l`
+/// after `b / (l - r)` seconds, so `l x t = b + r x t` and two readings give `r`; a one-second
+/// window accepts the same `r` both times (`l x t = r`).
+///
+/// Each `t` is read when the refusal comes back, a response's latency after the server
+/// decided. That makes the bucket's `r` come out a little low (the higher level has the
+/// shorter `t`), which is margin enough, and the window's `l x t` a little high, so `margin`
+/// is taken off it.
+fn fit_limit(l1: f64, t1: f64, l2: f64, t2: f64, margin: f64) -> Option<f64> {
+    let (n1, n2) = (l1 * t1, l2 * t2);
+    // Timings carry a response's latency and a slot's spacing, hence the slack.
+    if t1.max(t2) < 1.25 && (n1 - n2).abs() <= 0.1 * n1.max(n2) {
+        return Some((1.0 - margin) * n1.min(n2));
+    }
+    if (t1 - t2).abs() < 0.05 {
+        return None;
+    }
+    let r = (n1 - n2) / (t1 - t2);
+    let burst = (l1 - r) * t1;
+    (r > 0.5 * l1.min(l2) && r < l1.min(l2) && burst > 0.0).then_some(r)
+}
+
+impl ProbeBuilder {
+    /// The first rate.
+    pub fn start(mut self, rate: f64) -> Self {
+        self.cfg.start = rate;
+        self
+    }
+    /// The lowest rate.
+    pub fn min(mut self, rate: f64) -> Self {
+        self.cfg.min = rate;
+        self
+    }
+    /// The highest rate.
+    pub fn max(mut self, rate: f64) -> Self {
+        self.cfg.max = rate;
+        self
+    }
+    /// Factor applied to the level when the limit moved down, in (0, 1).
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.cfg.beta = beta;
+        self
+    }
+    /// Fraction kept below the rate at which a climb was refused, in (0, 0.5).
+    pub fn margin(mut self, margin: f64) -> Self {
+        self.cfg.margin = margin;
+        self
+    }
+    /// Relative growth per second while climbing above the level, in (0, 1).
+    pub fn climb(mut self, per_second: f64) -> Self {
+        self.cfg.climb = per_second;
+        self
+    }
+    /// Doubling time before the first 429.
+    pub fn slow_start(mut self, doubling: Duration) -> Self {
+        self.cfg.slow_start = doubling;
+        self
+    }
+    /// First cruise time before a climb; it doubles while climbs find the same limit, up to
+    /// `max_cruise`, which is also the wait after the limit moved down.
+    pub fn cruise(mut self, first: Duration, max_cruise: Duration) -> Self {
+        self.cfg.cruise = first;
+        self.cfg.max_cruise = max_cruise;
+        self
+    }
+    /// How long a level must hold without a 429 to count as proven.
+    pub fn prove(mut self, d: Duration) -> Self {
+        self.cfg.prove = d;
+        self
+    }
+    /// 429s within this time of a cut (or the server's `Retry-After`, if longer) are one
+    /// event.
+    pub fn event_hold(mut self, d: Duration) -> Self {
+        self.cfg.event_hold = d;
+        self
+    }
+    /// Window over which the accepted and sent rates are measured.
+    pub fn measure_window(mut self, d: Duration) -> Self {
+        self.cfg.measure_window = d;
+        self
+    }
+    /// Checks every value.
+    pub fn build(self) -> Result<Probe, ConfigError> {
+        let c = self.cfg;
+        check_bounds(c.start, c.min, c.max)?;
+        check_open("beta", c.beta, 0.0, 1.0)?;
+        check_open("margin", c.margin, 0.0, 0.5)?;
+        check_open("climb", c.climb, 0.0, 1.0)?;
+        check_duration("slow_start", c.slow_start)?;
+        check_cruise(c.cruise, c.max_cruise)?;
+        check_duration("prove", c.prove)?;
+        check_duration("measure_window", c.measure_window)?;
+        Ok(Probe {
+            cfg: c,
+            p: Probing::new(c.start, c.min, c.max, c.measure_window),
+            phase: Phase::SlowStart {
+                at: Duration::ZERO,
+                from: c.start,
+            },
+            level: c.start,
+            proven: false,
+            floor: None,
+            cutting: false,
+            ceiling: None,
+            last_cut: None,
+            fresh_refusal: None,
+            storm_until: None,
+            cruise: c.cruise,
+        })
+    }
+}
+
+impl RateController for Probe {
+    fn on_outcome(&mut self, now: Instant, signal: &Signal) -> Option<f64> {
+        prober_outcome(self, now, signal)
+    }
+
+    fn rate(&self) -> f64 {
+        self.p.rate
+    }
+
+    fn bounds(&self) -> (f64, f64) {
+        self.p.bounds()
+    }
+
+    fn reset(&mut self, _now: Instant, rate: f64) {
+        prober_reset(self, rate);
+    }
+
+    fn limit_max(&mut self, max: f64) {
+        prober_limit_max(self, max);
+    }
+}
+
+impl Prober for Probe {
+    fn probing(&self) -> &Probing {
+        &self.p
+    }
+
+    fn probing_mut(&mut self) -> &mut Probing {
+        &mut self.p
+    }
+
     fn target(&self) -> f64 {
-        let since = |at: Duration| self.growth.saturating_sub(at).as_secs_f64();
+        let since = |at: Duration| self.p.growth.saturating_sub(at).as_secs_f64();
         match self.phase {
             Phase::SlowStart { at, from } => {
-                // Capped so the power cannot overflow to infinity before the clamp.
-                let doublings = (since(at) / self.cfg.slow_start.as_secs_f64()).min(64.0);
-                from * 2f64.powf(doublings)
+                doubled(from, self.p.growth.saturating_sub(at), self.cfg.slow_start)
             }
             Phase::Cruise { .. } => self.level,
             Phase::Climb { at, from } => from * (1.0 + self.cfg.climb).powf(since(at).min(1e4)),
@@ -186,7 +354,7 @@ impl Probe {
     }
 
     fn advance_phase(&mut self) {
-        let g = self.growth;
+        let g = self.p.growth;
         if let Phase::Cruise { since, until } = self.phase {
             if !self.proven && g >= since + self.cfg.prove {
                 self.proven = true;
@@ -202,24 +370,15 @@ impl Probe {
         }
     }
 
-    fn cruise_at(&mut self, level: f64) {
-        self.level = clamp(level, self.cfg.min, self.cfg.max);
-        // Returning to the floor is returning to a level that already worked.
-        self.proven = self.floor == Some(self.level);
-        self.phase = Phase::Cruise {
-            since: self.growth,
-            until: self.growth + self.cruise,
-        };
-    }
-
     fn on_throttle(&mut self, now: Instant, retry_after: Option<Duration>) {
-        if self.event.is_ongoing(now) {
+        if self.p.event.is_ongoing(now) {
             return;
         }
-        let sending = self.rate;
+        let sending = self.p.rate;
         // How long sending lasted since it resumed after the previous event (the hold drained
         // the server, so this is a test of the level from a fresh start).
         let survived = self
+            .p
             .event
             .resumed_at
             .map(|t| now.saturating_duration_since(t).as_secs_f64());
@@ -227,9 +386,9 @@ impl Probe {
         let in_cruise = matches!(self.phase, Phase::Cruise { .. });
         if in_cruise {
             if let Some(t) = survived.filter(|t| STORM_SURVIVAL.contains(t)) {
-                if self.storm_until.is_some_and(|u| self.growth < u) {
+                if self.storm_until.is_some_and(|u| self.p.growth < u) {
                     // Storms: the refusals come whatever the rate, so keep it.
-                    self.event.begin(now, retry_after, self.cfg.event_hold);
+                    self.p.event.begin(now, retry_after, self.cfg.event_hold);
                     return;
                 }
                 if let Some(c) = cut.filter(|c| STORM_SURVIVAL.contains(&c.survived)) {
@@ -239,11 +398,11 @@ impl Probe {
                     // and cutting further only loses goodput. Go back and stop cutting.
                     let expected = 1.0 + 0.5 * (c.from / self.level - 1.0);
                     if t < c.survived * expected {
-                        self.storm_until = Some(self.growth + self.cfg.max_cruise);
+                        self.storm_until = Some(self.p.growth + self.cfg.max_cruise);
                         self.fresh_refusal = None;
                         self.cruise_at(c.from);
-                        self.rate = self.level;
-                        self.event.begin(now, retry_after, self.cfg.event_hold);
+                        self.p.rate = self.level;
+                        self.p.event.begin(now, retry_after, self.cfg.event_hold);
                         return;
                     }
                 }
@@ -257,7 +416,7 @@ impl Probe {
                 // higher of the accepted rate and beta x sent: if that is still too high, how
                 // soon it is refused says by how much.
                 let beta_cut = self.cfg.beta * sending;
-                let accepted = self.accepted.rate_since(now, self.event.resumed_at);
+                let accepted = self.p.accepted.rate_since(now, self.p.event.resumed_at);
                 self.cruise = self.cfg.cruise;
                 self.cruise_at(accepted.map_or(beta_cut, |a| a.min(sending).max(beta_cut)));
             }
@@ -333,166 +492,25 @@ impl Probe {
                 survived,
             });
         }
-        self.rate = self.level;
-        self.event.begin(now, retry_after, self.cfg.event_hold);
-    }
-}
-
-/// Survival times (seconds) at which a refusal may be a storm rather than our rate: shorter
-/// ones say the level is plainly over the limit, longer ones are rare enough not to matter.
-const STORM_SURVIVAL: std::ops::RangeInclusive<f64> = 0.5..=3.0;
-
-/// Survival (seconds) below which a refusal's timing is too noisy to fit a limit with.
-const MIN_FIT_SURVIVAL: f64 = 0.25;
-
-/// The largest step down for a level that was never proven: its survival time is only a
-/// rough reading of how far over it is.
-const FRESH_MAX_STEP: f64 = 0.2;
-
-/// A cut, remembered until the next event to check that it helped.
-#[derive(Debug, Clone, Copy)]
-struct Cut {
-    /// The level before the cut.
-    from: f64,
-    /// How long that level had survived.
-    survived: f64,
-}
-
-/// A safe level under the limit behind two refusals of steady levels `l1` and `l2`, each
-/// after sending resumed on a drained server and refused after `t1` and `t2` seconds, or
-/// `None` when they do not pin it. A token bucket of rate `r` and burst `b` refuses level `l`
-/// after `b / (l - r)` seconds, so `l x t = b + r x t` and two readings give `r`; a one-second
-/// window accepts the same `r` both times (`l x t = r`).
-///
-/// Each `t` is read when the refusal comes back, a response's latency after the server
-/// decided. That makes the bucket's `r` come out a little low (the higher level has the
-/// shorter `t`), which is margin enough, and the window's `l x t` a little high, so `margin`
-/// is taken off it.
-fn fit_limit(l1: f64, t1: f64, l2: f64, t2: f64, margin: f64) -> Option<f64> {
-    let (n1, n2) = (l1 * t1, l2 * t2);
-    // Timings carry a response's latency and a slot's spacing, hence the slack.
-    if t1.max(t2) < 1.25 && (n1 - n2).abs() <= 0.1 * n1.max(n2) {
-        return Some((1.0 - margin) * n1.min(n2));
-    }
-    if (t1 - t2).abs() < 0.05 {
-        return None;
-    }
-    let r = (n1 - n2) / (t1 - t2);
-    let burst = (l1 - r) * t1;
-    (r > 0.5 * l1.min(l2) && r < l1.min(l2) && burst > 0.0).then_some(r)
-}
-
-impl ProbeBuilder {
-    rate_bound_setters!(.cfg);
-    /// Factor applied to the level when the limit moved down, in (0, 1).
-    pub fn beta(mut self, beta: f64) -> Self {
-        self.cfg.beta = beta;
-        self
-    }
-    /// Fraction kept below the rate at which a climb was refused, in (0, 0.5).
-    pub fn margin(mut self, margin: f64) -> Self {
-        self.cfg.margin = margin;
-        self
-    }
-    /// Relative growth per second while climbing above the level, in (0, 1).
-    pub fn climb(mut self, per_second: f64) -> Self {
-        self.cfg.climb = per_second;
-        self
-    }
-    /// Doubling time before the first 429.
-    pub fn slow_start(mut self, doubling: Duration) -> Self {
-        self.cfg.slow_start = doubling;
-        self
-    }
-    /// First cruise time before a climb; it doubles while climbs find the same limit, up to
-    /// `max_cruise`, which is also the wait after the limit moved down.
-    pub fn cruise(mut self, first: Duration, max_cruise: Duration) -> Self {
-        self.cfg.cruise = first;
-        self.cfg.max_cruise = max_cruise;
-        self
-    }
-    /// How long a level must hold without a 429 to count as proven.
-    pub fn prove(mut self, d: Duration) -> Self {
-        self.cfg.prove = d;
-        self
-    }
-    event_setters!(.cfg);
-    /// Checks every value.
-    pub fn build(self) -> Result<Probe, ConfigError> {
-        let c = self.cfg;
-        check_bounds(c.start, c.min, c.max)?;
-        check_open("beta", c.beta, 0.0, 1.0)?;
-        check_open("margin", c.margin, 0.0, 0.5)?;
-        check_open("climb", c.climb, 0.0, 1.0)?;
-        check_duration("slow_start", c.slow_start)?;
-        check_duration("cruise", c.cruise)?;
-        check_duration("prove", c.prove)?;
-        check_duration("measure_window", c.measure_window)?;
-        if c.max_cruise < c.cruise {
-            return Err(ConfigError::MinAboveMax {
-                name: "cruise (seconds)",
-                min: c.cruise.as_secs_f64(),
-                max: c.max_cruise.as_secs_f64(),
-            });
-        }
-        Ok(Probe {
-            cfg: c,
-            rate: c.start,
-            phase: Phase::SlowStart {
-                at: Duration::ZERO,
-                from: c.start,
-            },
-            growth: Duration::ZERO,
-            last_seen: None,
-            event: ThrottleEvent::default(),
-            level: c.start,
-            proven: false,
-            floor: None,
-            cutting: false,
-            ceiling: None,
-            last_cut: None,
-            fresh_refusal: None,
-            storm_until: None,
-            cruise: c.cruise,
-            accepted: Window::new(c.measure_window),
-            sent: Window::new(c.measure_window),
-        })
-    }
-}
-
-impl RateController for Probe {
-    fn on_outcome(&mut self, now: Instant, signal: &Signal) -> Option<f64> {
-        let old = self.rate;
-        match observe(
-            now,
-            signal,
-            &mut self.last_seen,
-            &mut self.sent,
-            &mut self.accepted,
-        ) {
-            Observed::Transient => return None,
-            Observed::Throttled(retry_after) => self.on_throttle(now, retry_after),
-            Observed::Accepted(dt) => {
-                self.growth += dt;
-                self.advance_phase();
-                let sent = self.sent.rate(now);
-                self.rate =
-                    grow_towards(self.target(), self.rate, sent, self.cfg.min, self.cfg.max);
-            }
-        }
-        (self.rate != old).then_some(self.rate)
+        self.p.rate = self.level;
+        self.p.event.begin(now, retry_after, self.cfg.event_hold);
     }
 
-    fn rate(&self) -> f64 {
-        self.rate
+    fn on_overloaded(&mut self) {
+        let level = match self.phase {
+            // The climb overloaded the server: back to the level it started from, as after a
+            // refused climb, but without reading a limit from it.
+            Phase::Climb { from, .. } => from,
+            // Stop doubling where the server asked for a pause.
+            Phase::SlowStart { .. } => self.p.rate,
+            // At a level that worked or is being tested: the pause says nothing about it.
+            Phase::Cruise { .. } => return,
+        };
+        self.cruise_at(level);
+        self.p.rate = self.level;
     }
 
-    fn bounds(&self) -> (f64, f64) {
-        (self.cfg.min, self.cfg.max)
-    }
-
-    fn reset(&mut self, _now: Instant, rate: f64) {
-        self.rate = clamp(rate, self.cfg.min, self.cfg.max);
+    fn restart(&mut self) {
         self.floor = None;
         self.cutting = false;
         self.ceiling = None;
@@ -500,13 +518,11 @@ impl RateController for Probe {
         self.fresh_refusal = None;
         self.storm_until = None;
         self.cruise = self.cfg.cruise;
-        self.cruise_at(self.rate);
-        self.event.end_hold();
+        self.cruise_at(self.p.rate);
     }
 
-    fn limit_max(&mut self, max: f64) {
-        lower_max((&mut self.cfg.min, &mut self.cfg.max), &mut self.rate, max);
-        self.level = clamp(self.level, self.cfg.min, self.cfg.max);
+    fn bounds_lowered(&mut self) {
+        self.level = clamp(self.level, self.p.min, self.p.max);
     }
 }
 
@@ -514,14 +530,26 @@ impl RateController for Probe {
 mod tests {
     use super::*;
 
-    fn ok() -> Signal {
-        Signal::Success { headers: None }
-    }
+    use crate::adaptive::controller::test_signals::{ok, throttled_for};
+
+    /// A 429 with the whole-second `Retry-After` servers send.
     fn throttled() -> Signal {
-        Signal::Throttled {
-            retry_after: Some(Duration::from_secs(1)),
-            headers: None,
-        }
+        throttled_for(Some(Duration::from_secs(1)))
+    }
+
+    /// A probe from 40/s whose slow start ended with a 429 after 500 ms of successes every
+    /// `step`: the probe, the time of the 429 and the level.
+    fn slow_start_ended_at_40(step: Duration) -> (Probe, Instant, f64) {
+        let mut c = Probe::new(40.0, 1.0, 500.0).unwrap();
+        let t = succeed(&mut c, Instant::now(), Duration::from_millis(500), step);
+        c.on_outcome(t, &throttled());
+        let level = c.level().unwrap();
+        (c, t, level)
+    }
+
+    /// Successes every `step` for `d` from the end of the one-second hold of a 429 at `t`.
+    fn after_hold(c: &mut Probe, t: Instant, d: Duration, step: Duration) -> Instant {
+        succeed(c, t + Duration::from_secs(1), d, step)
     }
 
     /// Feeds successes every `step` from `t` for `d`; returns the end time.
@@ -564,12 +592,7 @@ mod tests {
         }
         assert_eq!(c.level(), Some(level));
         // Held for the prove time, the level is the floor; a 429 there means the limit moved.
-        let t = succeed(
-            &mut c,
-            t + Duration::from_secs(1),
-            Duration::from_secs(11),
-            step,
-        );
+        let t = after_hold(&mut c, t, Duration::from_secs(11), step);
         assert_eq!(c.rate(), level);
         c.on_outcome(t, &throttled());
         assert!((c.rate() - 0.7 * level).abs() < 1e-9);
@@ -581,38 +604,20 @@ mod tests {
 
     #[test]
     fn a_fresh_estimate_refused_late_only_steps_down_by_the_margin() {
-        let t0 = Instant::now();
-        let mut c = Probe::new(40.0, 1.0, 500.0).unwrap();
         let step = Duration::from_millis(25);
-        let t = succeed(&mut c, t0, Duration::from_millis(500), step);
-        c.on_outcome(t, &throttled());
-        let level = c.level().unwrap();
+        let (mut c, t, level) = slow_start_ended_at_40(step);
         // Survived 4 s after the hold: over by about margin / 4 s, cut by margin / 2.
-        let t = succeed(
-            &mut c,
-            t + Duration::from_secs(1),
-            Duration::from_secs(4),
-            step,
-        );
+        let t = after_hold(&mut c, t, Duration::from_secs(4), step);
         c.on_outcome(t, &throttled());
         assert!((c.rate() - 0.975 * level).abs() < 1e-6, "{}", c.rate());
     }
 
     #[test]
     fn climbs_are_slow_and_a_stable_limit_keeps_the_level_that_worked() {
-        let t0 = Instant::now();
-        let mut c = Probe::new(40.0, 1.0, 500.0).unwrap();
         let step = Duration::from_millis(10);
-        let t = succeed(&mut c, t0, Duration::from_millis(500), step);
-        c.on_outcome(t, &throttled());
-        let level = c.level().unwrap();
+        let (mut c, t, level) = slow_start_ended_at_40(step);
         // Cruise (15 s, counting the hold), then climb at 2% per second.
-        let t = succeed(
-            &mut c,
-            t + Duration::from_secs(1),
-            Duration::from_secs(13),
-            step,
-        );
+        let t = after_hold(&mut c, t, Duration::from_secs(13), step);
         assert_eq!(c.rate(), level);
         let t = succeed(&mut c, t, Duration::from_secs(4), step);
         let climbed = c.rate() / level;
@@ -622,12 +627,7 @@ mod tests {
         let level = c.rate();
         assert_eq!(level, (0.95 * sending).max(sending / climbed));
         // The next climb comes after another cruise and finds the same limit: level kept.
-        let t = succeed(
-            &mut c,
-            t + Duration::from_secs(1),
-            Duration::from_secs(17),
-            step,
-        );
+        let t = after_hold(&mut c, t, Duration::from_secs(17), step);
         assert!(c.rate() > level && (c.rate() - sending).abs() < 0.1 * sending);
         c.on_outcome(t, &throttled());
         assert_eq!(c.rate(), level);
@@ -653,32 +653,48 @@ mod tests {
         let t = succeed(&mut c, Instant::now(), Duration::from_millis(500), step);
         c.on_outcome(t, &throttled());
         let level = c.level().unwrap();
-        let t = succeed(
-            &mut c,
-            t + Duration::from_secs(1),
-            Duration::from_secs(1),
-            step,
-        );
+        let t = after_hold(&mut c, t, Duration::from_secs(1), step);
         c.on_outcome(t, &throttled());
         assert!(c.rate() < level);
-        let mut t = succeed(
-            &mut c,
-            t + Duration::from_secs(1),
-            Duration::from_secs(1),
-            step,
-        );
+        let mut t = after_hold(&mut c, t, Duration::from_secs(1), step);
         c.on_outcome(t, &throttled());
         assert_eq!(c.rate(), level);
         for _ in 0..5 {
-            t = succeed(
-                &mut c,
-                t + Duration::from_secs(1),
-                Duration::from_secs(1),
-                step,
-            );
+            t = after_hold(&mut c, t, Duration::from_secs(1), step);
             c.on_outcome(t, &throttled());
             assert_eq!(c.rate(), level);
         }
+    }
+
+    /// Issue 15.3: a 503 with `Retry-After` during a climb sends the rate back to the level
+    /// the climb started from (not below it), makes no cut while cruising, and the pause does
+    /// not count as growth time, so it cannot end a cruise early.
+    #[test]
+    fn a_server_told_pause_ends_a_climb_without_a_cut_and_is_not_growth_time() {
+        let step = Duration::from_millis(10);
+        let (mut c, t, level) = slow_start_ended_at_40(step);
+        // 11 s of the 15 s cruise (the hold counts), then a 10 s pause: no cut.
+        let t = after_hold(&mut c, t, Duration::from_secs(10), step);
+        let pause = Signal::Overloaded {
+            retry_after: Duration::from_secs(10),
+        };
+        assert_eq!(c.on_outcome(t, &pause), None);
+        // A response already in flight during the pause moves nothing either.
+        c.on_outcome(t + Duration::from_secs(1), &ok());
+        // 3 s more of successes after the pause: still cruising (had the pause counted, the
+        // climb would have started 10 s ago).
+        let t = succeed(
+            &mut c,
+            t + Duration::from_secs(10),
+            Duration::from_secs(3),
+            step,
+        );
+        assert_eq!(c.rate(), level);
+        // The climb starts once 15 s of growth have passed; a pause sends it back.
+        let t = succeed(&mut c, t, Duration::from_secs(4), step);
+        assert!(c.rate() > level);
+        assert_eq!(c.on_outcome(t, &pause), Some(level));
+        assert_eq!(c.level(), Some(level));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
@@ -59,21 +59,23 @@ impl<B: Bucket + Clone, C: Classify> AdaptiveLayer<B, C> {
 
     /// Feeds one response, seen as its status and headers, to the controller and the bucket;
     /// shared with clients whose responses are not `http::Response` (the reqwest adapter).
-    pub(crate) fn observe_parts(&self, status: StatusCode, headers: &HeaderMap) {
+    pub(crate) fn observe_parts(&self, status: StatusCode, headers_in: &HeaderMap) {
         let wall = SystemTime::now();
-        let outcome = self.classifier.classify_response(status, headers, wall);
-        let headers = rate_limit_info(headers, wall).map(|i| HeaderInfo::from(&i));
+        let outcome = self.classifier.classify_response(status, headers_in, wall);
+        let headers = rate_limit_info(headers_in, wall).map(|i| HeaderInfo::from(&i));
         let signal = match outcome {
             Outcome::Success => Signal::Success { headers },
             Outcome::RateLimited { retry_after } => Signal::Throttled {
-                // The same cap as the retry policy's, so both hold the bucket alike.
-                retry_after: match (retry_after, self.max_hold) {
-                    (Some(wait), Some(cap)) => Some(wait.min(cap)),
-                    (wait, _) => wait,
-                },
+                retry_after: retry_after.map(|wait| self.cap_hold(wait)),
                 headers,
             },
-            Outcome::Transient => Signal::Transient,
+            // A 503 with `Retry-After`: the server asked every caller for a pause.
+            Outcome::Transient => match self.classifier.transient_wait(status, headers_in, wall) {
+                Some(wait) if !wait.is_zero() => Signal::Overloaded {
+                    retry_after: self.cap_hold(wait),
+                },
+                _ => Signal::Transient,
+            },
             // A 400 or 404 says nothing about the rate.
             Outcome::Permanent => return,
         };
@@ -86,6 +88,11 @@ impl<B: Bucket + Clone, C: Classify> AdaptiveLayer<B, C> {
         }
     }
 
+    /// The same cap as the retry policy's, so both hold the bucket alike.
+    fn cap_hold(&self, wait: Duration) -> Duration {
+        self.max_hold.map_or(wait, |cap| wait.min(cap))
+    }
+
     fn feed(&self, signal: &Signal) {
         let now = Instant::now();
         let new_rate = lock(&self.controller).on_outcome(now, signal);
@@ -96,13 +103,17 @@ impl<B: Bucket + Clone, C: Classify> AdaptiveLayer<B, C> {
                 tracing::warn!(rate, error = %e, "adaptive controller returned an invalid rate");
             }
         }
-        if let Signal::Throttled {
-            retry_after: Some(wait),
-            ..
-        } = signal
-        {
+        let wait = match signal {
+            Signal::Throttled {
+                retry_after: Some(wait),
+                ..
+            }
+            | Signal::Overloaded { retry_after: wait } => Some(*wait),
+            _ => None,
+        };
+        if let Some(wait) = wait {
             if self.hold_on_retry_after && !wait.is_zero() {
-                if let Some(until) = now.checked_add(*wait) {
+                if let Some(until) = now.checked_add(wait) {
                     self.bucket.hold_until(until);
                 }
             }

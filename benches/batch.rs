@@ -2,7 +2,7 @@
 //! call) against one record per request through the same stack and against the naive
 //! sleep-on-429 loop, in one criterion run against the same mock API.
 //!
-//! Run: `cargo bench --bench batch --features mock`
+//! Run: `cargo bench -p tower-throttle-benches --bench batch`
 //!
 //! The mock allows 1,000 requests per second (sliding window), for single and batch calls
 //! alike; each sample imports 2,000 records, and criterion's throughput is records per

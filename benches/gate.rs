@@ -3,7 +3,7 @@
 //! Every limiter is configured far above the load (1e9 per second with a burst of `u32::MAX`),
 //! so each call is admitted and what is measured is the bookkeeping, never a wait.
 //!
-//! Run: `cargo bench --bench gate -- --warm-up-time 1 --measurement-time 3`
+//! Run: `cargo bench -p tower-throttle-benches --bench gate -- --warm-up-time 1 --measurement-time 3`
 //!
 //! Each group shows ours on both clocks: `ours/*` is the default `Clock::Tokio` and
 //! `ours_fast/*` is `Clock::Fast` (quanta's TSC read, the clock governor uses), next to
@@ -24,9 +24,9 @@
 //!   the decision hidden behind the read; the instruction counts in
 //!   `examples/admit_instructions.rs` tell them apart.
 //!
-//! About the default clock: it reads `tokio::time::Instant::now()`. The dev-dependencies enable
-//! tokio's `test-util`, which routes that call through the runtime's pausable clock; a user's
-//! release build does not have `test-util`. tokio short-cuts the pausable path with one atomic
+//! About the default clock: it reads `tokio::time::Instant::now()`. This crate enables tokio's
+//! `test-util` (as the main crate's dev-dependencies do), which routes that call through the
+//! runtime's pausable clock; a user's release build does not have `test-util`. tokio short-cuts the pausable path with one atomic
 //! load while no clock has ever been paused (true in this process), so here it costs an
 //! `std::time::Instant::now()` plus that load. The `clock/*` rows show the read on its own and
 //! the `*_fixed_now` rows isolate the bucket arithmetic and compare-and-swap from it. governor's

@@ -1,7 +1,7 @@
 //! The whole stack against raw hyper on loopback, limits far above the load: what does
 //! throttling cost when it does not throttle? Target: at least 95% of raw throughput.
 //!
-//! Run: `cargo bench --bench stack --features mock -- --warm-up-time 1 --measurement-time 5`
+//! Run: `cargo bench -p tower-throttle-benches --bench stack -- --warm-up-time 1 --measurement-time 5`
 //!
 //! Each iteration sends a batch of 64 concurrent requests to the mock server (no limit, no
 //! latency) and waits for all answers; criterion reports time per batch, so the ratio of two

@@ -117,6 +117,12 @@ pub mod timeout;
 mod server_limit;
 mod sync;
 
+// Every Rust snippet of the README compiles as written (imports included) and, where it needs
+// no server, runs: `cargo test --doc` fails on a README that drifts from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme_doctests {}
+
 pub use adaptive::AdaptiveLayer;
 pub use backoff::{Backoff, Jitter};
 pub use batch::BatchLayer;

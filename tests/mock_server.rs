@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower_throttle::mock::{MockServer, RateHeaders, RetryAfterFormat, ServerLimit};
+use tower_throttle::mock::{MockServer, RateHeaders, RetryAfterFormat, ServerLimit, StartError};
 use tower_throttle::ConfigError;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -446,11 +446,9 @@ async fn invalid_configuration_is_a_typed_error() {
         .start()
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
-    let inner = err.get_ref().and_then(|e| e.downcast_ref::<ConfigError>());
     assert!(matches!(
-        inner,
-        Some(ConfigError::OutOfRange {
+        err,
+        StartError::Config(ConfigError::OutOfRange {
             name: "fail_ratio",
             ..
         })
@@ -473,4 +471,28 @@ async fn random_latency_does_not_change_failures() {
         .await
         .unwrap();
     assert_eq!(statuses(&client(), &server, "/", 30).await, plain);
+}
+
+/// A second server on a taken port used to fail with `Os { code: 98, kind: AddrInUse, .. }`,
+/// which names neither the address nor what to do.
+#[tokio::test]
+async fn bind_error_names_the_address_and_the_reason_not_os_code_98() {
+    let first = MockServer::builder().start().await.unwrap();
+    let taken = first.addr();
+    let err = MockServer::builder().bind(taken).start().await.unwrap_err();
+    let StartError::Bind { addr, ref source } = err else {
+        panic!("expected a bind error, got {err}");
+    };
+    assert_eq!(addr, taken);
+    assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
+    for shown in [err.to_string(), format!("{err:?}")] {
+        assert!(shown.contains(&taken.to_string()), "{shown}");
+        assert!(shown.contains("already in use"), "{shown}");
+        assert!(!shown.contains("Os {"), "{shown}");
+    }
+    // `?` into an `io::Result` keeps the kind and the message.
+    let io: std::io::Error = err.into();
+    assert_eq!(io.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(io.to_string().contains(&taken.to_string()), "{io}");
+    first.shutdown().await;
 }

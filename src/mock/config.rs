@@ -1,10 +1,10 @@
 //! The builder: every knob of the mock server, checked before anything is bound.
 
-use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use super::batch::BatchEndpoint;
+use super::error::StartError;
 use super::server::MockServer;
 use crate::server_limit::ServerLimit;
 use crate::ConfigError;
@@ -293,16 +293,14 @@ impl MockServerBuilder {
     /// Binds the listener and starts serving on the current tokio runtime.
     ///
     /// # Errors
-    /// An [`io::ErrorKind::InvalidInput`] error wrapping the [`ConfigError`] from
-    /// [`check`](MockServerBuilder::check) (get it back with
-    /// `err.get_ref().and_then(|e| e.downcast_ref::<ConfigError>())`), or the error from
-    /// binding the socket.
+    /// [`StartError::Config`] with the [`ConfigError`] from
+    /// [`check`](MockServerBuilder::check), or [`StartError::Bind`] naming the address that
+    /// could not be bound and why (converts into an `io::Error` for `?` in an `io::Result`).
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub async fn start(self) -> io::Result<MockServer> {
-        self.check()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    pub async fn start(self) -> Result<MockServer, StartError> {
+        self.check()?;
         MockServer::start(self).await
     }
 }

@@ -74,11 +74,13 @@
 
 mod batch;
 mod config;
+mod error;
 mod server;
 mod stats;
 
 pub use crate::server_limit::{Decision, ServerLimit, ServerLimiter};
 pub use batch::{BatchEndpoint, BatchShape};
 pub use config::{MockServerBuilder, RateHeaders, RetryAfterFormat, DEFAULT_SEED};
+pub use error::StartError;
 pub use server::MockServer;
 pub use stats::{max_in_any_window, MockStats, MAX_RECORDED};

@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +24,7 @@ use tokio::time::Instant;
 
 use super::batch::{BatchEndpoint, ItemVerdict};
 use super::config::{MockServerBuilder, RateHeaders, RetryAfterFormat};
+use super::error::StartError;
 use super::stats::{max_in_any_window, MockStats, MAX_RECORDED};
 use crate::server_limit::{Decision, ServerLimit, ServerLimiter};
 
@@ -140,9 +140,14 @@ impl MockServer {
         MockServerBuilder::new()
     }
 
-    pub(crate) async fn start(cfg: MockServerBuilder) -> io::Result<MockServer> {
-        let listener = TcpListener::bind(cfg.addr).await?;
-        let addr = listener.local_addr()?;
+    pub(crate) async fn start(cfg: MockServerBuilder) -> Result<MockServer, StartError> {
+        let asked = cfg.addr;
+        let bind_error = |source| StartError::Bind {
+            addr: asked,
+            source,
+        };
+        let listener = TcpListener::bind(cfg.addr).await.map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
         let mut state = State {
             default: ServerLimiter::new(cfg.limit),
             routes: HashMap::new(),

@@ -1,6 +1,6 @@
 //! Memory per key of a keyed limiter with 1,000,000 live keys: ours and governor's.
 //!
-//! Run: `cargo run --release --example keyed_memory`
+//! Run: `cargo run --release -p tower-throttle-benches --example keyed_memory`
 //!
 //! Each contender runs in its own child process (this binary re-executed with its name), so
 //! memory one of them freed cannot be reused by the next and flatter its number. Memory is the

@@ -1,14 +1,15 @@
 //! Instruction counts of the admit path, for `valgrind --tool=callgrind`: stable on a loaded
 //! machine where wall-clock benchmarks are noisy.
 //!
-//! Run: `cargo build --release --example admit_instructions`, then for each contender
+//! Run: `cargo build --release -p tower-throttle-benches --example admit_instructions`, then
+//! for each contender
 //! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='admit_instructions::measured*'
 //! --callgrind-out-file=/dev/null target/release/examples/admit_instructions NAME 100000`;
 //! the instructions collected divided by 100000 is the cost of one admit. Only the loop is
 //! counted (not setup, nor quanta's one-off calibration). Under valgrind the OS clock is a
 //! system call (no vDSO) whose kernel side is not counted: these are user-space instructions.
 
-#[path = "../benches/support/mod.rs"]
+#[path = "../support/mod.rs"]
 mod support;
 
 use support::{gquota, quota, Noop};

@@ -2,9 +2,9 @@
 //! the naive sleep-on-429 loop, in three scenarios. Prints a Markdown table (BENCHMARKS.md).
 //!
 //! ```sh
-//! cargo run --release --example goodput --features mock            # 10 s per row
-//! cargo run --release --example goodput --features mock -- --secs 30
-//! cargo run --release --example goodput --features mock -- --secs 40 --scenario leaky20 --contender tower-throttle
+//! cargo run --release -p tower-throttle-benches --example goodput        # 10 s per row
+//! cargo run --release -p tower-throttle-benches --example goodput -- --secs 30
+//! cargo run --release -p tower-throttle-benches --example goodput -- --secs 40 --scenario leaky20 --contender tower-throttle
 //! ```
 //!
 //! * **known**: the server allows 100/s (token bucket, burst 10) and the client is told so.

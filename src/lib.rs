@@ -112,8 +112,8 @@ pub mod rate_limit;
 pub mod reqwest;
 pub mod retry;
 pub mod timeout;
-// The mock server's limiters, also used by the always-built adaptive simulation.
-#[cfg_attr(not(feature = "mock"), allow(dead_code, unreachable_pub))]
+// The mock server's limiters, also used by the adaptive simulation (both feature `mock`).
+#[cfg(feature = "mock")]
 mod server_limit;
 mod sync;
 

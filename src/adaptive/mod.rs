@@ -173,6 +173,7 @@ mod header_driven;
 mod layer;
 mod probe;
 mod service;
+#[cfg(feature = "mock")]
 pub mod sim;
 
 pub use aimd::{Aimd, AimdBuilder};

@@ -15,8 +15,9 @@
 //! beyond it; fails `--fail-ratio` of requests with 503 and, inside accepted batches,
 //! `--item-fail-ratio` of the users transiently (a 207 naming them).
 
+use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,24 +29,13 @@ use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_throttle::batch::{BatchLayer, CustomerIoBatch};
+use tower_throttle::bulk::short_duration;
 use tower_throttle::mock::{BatchEndpoint, MockServer, RetryAfterFormat, ServerLimit};
 use tower_throttle::{
     run_bulk, AdaptiveLayer, Backoff, BulkOptions, BulkReport, DeadLetterLayer, DeadLetterStore,
-    FileStore, LocalBucket, QueueLayer, Quota, RateLimitLayer, RetryLayer, RetryPolicy, Stats,
+    FileStore, LocalBucket, Progress, QueueLayer, Quota, RateLimitLayer, RetryLayer, RetryPolicy,
+    Stats,
 };
-
-const USAGE: &str = "\
-usage: bulk_import [--count N] [--rate R] [--batch-size B] [--fail-ratio F]
-                   [--item-fail-ratio F] [--no-batch | --naive]
-
-  --count N            users to import (default 10000)
-  --rate R             the mock API's limit, requests per second (default 100)
-  --batch-size B       users per batch call (default 100)
-  --fail-ratio F       share of requests answered 503 (default 0.02)
-  --item-fail-ratio F  share of users in a batch failed transiently (default 0.01)
-  --no-batch           one user per request, through the same stack
-  --naive              the sleep-on-429 loop, one user per request
-  -h, --help           this text";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -63,32 +53,93 @@ struct Args {
     mode: Mode,
 }
 
-fn parse_args() -> Result<Option<Args>, String> {
-    let mut args = Args {
-        count: 10_000,
-        rate: 100,
-        batch_size: 100,
-        fail_ratio: 0.02,
-        item_fail_ratio: 0.01,
-        mode: Mode::Batched,
+/// How often the plain progress line is printed when stdout is not a terminal.
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+/// The command line; `--help` prints it (and exits 0), a bad value names the flag.
+fn cli() -> clap::Command {
+    use clap::{value_parser, Arg, ArgAction, Command};
+    let ratio = |s: &str| -> Result<f64, String> {
+        let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+        (0.0..=1.0)
+            .contains(&v)
+            .then_some(v)
+            .ok_or_else(|| "a share from 0 to 1".to_string())
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value\n\n{USAGE}"));
-        let bad = |e: &dyn std::fmt::Display| format!("{flag}: {e}");
-        match flag.as_str() {
-            "--count" => args.count = value()?.parse().map_err(|e| bad(&e))?,
-            "--rate" => args.rate = value()?.parse().map_err(|e| bad(&e))?,
-            "--batch-size" => args.batch_size = value()?.parse().map_err(|e| bad(&e))?,
-            "--fail-ratio" => args.fail_ratio = value()?.parse().map_err(|e| bad(&e))?,
-            "--item-fail-ratio" => args.item_fail_ratio = value()?.parse().map_err(|e| bad(&e))?,
-            "--no-batch" => args.mode = Mode::OnePerRequest,
-            "--naive" => args.mode = Mode::Naive,
-            "-h" | "--help" => return Ok(None),
-            other => return Err(format!("unknown flag {other}\n\n{USAGE}")),
-        }
+    Command::new("bulk_import")
+        .about("Import users into a mock Customer.io-like API")
+        .arg(
+            Arg::new("count")
+                .long("count")
+                .value_name("N")
+                .value_parser(value_parser!(u64).range(1..))
+                .default_value("10000")
+                .help("users to import"),
+        )
+        .arg(
+            Arg::new("rate")
+                .long("rate")
+                .value_name("R")
+                .value_parser(value_parser!(u32).range(1..))
+                .default_value("100")
+                .help("the mock API's limit, requests/s"),
+        )
+        .arg(
+            Arg::new("batch-size")
+                .long("batch-size")
+                .value_name("B")
+                .value_parser(value_parser!(usize))
+                .default_value("100")
+                .help("users per batch call"),
+        )
+        .arg(
+            Arg::new("fail-ratio")
+                .long("fail-ratio")
+                .value_name("F")
+                .value_parser(ratio)
+                .default_value("0.02")
+                .help("share of requests answered 503"),
+        )
+        .arg(
+            Arg::new("item-fail-ratio")
+                .long("item-fail-ratio")
+                .value_name("F")
+                .value_parser(ratio)
+                .default_value("0.01")
+                .help("share of users failed in a batch"),
+        )
+        .arg(
+            Arg::new("no-batch")
+                .long("no-batch")
+                .action(ArgAction::SetTrue)
+                .conflicts_with("naive")
+                .help("one user per request, same stack"),
+        )
+        .arg(
+            Arg::new("naive")
+                .long("naive")
+                .action(ArgAction::SetTrue)
+                .help("the sleep-on-429 loop, one per request"),
+        )
+}
+
+fn parse_args() -> Args {
+    let m = cli().get_matches();
+    let mode = if m.get_flag("naive") {
+        Mode::Naive
+    } else if m.get_flag("no-batch") {
+        Mode::OnePerRequest
+    } else {
+        Mode::Batched
+    };
+    Args {
+        count: *m.get_one("count").expect("has a default"),
+        rate: *m.get_one("rate").expect("has a default"),
+        batch_size: *m.get_one("batch-size").expect("has a default"),
+        fail_ratio: *m.get_one("fail-ratio").expect("has a default"),
+        item_fail_ratio: *m.get_one("item-fail-ratio").expect("has a default"),
+        mode,
     }
-    Ok(Some(args))
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -116,13 +167,66 @@ fn user_entity(server: &MockServer, id: u64) -> http::Request<Full<Bytes>> {
         .expect("valid request")
 }
 
+/// A bar on a terminal; nothing when stdout is a pipe, a file or a CI log (the plain lines of
+/// [`Reporter`] go there instead).
 fn progress_bar(count: u64) -> ProgressBar {
+    if !std::io::stdout().is_terminal() {
+        return ProgressBar::hidden();
+    }
     let bar = ProgressBar::new(count);
+    // 24 + 1 + 11 + 1 + a message of at most about 40 columns: within 80 for 10,000 users.
+    // The ETA is the message's (`Progress::eta_label`), not indicatif's, which reads "0s"
+    // while the last retries wait out their backoff.
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} eta {eta}")
-            .expect("valid template"),
+        ProgressStyle::with_template("{bar:24} {pos}/{len} {msg}").expect("valid template"),
     );
     bar
+}
+
+/// Shows progress: the bar on a terminal, else a plain line every [`PLAIN_EVERY`] and at
+/// the end.
+#[derive(Clone)]
+struct Reporter {
+    bar: ProgressBar,
+    plain: bool,
+    /// When the last plain line was printed, and at what count.
+    last_line: Arc<Mutex<Option<(Duration, u64)>>>,
+}
+
+impl Reporter {
+    fn new(count: u64) -> Self {
+        Reporter {
+            bar: progress_bar(count),
+            plain: !std::io::stdout().is_terminal(),
+            last_line: Arc::default(),
+        }
+    }
+
+    fn update(&self, p: &Progress) {
+        self.bar.set_position(p.processed);
+        self.bar.set_message(format!(
+            "{:.0}/s {} failed {} dead-lettered {}",
+            p.rate_per_sec,
+            p.failed,
+            p.dead_lettered,
+            p.eta_label()
+        ));
+        if self.plain {
+            let mut last = self.last_line.lock().expect("not poisoned");
+            let (at, count) = last.unwrap_or_default();
+            let due = p.elapsed.saturating_sub(at) >= PLAIN_EVERY;
+            // The last job and the end of the run both report the final count: one line.
+            let finished = p.remaining() == Some(0) && (last.is_none() || count != p.processed);
+            if due || finished {
+                *last = Some((p.elapsed, p.processed));
+                println!("{p}");
+            }
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish();
+    }
 }
 
 /// What a run reports, whatever the mode.
@@ -132,6 +236,9 @@ struct Totals {
     dead_lettered: u64,
     retries: u64,
     elapsed: Duration,
+    /// What the mode has to say beyond the counts (batch calls, the adaptive rate, where
+    /// the dead letters are), printed after them.
+    notes: Vec<String>,
 }
 
 impl Totals {
@@ -142,19 +249,14 @@ impl Totals {
             dead_lettered: report.dead_lettered,
             retries,
             elapsed: report.elapsed,
+            notes: Vec::new(),
         }
     }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), tower::BoxError> {
-    let args = match parse_args()? {
-        Some(args) => args,
-        None => {
-            println!("{USAGE}");
-            return Ok(());
-        }
-    };
+    let args = parse_args();
     let server = MockServer::builder()
         .limit(ServerLimit::sliding_window(
             args.rate,
@@ -175,19 +277,22 @@ async fn main() -> Result<(), tower::BoxError> {
     } else {
         1
     };
+    // Two short lines rather than one of 130 columns.
     println!(
-        "importing {} users into a mock API limited to {}/s (sliding window), {:.0}% 503s: {}",
-        args.count,
-        args.rate,
+        "importing {} users into a mock API at {} requests/s (sliding window)",
+        args.count, args.rate
+    );
+    println!(
+        "{:.0}% of requests answered 503; {}",
         args.fail_ratio * 100.0,
         match args.mode {
             Mode::Batched => format!(
-                "batches of {} (BatchLayer), {:.0}% of users failed inside a batch",
+                "batches of {}, {:.0}% of users failed in a batch",
                 args.batch_size,
                 args.item_fail_ratio * 100.0
             ),
-            Mode::OnePerRequest => "one user per request (full stack)".into(),
-            Mode::Naive => "naive sleep-on-429 loop".into(),
+            Mode::OnePerRequest => "one user per request, full stack".into(),
+            Mode::Naive => "the naive sleep-on-429 loop".into(),
         }
     );
     let totals = match args.mode {
@@ -199,31 +304,34 @@ async fn main() -> Result<(), tower::BoxError> {
     let secs = totals.elapsed.as_secs_f64();
     let records_per_sec = totals.delivered as f64 / secs;
     let bound = f64::from(args.rate) * per_request as f64;
+    // Delivered and lost first: what a reader looks for.
     println!();
     println!("delivered        {}/{}", totals.delivered, args.count);
     println!("lost             {}", totals.lost);
     println!("dead letters     {}", totals.dead_lettered);
+    println!("import time      {:.2?}", totals.elapsed);
+    println!(
+        "records/s        {records_per_sec:.0}, {:.1}% of the bound {bound:.0} ({} x {per_request})",
+        100.0 * records_per_sec / bound,
+        args.rate,
+    );
     println!("retries          {}", totals.retries);
     println!(
-        "server saw       {} requests: {} answered 429, {} answered 503",
-        stats.received, stats.rate_limited, stats.failed
+        "server saw       {} requests: {} answered 429 ({:.2}%), {} answered 503",
+        stats.received,
+        stats.rate_limited,
+        100.0 * stats.rate_limited as f64 / stats.received.max(1) as f64,
+        stats.failed
     );
     if args.mode == Mode::Batched {
         println!(
-            "                 {} users in batches ({} failed transiently and re-batched), {} written, {} written twice",
+            "users in batches {} ({} failed and re-batched), {} written, {} twice",
             stats.items_received, stats.items_failed, stats.items_accepted, stats.duplicate_ids
         );
     }
-    println!(
-        "429 share        {:.2}% of requests",
-        100.0 * stats.rate_limited as f64 / stats.received.max(1) as f64
-    );
-    println!(
-        "records/s        {records_per_sec:.0} delivered vs a bound of {bound:.0} ({} req/s x {per_request} per request): {:.1}%",
-        args.rate,
-        100.0 * records_per_sec / bound
-    );
-    println!("import time      {:.2?}", totals.elapsed);
+    for note in &totals.notes {
+        println!("{note}");
+    }
     server.shutdown().await;
     Ok(())
 }
@@ -236,38 +344,33 @@ async fn dead_letter_store() -> Result<(Arc<FileStore>, std::path::PathBuf), tow
     Ok((store, dir))
 }
 
-async fn report_dead_letters(
+/// Where the dead letters are, if any (else the file is removed).
+async fn dead_letter_note(
     store: &FileStore,
     dir: &std::path::Path,
-) -> Result<(), tower::BoxError> {
+) -> Result<Option<String>, tower::BoxError> {
     let letters = store.len().await?;
     if letters > 0 {
-        println!(
-            "{letters} dead letters kept in {} (replay with tower_throttle::replay)",
+        Ok(Some(format!(
+            "dead letters in  {} (replay with tower_throttle::replay)",
             store.path().display()
-        );
+        )))
     } else {
         let _ = std::fs::remove_dir_all(dir);
+        Ok(None)
     }
-    Ok(())
 }
 
 fn bulk_options<B: 'static>(
-    bar: &ProgressBar,
+    reporter: &Reporter,
     count: u64,
     concurrency: usize,
 ) -> BulkOptions<http::Response<B>> {
-    let bar = bar.clone();
+    let reporter = reporter.clone();
     BulkOptions::default()
         .concurrency(concurrency)
         .total(count)
-        .on_progress(move |p| {
-            bar.set_position(p.processed);
-            bar.set_message(format!(
-                "{:.0}/s, {} failed, {} dead-lettered",
-                p.rate_per_sec, p.failed, p.dead_lettered
-            ));
-        })
+        .on_progress(move |p| reporter.update(p))
 }
 
 /// Batches: dead letters per user, `BatchLayer` (Customer.io v2 batches of `--batch-size`),
@@ -300,19 +403,25 @@ async fn batched(
         .layer(RateLimitLayer::with_bucket(bucket).with_stats(stats.clone()))
         .service(client);
 
-    let bar = progress_bar(args.count);
+    let reporter = Reporter::new(args.count);
     let jobs = stream::iter((0..args.count).map(|id| user_entity(server, id)));
     // Enough users in flight to fill every batch the gate admits while others are answered.
     let concurrency = (args.batch_size * 20).max(64);
-    let report = run_bulk(jobs, stack, bulk_options(&bar, args.count, concurrency)).await;
-    bar.finish();
-    println!(
-        "\n{} batch calls, {} users re-batched after a transient failure",
+    let report = run_bulk(
+        jobs,
+        stack,
+        bulk_options(&reporter, args.count, concurrency),
+    )
+    .await;
+    reporter.finish();
+    let mut totals = Totals::of(&report, stats.snapshot().retries());
+    totals.notes.push(format!(
+        "batch calls      {}, {} users re-batched after a transient failure",
         batch_stats.batches(),
         batch_stats.rebatched()
-    );
-    report_dead_letters(&store, &dir).await?;
-    Ok(Totals::of(&report, stats.snapshot().retries()))
+    ));
+    totals.notes.extend(dead_letter_note(&store, &dir).await?);
+    Ok(totals)
 }
 
 /// One user per request: dead letters, retry holding the shared bucket, adaptive rate, the
@@ -358,22 +467,26 @@ async fn one_per_request(
         )
         .service(client);
 
-    let bar = progress_bar(args.count);
+    let reporter = Reporter::new(args.count);
     let jobs = stream::iter((0..args.count).map(|id| user(server, id)));
-    let report = run_bulk(jobs, stack, bulk_options(&bar, args.count, 64)).await;
-    bar.finish();
+    let report = run_bulk(jobs, stack, bulk_options(&reporter, args.count, 64)).await;
+    reporter.finish();
     let snapshot = stats.snapshot();
-    println!("\nadaptive rate at the end: {:.1}/s", adaptive.rate());
-    println!(
-        "run health: {}",
+    let mut totals = Totals::of(&report, snapshot.retries());
+    totals.notes.push(format!(
+        "adaptive rate    {:.1}/s at the end",
+        adaptive.rate()
+    ));
+    totals.notes.push(format!(
+        "run health       {}",
         if snapshot.health().is_healthy() {
             "healthy".to_string()
         } else {
             format!("{:?}", snapshot.health().issues())
         }
-    );
-    report_dead_letters(&store, &dir).await?;
-    Ok(Totals::of(&report, snapshot.retries()))
+    ));
+    totals.notes.extend(dead_letter_note(&store, &dir).await?);
+    Ok(totals)
 }
 
 /// The recipe users come from: N workers, each sleeping on its own when it sees a 429 and
@@ -441,8 +554,31 @@ async fn naive(server: &MockServer, client: HttpClient, count: u64) -> Totals {
             }
         }));
     }
+    // No bar to draw into a pipe or a log: a plain line every few seconds instead.
+    let ticker = (!std::io::stdout().is_terminal()).then(|| {
+        let (delivered, lost) = (delivered.clone(), lost.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval_at(started + PLAIN_EVERY, PLAIN_EVERY);
+            loop {
+                let at = every.tick().await.duration_since(started);
+                let (ok, gone) = (
+                    delivered.load(Ordering::Relaxed),
+                    lost.load(Ordering::Relaxed),
+                );
+                println!(
+                    "[{}] {}/{count} {:.0}/s {gone} lost",
+                    short_duration(at),
+                    ok + gone,
+                    (ok + gone) as f64 / at.as_secs_f64(),
+                );
+            }
+        })
+    });
     for t in tasks {
         let _ = t.await;
+    }
+    if let Some(ticker) = ticker {
+        ticker.abort();
     }
     bar.finish();
     Totals {
@@ -451,5 +587,6 @@ async fn naive(server: &MockServer, client: HttpClient, count: u64) -> Totals {
         dead_lettered: 0,
         retries: retries.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
+        notes: Vec::new(),
     }
 }

@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release --example bulk_retries --features mock             # 5 s per row
 //! cargo run --release --example bulk_retries --features mock -- --secs 10 --rounds 3
+//! cargo run --release --example bulk_retries --features mock -- --rounds 7 --pairs-only
 //! ```
 //!
 //! Each row streams jobs (distinct `x-request-id`s) into [`run_bulk`] with 64 slots for
@@ -12,7 +13,10 @@
 //! answers that came back during the window, per second: the steady rate of the pipeline.
 //! "end to end" divides every delivery by the whole run, including the tail of retries that
 //! were still waiting out a backoff when the stream ended (the default policy's 1 s, 2 s, 4 s,
-//! ... with 25% jitter; a request refused four times in a row waits 15 s).
+//! ... with 25% jitter; a request refused four times in a row waits 15 s). "CPU per delivery"
+//! is the process's CPU time over the row (client and mock server) per delivered job: the
+//! rates move with whatever else the machine runs, the CPU cost much less. The summary gives
+//! the median and range of the deferred rows against the raw row before each.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +33,9 @@ use tower_throttle::mock::{MockServer, ServerLimit};
 use tower_throttle::{Quota, RateLimitLayer, RetryLayer, RetryPolicy};
 
 const SLOTS: usize = 64;
+const KNOWN_LIMIT: u32 = 200;
+const RAW: &str = "raw client";
+const DEFERRED: &str = "retry, deferred retries";
 
 struct Row {
     name: &'static str,
@@ -37,8 +44,25 @@ struct Row {
     in_window: u64,
     window: Duration,
     elapsed: Duration,
+    /// Process CPU time over the row, when the platform tells.
+    cpu: Option<Duration>,
     server_received: u64,
     server_distinct: u64,
+    /// The known-limit rows: answers 429.
+    rate_limited: Option<u64>,
+}
+
+impl Row {
+    fn window_rate(&self) -> f64 {
+        self.in_window as f64 / self.window.as_secs_f64()
+    }
+
+    /// Microseconds of CPU (client and server) per delivered job: unlike the rates, barely
+    /// moved by what else the machine runs.
+    fn cpu_per_delivery(&self) -> Option<f64> {
+        self.cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.delivered.max(1) as f64)
+    }
 }
 
 /// Runs jobs for `window` through `svc` and counts.
@@ -54,6 +78,7 @@ where
         + Clone,
     S::Error: Into<BoxError>,
 {
+    let cpu_before = cpu_time();
     let start = Instant::now();
     let in_window = Arc::new(AtomicU64::new(0));
     let counter = in_window.clone();
@@ -88,8 +113,12 @@ where
         in_window: in_window.load(Ordering::Relaxed),
         window,
         elapsed: start.elapsed(),
+        cpu: cpu_time()
+            .zip(cpu_before)
+            .map(|(after, before)| after.saturating_sub(before)),
         server_received: stats.received,
         server_distinct: stats.distinct_ids,
+        rate_limited: None,
     }
 }
 
@@ -102,22 +131,41 @@ async fn unlimited_with_failures() -> MockServer {
         .expect("mock server")
 }
 
+/// The command line; `--help` prints it.
+fn cli() -> clap::Command {
+    use clap::{value_parser, Arg, ArgAction, Command};
+    Command::new("bulk_retries")
+        .about("run_bulk with 10% injected 503s: the raw client beside the retry stack")
+        .arg(
+            Arg::new("secs")
+                .long("secs")
+                .value_name("N")
+                .value_parser(value_parser!(u64).range(1..))
+                .default_value("5")
+                .help("seconds of jobs streamed per row"),
+        )
+        .arg(
+            Arg::new("rounds")
+                .long("rounds")
+                .value_name("N")
+                .value_parser(value_parser!(usize))
+                .default_value("1")
+                .help("raw / deferred pairs, alternating (the summary takes their median)"),
+        )
+        .arg(
+            Arg::new("pairs-only")
+                .long("pairs-only")
+                .action(ArgAction::SetTrue)
+                .help("only the raw / deferred pairs: no clean, slot-held or known-limit rows"),
+        )
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let mut secs = 5u64;
-    let mut rounds = 1usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--secs" => secs = args.next().ok_or("--secs N")?.parse()?,
-            "--rounds" => rounds = args.next().ok_or("--rounds N")?.parse()?,
-            other => {
-                return Err(
-                    format!("unknown argument {other}; usage: [--secs N] [--rounds N]").into(),
-                )
-            }
-        }
-    }
+    let matches = cli().get_matches();
+    let secs: u64 = *matches.get_one("secs").expect("has a default");
+    let rounds: usize = *matches.get_one("rounds").expect("has a default");
+    let pairs_only = matches.get_flag("pairs-only");
     let window = Duration::from_secs(secs);
     let client = || Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let retry = || RetryLayer::new(RetryPolicy::default());
@@ -128,7 +176,7 @@ async fn main() -> Result<(), BoxError> {
     let deferred = tower_throttle::bulk::DEFAULT_MAX_DEFERRED;
     for _ in 0..rounds {
         let server = unlimited_with_failures().await;
-        rows.push(run("raw client", &server, client(), window, 0).await);
+        rows.push(run(RAW, &server, client(), window, 0).await);
         server.shutdown().await;
 
         let server = unlimited_with_failures().await;
@@ -136,11 +184,27 @@ async fn main() -> Result<(), BoxError> {
             .layer(retry())
             .map_err(BoxError::from)
             .service(client());
-        rows.push(run("retry, deferred retries", &server, stack, window, deferred).await);
+        rows.push(run(DEFERRED, &server, stack, window, deferred).await);
         server.shutdown().await;
     }
 
-    // The retry layer's own cost: the same pair with no failures at all.
+    if !pairs_only {
+        extra_rows(&mut rows, window, deferred).await?;
+    }
+    print_table(&rows);
+    summary(&rows);
+    Ok(())
+}
+
+/// The retry layer's own cost with no failures, the old slot-holding behaviour, and the
+/// known-limit runs.
+async fn extra_rows(
+    rows: &mut Vec<Row>,
+    window: Duration,
+    deferred: usize,
+) -> Result<(), BoxError> {
+    let client = || Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let retry = || RetryLayer::new(RetryPolicy::default());
     let clean = || MockServer::builder().seed(7).start();
     let server = clean().await?;
     rows.push(run("raw client, no 503s", &server, client(), window, 0).await);
@@ -161,18 +225,16 @@ async fn main() -> Result<(), BoxError> {
     rows.push(run("retry, slot held (before)", &server, stack, window, 0).await);
     server.shutdown().await;
 
-    let limit = 200u32;
-    let mut known = Vec::new();
     for fail_ratio in [0.0, 0.1] {
         let server = MockServer::builder()
-            .limit(ServerLimit::token_bucket(f64::from(limit), 10)?)
+            .limit(ServerLimit::token_bucket(f64::from(KNOWN_LIMIT), 10)?)
             .fail_ratio(fail_ratio)
             .seed(7)
             .start()
             .await?;
         let stack = ServiceBuilder::new()
             .layer(retry())
-            .layer(RateLimitLayer::new(Quota::per_second(limit)?))
+            .layer(RateLimitLayer::new(Quota::per_second(KNOWN_LIMIT)?))
             .map_err(BoxError::from)
             .service(client());
         let name = if fail_ratio > 0.0 {
@@ -180,42 +242,102 @@ async fn main() -> Result<(), BoxError> {
         } else {
             "known limit 200/s, retry + gate"
         };
-        rows.push(run(name, &server, stack, window, deferred).await);
-        known.push((name, server.stats()));
+        let mut row = run(name, &server, stack, window, deferred).await;
+        row.rate_limited = Some(server.stats().rate_limited);
+        rows.push(row);
         server.shutdown().await;
     }
+    Ok(())
+}
 
+fn print_table(rows: &[Row]) {
     println!(
-        "| contender | jobs | delivered | delivered/s in window | of the raw row before | end to end | wall | server saw (distinct) |"
+        "| contender | jobs | delivered | delivered/s in window | of the raw row before | end to end | wall | CPU per delivery | server saw (distinct) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut raw_rate = f64::NAN;
-    for r in &rows {
-        let rate = r.in_window as f64 / r.window.as_secs_f64();
+    for r in rows {
+        let rate = r.window_rate();
         if r.name.starts_with("raw client") {
             raw_rate = rate;
         }
+        let of_raw = if r.rate_limited.is_some() {
+            String::new()
+        } else {
+            format!("{:.1}%", 100.0 * rate / raw_rate)
+        };
+        let cpu = r
+            .cpu_per_delivery()
+            .map_or_else(|| "n/a".to_string(), |us| format!("{us:.0} us"));
         println!(
-            "| {} | {} | {} ({:.3}%) | {:.0}/s | {:.1}% | {:.0}/s | {:.2} s | {} ({}) |",
+            "| {} | {} | {} ({:.3}%) | {:.0}/s | {of_raw} | {:.0}/s | {:.2} s | {cpu} | {} ({}) |",
             r.name,
             r.jobs,
             r.delivered,
             100.0 * r.delivered as f64 / r.jobs.max(1) as f64,
             rate,
-            100.0 * rate / raw_rate,
             r.delivered as f64 / r.elapsed.as_secs_f64(),
             r.elapsed.as_secs_f64(),
             r.server_received,
             r.server_distinct,
         );
     }
-    let known_rows = &rows[rows.len() - known.len()..];
-    for (row, (name, stats)) in known_rows.iter().zip(&known) {
-        println!(
-            "\n{name}: delivered {:.1}% of {limit}/s in the window, {} answered 429",
-            100.0 * row.in_window as f64 / row.window.as_secs_f64() / f64::from(limit),
-            stats.rate_limited,
-        );
+    for r in rows {
+        if let Some(limited) = r.rate_limited {
+            println!(
+                "\n{}: delivered {:.1}% of {KNOWN_LIMIT}/s in the window, {limited} answered 429",
+                r.name,
+                100.0 * r.window_rate() / f64::from(KNOWN_LIMIT),
+            );
+        }
     }
-    Ok(())
+}
+
+/// The deferred rows against the raw row just before each: median and range over the
+/// rounds, of the delivered rate and of the CPU each delivery took.
+fn summary(rows: &[Row]) {
+    let mut rate = Vec::new();
+    let mut cpu = Vec::new();
+    for pair in rows.windows(2) {
+        let (raw, deferred) = (&pair[0], &pair[1]);
+        if raw.name != RAW || deferred.name != DEFERRED {
+            continue;
+        }
+        rate.push(deferred.window_rate() / raw.window_rate());
+        if let (Some(d), Some(r)) = (deferred.cpu_per_delivery(), raw.cpu_per_delivery()) {
+            cpu.push(d / r);
+        }
+    }
+    let describe = |name: &str, v: &mut Vec<f64>| {
+        if v.is_empty() {
+            return;
+        }
+        v.sort_by(f64::total_cmp);
+        let median = if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        };
+        println!(
+            "\n{name}, deferred / raw over {} rounds: median {:.1}%, range {:.1}%-{:.1}%",
+            v.len(),
+            100.0 * median,
+            100.0 * v[0],
+            100.0 * v[v.len() - 1],
+        );
+    };
+    describe("delivered/s in window", &mut rate);
+    describe("CPU per delivery", &mut cpu);
+}
+
+/// User plus system CPU time of this process (client and mock server alike), from
+/// `/proc/self/stat` in clock ticks of 10 ms; `None` where there is no procfs.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces; the fields after it do not.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after the name.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }

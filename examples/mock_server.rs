@@ -14,9 +14,6 @@ use std::time::Duration;
 
 use tower_throttle::mock::{MockServer, RateHeaders, ServerLimit};
 
-const USAGE: &str = "usage: mock_server [--port P] [--rate R [--burst B | --window SECS]] \
-                     [--fail-ratio F] [--latency-ms MS] [--seed N]";
-
 #[derive(Debug, Default)]
 struct Args {
     port: u16,
@@ -28,29 +25,64 @@ struct Args {
     seed: Option<u64>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args::default();
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(USAGE.to_owned());
-        }
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}\n{USAGE}");
-        match flag.as_str() {
-            "--port" => args.port = value.parse().map_err(|e| bad(&e))?,
-            "--rate" => args.rate = Some(value.parse().map_err(|e| bad(&e))?),
-            "--burst" => args.burst = Some(value.parse().map_err(|e| bad(&e))?),
-            "--window" => args.window_secs = Some(value.parse().map_err(|e| bad(&e))?),
-            "--fail-ratio" => args.fail_ratio = value.parse().map_err(|e| bad(&e))?,
-            "--latency-ms" => args.latency_ms = value.parse().map_err(|e| bad(&e))?,
-            "--seed" => args.seed = Some(value.parse().map_err(|e| bad(&e))?),
-            _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
-        }
+/// The command line; `--help` prints it and exits 0.
+fn cli() -> clap::Command {
+    use clap::{value_parser, Arg, Command};
+    let opt = |name: &'static str, value: &'static str, help: &'static str| {
+        Arg::new(name).long(name).value_name(value).help(help)
+    };
+    Command::new("mock_server")
+        .about("The mock rate-limited API on its own, for trying clients by hand")
+        .arg(
+            opt("port", "P", "port to listen on (0: any free one)")
+                .value_parser(value_parser!(u16))
+                .default_value("0"),
+        )
+        .arg(
+            opt(
+                "rate",
+                "R",
+                "limit: R per second (sliding window of 1 s alone)",
+            )
+            .value_parser(value_parser!(f64)),
+        )
+        .arg(
+            opt("burst", "B", "with --rate: a token bucket with this burst")
+                .value_parser(value_parser!(u32))
+                .conflicts_with("window"),
+        )
+        .arg(
+            opt(
+                "window",
+                "SECS",
+                "with --rate: at most R in any SECS seconds",
+            )
+            .value_parser(value_parser!(f64)),
+        )
+        .arg(
+            opt("fail-ratio", "F", "share of requests answered 503")
+                .value_parser(value_parser!(f64))
+                .default_value("0"),
+        )
+        .arg(
+            opt("latency-ms", "MS", "added to every answer")
+                .value_parser(value_parser!(u64))
+                .default_value("0"),
+        )
+        .arg(opt("seed", "N", "seed of the 503 draws").value_parser(value_parser!(u64)))
+}
+
+fn parse_args() -> Args {
+    let m = cli().get_matches();
+    Args {
+        port: *m.get_one("port").expect("has a default"),
+        rate: m.get_one("rate").copied(),
+        burst: m.get_one("burst").copied(),
+        window_secs: m.get_one("window").copied(),
+        fail_ratio: *m.get_one("fail-ratio").expect("has a default"),
+        latency_ms: *m.get_one("latency-ms").expect("has a default"),
+        seed: m.get_one("seed").copied(),
     }
-    Ok(args)
 }
 
 fn limit(args: &Args) -> Result<ServerLimit, Box<dyn std::error::Error>> {
@@ -74,13 +106,7 @@ fn limit(args: &Args) -> Result<ServerLimit, Box<dyn std::error::Error>> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(msg) => {
-            eprintln!("{msg}");
-            std::process::exit(2);
-        }
-    };
+    let args = parse_args();
     let limit = limit(&args)?;
     let mut builder = MockServer::builder()
         .port(args.port)

@@ -104,6 +104,61 @@ pub struct Progress {
     pub eta: Option<Duration>,
 }
 
+impl Progress {
+    /// Jobs not finished yet, when the total is known.
+    pub fn remaining(&self) -> Option<u64> {
+        self.total.map(|t| t.saturating_sub(self.processed))
+    }
+
+    /// What is left, for a progress bar's message: `eta 1m20s` while the rate says at least
+    /// a second, `3 left` once it says less but jobs are still out (the last of a run are
+    /// usually retries waiting out a backoff, which a rate cannot predict: a bar that read
+    /// `eta 0s` for ten seconds would be wrong), `done` at the end, `eta ?` without a total
+    /// or a rate.
+    pub fn eta_label(&self) -> String {
+        match (self.remaining(), self.eta) {
+            (Some(0), _) => "done".to_string(),
+            (Some(left), Some(eta)) if eta < Duration::from_secs(1) => format!("{left} left"),
+            (_, Some(eta)) => format!("eta {}", short_duration(eta)),
+            (_, None) => "eta ?".to_string(),
+        }
+    }
+}
+
+/// One plain line for a log or a pipe (no terminal control codes), at most 80 columns for
+/// runs of up to ten million jobs: `[1m05s] 6500/10000 65% 100/s 2 failed 1 dead-lettered
+/// eta 35s`.
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}", short_duration(self.elapsed), self.processed)?;
+        if let Some(total) = self.total {
+            // Floored, so a run with jobs still out never reads 100%.
+            let percent = (self.processed * 100).checked_div(total).unwrap_or(100);
+            write!(f, "/{total} {percent}%")?;
+        }
+        write!(
+            f,
+            " {:.0}/s {} failed {} dead-lettered {}",
+            self.rate_per_sec,
+            self.failed,
+            self.dead_lettered,
+            self.eta_label()
+        )
+    }
+}
+
+/// `950ms`, `42s`, `1m05s`, `2h03m`: short enough for a progress line, rounded down (an ETA
+/// shown as `1m05s` is at least that).
+pub fn short_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{}ms", d.subsec_millis()),
+        1..=59 => format!("{secs}s"),
+        60..=3_599 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3_600, secs / 60 % 60),
+    }
+}
+
 /// The result of [`run_bulk`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
@@ -120,6 +175,23 @@ pub struct BulkReport {
     pub elapsed: Duration,
     /// Achieved rate: jobs processed per second.
     pub rate_per_sec: f64,
+}
+
+/// Delivered and lost first, as a reader wants them: `10000 delivered, 0 lost (failed, not
+/// kept), 0 dead-lettered, of 10000 in 1.17s (8551/s)`.
+impl fmt::Display for BulkReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} delivered, {} lost (failed, not kept), {} dead-lettered, of {} in {:.2?} ({:.0}/s)",
+            self.succeeded,
+            self.failed,
+            self.dead_lettered,
+            self.processed,
+            self.elapsed,
+            self.rate_per_sec
+        )
+    }
 }
 
 type Classifier<R> = Arc<dyn Fn(&Result<R, BoxError>) -> JobOutcome + Send + Sync>;
@@ -344,5 +416,94 @@ where
         dead_lettered: counts.dead_lettered,
         elapsed,
         rate_per_sec: rate(counts.processed(), elapsed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(processed: u64, total: Option<u64>, elapsed_ms: u64) -> Progress {
+        Counts {
+            succeeded: processed.saturating_sub(3),
+            failed: processed.min(2),
+            dead_lettered: processed.min(3) - processed.min(2),
+        }
+        .progress(total, Duration::from_millis(elapsed_ms))
+    }
+
+    #[test]
+    fn short_durations_round_down_and_stay_short() {
+        let d = Duration::from_millis;
+        assert_eq!(short_duration(d(950)), "950ms");
+        assert_eq!(short_duration(d(1_999)), "1s");
+        assert_eq!(short_duration(d(59_999)), "59s");
+        assert_eq!(short_duration(d(65_000)), "1m05s");
+        assert_eq!(short_duration(d(3_599_999)), "59m59s");
+        assert_eq!(short_duration(d(7_380_000)), "2h03m");
+        assert_eq!(short_duration(Duration::MAX).len(), 20);
+    }
+
+    #[test]
+    fn plain_progress_line_has_count_rate_failures_and_eta() {
+        // 6,500 of 10,000 in 65 s: 100/s, 35 s left.
+        let p = progress(6_500, Some(10_000), 65_000);
+        assert_eq!(
+            p.to_string(),
+            "[1m05s] 6500/10000 65% 100/s 2 failed 1 dead-lettered eta 35s"
+        );
+        // Without a total: no share, no ETA.
+        let p = progress(6_500, None, 65_000);
+        assert_eq!(
+            p.to_string(),
+            "[1m05s] 6500 100/s 2 failed 1 dead-lettered eta ?"
+        );
+    }
+
+    #[test]
+    fn progress_line_fits_in_80_columns_for_large_runs() {
+        let p = Progress {
+            processed: 9_999_998,
+            succeeded: 9_800_000,
+            failed: 99_998,
+            dead_lettered: 99_800,
+            total: Some(9_999_999),
+            elapsed: Duration::from_secs(3_599 * 3),
+            rate_per_sec: 92_678.0,
+            eta: Some(Duration::from_secs(3_599)),
+        };
+        let line = p.to_string();
+        assert!(line.len() <= 80, "{} columns: {line}", line.len());
+    }
+
+    #[test]
+    fn eta_does_not_sit_at_zero_while_jobs_are_still_out() {
+        // 9,997 of 10,000 at 100/s says 30 ms left; the three are retries in a backoff.
+        let p = progress(9_997, Some(10_000), 99_970);
+        assert_eq!(p.eta_label(), "3 left");
+        assert_eq!(progress(10_000, Some(10_000), 100_000).eta_label(), "done");
+        assert_eq!(progress(9_000, Some(10_000), 90_000).eta_label(), "eta 10s");
+        // Nothing finished yet: no rate, no guess.
+        assert_eq!(progress(0, Some(10_000), 0).eta_label(), "eta ?");
+        // 99.99% is not 100%.
+        assert!(progress(9_999, Some(10_000), 99_990)
+            .to_string()
+            .contains("9999/10000 99%"));
+    }
+
+    #[test]
+    fn report_line_shows_delivered_and_lost_first() {
+        let report = BulkReport {
+            processed: 10_000,
+            succeeded: 9_990,
+            failed: 4,
+            dead_lettered: 6,
+            elapsed: Duration::from_millis(1_170),
+            rate_per_sec: 8_547.0,
+        };
+        assert_eq!(
+            report.to_string(),
+            "9990 delivered, 4 lost (failed, not kept), 6 dead-lettered, of 10000 in 1.17s (8547/s)"
+        );
     }
 }

@@ -291,25 +291,34 @@ async fn row(scenario: Scenario, contender: &str, secs: u64) -> Result<String, B
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let mut secs = 10;
-    let mut only: Option<String> = None;
-    let mut contender_only: Option<String> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--secs" => secs = args.next().ok_or("--secs needs a value")?.parse()?,
-            "--scenario" => only = Some(args.next().ok_or("--scenario needs a value")?),
-            "--contender" => {
-                contender_only = Some(args.next().ok_or("--contender needs a value")?)
-            }
-            other => {
-                return Err(format!(
-                    "unknown flag {other}; usage: goodput [--secs N] [--scenario known|hidden|503s|leaky20|leaky60] [--contender tower-throttle|governor|naive]"
-                )
-                .into())
-            }
-        }
-    }
+    let matches = clap::Command::new("goodput")
+        .about("Goodput of the stacks against the mock API's known and hidden limits")
+        .arg(
+            clap::Arg::new("secs")
+                .long("secs")
+                .value_name("N")
+                .value_parser(clap::value_parser!(u64).range(1..))
+                .default_value("10")
+                .help("seconds per row"),
+        )
+        .arg(
+            clap::Arg::new("scenario")
+                .long("scenario")
+                .value_name("NAME")
+                .value_parser(["known", "hidden", "503s", "leaky20", "leaky60"])
+                .help("run one scenario only"),
+        )
+        .arg(
+            clap::Arg::new("contender")
+                .long("contender")
+                .value_name("NAME")
+                .value_parser(["tower-throttle", "governor", "naive"])
+                .help("run one contender only"),
+        )
+        .get_matches();
+    let secs: u64 = *matches.get_one("secs").expect("has a default");
+    let only: Option<String> = matches.get_one::<String>("scenario").cloned();
+    let contender_only: Option<String> = matches.get_one::<String>("contender").cloned();
     println!("{WORKERS} workers (20 for leaky rows), {secs} s per row, server limit {LIMIT}/s (37/s for leaky rows)\n");
     println!(
         "| scenario | contender | goodput | of limit | of limit after 10 s | 429s | lost | attempts/request |"

@@ -8,7 +8,7 @@ use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tower::util::Oneshot;
 use tower::BoxError;
 use tower_service::Service;
@@ -109,16 +109,16 @@ impl Lease for Ticket {
     fn poll_reacquire(&self, cx: &mut Context<'_>) -> Reacquire {
         let mut phase = self.phase();
         if *phase == Phase::Deferred {
-            self.shared.requeue(self.key);
+            if self.shared.requeue(self.key) {
+                *phase = Phase::Running;
+                return Reacquire::Held;
+            }
             *phase = Phase::Requeued;
         }
         if *phase != Phase::Requeued {
             return Reacquire::Held;
         }
-        match self
-            .shared
-            .poll_ticket(self.key, cx.waker(), Instant::now())
-        {
+        match self.shared.poll_ticket(self.key, cx.waker()) {
             TicketState::Started => {
                 self.shared.resumed();
                 *phase = Phase::Running;
@@ -194,10 +194,7 @@ where
                 }
                 StateProj::Waiting { call, timer } => {
                     let ticket = this.ticket.0.as_ref().expect("a waiting ticket");
-                    match ticket
-                        .shared
-                        .poll_ticket(ticket.key, cx.waker(), Instant::now())
-                    {
+                    match ticket.shared.poll_ticket(ticket.key, cx.waker()) {
                         TicketState::Started => {
                             *ticket.phase() = Phase::Running;
                             let (svc, req) = call.take().expect("polled after completion");

@@ -89,8 +89,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let priority = self.priority.priority(&req);
-        let now = tokio::time::Instant::now();
-        match self.shared.enqueue(priority, now) {
+        match self.shared.enqueue(priority) {
             Ok((key, started)) => {
                 ResponseFuture::queued(self.shared.clone(), key, started, self.inner.clone(), req)
             }

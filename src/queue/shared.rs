@@ -1,8 +1,14 @@
 //! The queue's shared state: waiting tickets in priority order, the running count and the
 //! start times of the rolling interval window. One short mutex; nothing awaits under it.
+//!
+//! The common case is cheap: a request that can start at once (a slot free, nobody waiting,
+//! the window open) touches neither the ordered map nor the granted set, and the clock is
+//! read only when an interval cap is configured (a clock read costs more than the rest of a
+//! start on some virtual machines).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
@@ -34,8 +40,9 @@ pub(crate) struct Shared {
 #[derive(Debug, Default)]
 struct State {
     waiting: BTreeMap<Key, Option<Waker>>,
-    /// Tickets started by `dispatch` whose futures have not yet noticed, with their start.
-    granted: HashMap<u64, Instant>,
+    /// Tickets started by `dispatch` whose futures have not yet noticed, with their start
+    /// (`None` without an interval cap: nothing needs it).
+    granted: HashMap<u64, Option<Instant>, BuildHasherDefault<SeqHasher>>,
     running: usize,
     /// The last `interval_cap` start times, oldest first.
     starts: VecDeque<Instant>,
@@ -44,6 +51,40 @@ struct State {
     deferred: usize,
     /// Woken when a slot is free and nobody waits (the bulk runner pulling its next job).
     idle: Option<Waker>,
+}
+
+/// Hashes the sequence numbers of the granted set: unique integers, so one multiplication
+/// spreads them (Fibonacci hashing) where SipHash would cost more than the rest of a start.
+#[derive(Default)]
+struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// The tokio clock, read at most once per operation and only if something needs it.
+struct LazyNow(Option<Instant>);
+
+impl LazyNow {
+    fn new() -> Self {
+        LazyNow(None)
+    }
+
+    fn get(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
 }
 
 /// What `poll_ticket` found.
@@ -79,20 +120,30 @@ impl Shared {
 
     /// Enqueues a ticket, or refuses it when `capacity` tickets already wait. Returns the key
     /// and whether it started at once.
-    pub(crate) fn enqueue(&self, priority: i32, now: Instant) -> Result<(Key, bool), usize> {
+    pub(crate) fn enqueue(&self, priority: i32) -> Result<(Key, bool), usize> {
         let mut wake = Vec::new();
+        let mut now = LazyNow::new();
         let result = {
             let mut st = self.lock();
             // Start whatever can start first, so that a queue that only looks full because its
             // timer has not fired yet does not refuse.
-            self.dispatch(&mut st, now, false, &mut wake);
-            if st.waiting.len() >= self.config.capacity {
+            self.dispatch(&mut st, &mut now, false, &mut wake);
+            let key = (Reverse(priority), st.next_seq);
+            if st.waiting.is_empty()
+                && st.running < self.config.concurrency
+                && self.window_open(&mut st, &mut now)
+            {
+                // Nobody is ahead and nothing holds it back: start without a place in line.
+                st.next_seq += 1;
+                self.start(&mut st, &mut now);
+                self.publish(&st);
+                Ok((key, true))
+            } else if st.waiting.len() >= self.config.capacity {
                 Err(self.config.capacity)
             } else {
-                let key = (Reverse(priority), st.next_seq);
                 st.next_seq += 1;
                 st.waiting.insert(key, None);
-                self.dispatch(&mut st, now, false, &mut wake);
+                self.dispatch(&mut st, &mut now, false, &mut wake);
                 let started = st.granted.remove(&key.1).is_some();
                 self.publish(&st);
                 Ok((key, started))
@@ -102,18 +153,19 @@ impl Shared {
         result
     }
 
-    pub(crate) fn poll_ticket(&self, key: Key, waker: &Waker, now: Instant) -> TicketState {
+    pub(crate) fn poll_ticket(&self, key: Key, waker: &Waker) -> TicketState {
         let mut wake = Vec::new();
+        let mut now = LazyNow::new();
         let state = {
             let mut st = self.lock();
-            self.dispatch(&mut st, now, false, &mut wake);
+            self.dispatch(&mut st, &mut now, false, &mut wake);
             if st.granted.remove(&key.1).is_some() {
                 self.publish(&st);
                 TicketState::Started
             } else {
                 let is_head = st.waiting.keys().next() == Some(&key);
                 let reopen = if is_head && st.running < self.config.concurrency {
-                    self.interval_reopens(&st, now)
+                    self.interval_reopens(&st, &mut now)
                 } else {
                     None
                 };
@@ -139,12 +191,12 @@ impl Shared {
             if st.waiting.remove(&key).is_none() {
                 if let Some(at) = st.granted.remove(&key.1) {
                     st.running -= 1;
-                    if let Some(pos) = st.starts.iter().rposition(|t| *t == at) {
+                    if let Some(pos) = at.and_then(|at| st.starts.iter().rposition(|t| *t == at)) {
                         st.starts.remove(pos);
                     }
                 }
             }
-            self.dispatch(&mut st, Instant::now(), true, &mut wake);
+            self.dispatch(&mut st, &mut LazyNow::new(), true, &mut wake);
             self.publish(&st);
             self.wake_idle(&mut st, &mut wake);
         }
@@ -173,7 +225,7 @@ impl Shared {
                 st.deferred += 1;
             }
             st.running -= 1;
-            self.dispatch(&mut st, Instant::now(), true, &mut wake);
+            self.dispatch(&mut st, &mut LazyNow::new(), true, &mut wake);
             self.publish(&st);
             self.wake_idle(&mut st, &mut wake);
         }
@@ -184,9 +236,22 @@ impl Shared {
     /// A deferred request queues for a slot again, at its original place: same priority and
     /// arrival order, so it goes before work that arrived after it. It was admitted once, so
     /// the capacity does not apply.
-    pub(crate) fn requeue(&self, key: Key) {
+    /// Returns `true` when it took a slot at once (nobody waiting, one free): then it has
+    /// resumed, and there is nothing to poll.
+    pub(crate) fn requeue(&self, key: Key) -> bool {
+        let mut now = LazyNow::new();
         let mut st = self.lock();
+        if st.waiting.is_empty()
+            && st.running < self.config.concurrency
+            && self.window_open(&mut st, &mut now)
+        {
+            self.start(&mut st, &mut now);
+            st.deferred -= 1;
+            self.publish(&st);
+            return true;
+        }
         st.waiting.insert(key, None);
+        false
     }
 
     /// A deferred request took its slot again (`poll_ticket` said `Started`).
@@ -215,7 +280,7 @@ impl Shared {
         let mut wake = Vec::new();
         let idle = {
             let mut st = self.lock();
-            self.dispatch(&mut st, Instant::now(), true, &mut wake);
+            self.dispatch(&mut st, &mut LazyNow::new(), true, &mut wake);
             let idle = st.waiting.is_empty() && st.running < self.config.concurrency;
             if !idle {
                 match &st.idle {
@@ -236,46 +301,62 @@ impl Shared {
     }
 
     /// When the interval window lets the next start happen, if it is full now.
-    fn interval_reopens(&self, st: &State, now: Instant) -> Option<Instant> {
+    fn interval_reopens(&self, st: &State, now: &mut LazyNow) -> Option<Instant> {
         let (interval, cap) = self.config.interval?;
         if st.starts.len() < cap {
             return None;
         }
         let reopen = st.starts.front().map(|t| *t + interval)?;
-        (reopen > now).then_some(reopen)
+        (reopen > now.get()).then_some(reopen)
+    }
+
+    /// Whether the interval window admits a start now, forgetting the starts it has left
+    /// behind. Always true without an interval cap (and then the clock is not read).
+    fn window_open(&self, st: &mut State, now: &mut LazyNow) -> bool {
+        let Some((interval, cap)) = self.config.interval else {
+            return true;
+        };
+        if st.starts.len() >= cap {
+            let now = now.get();
+            while st.starts.len() >= cap && st.starts.front().is_some_and(|t| *t + interval <= now)
+            {
+                st.starts.pop_front();
+            }
+        }
+        st.starts.len() < cap
+    }
+
+    /// Takes a slot (and an interval start); returns the start time when one is kept.
+    fn start(&self, st: &mut State, now: &mut LazyNow) -> Option<Instant> {
+        st.running += 1;
+        self.config.interval.map(|_| {
+            let now = now.get();
+            st.starts.push_back(now);
+            now
+        })
     }
 
     /// Starts waiting tickets in order while concurrency and the interval window allow.
     ///
     /// `wake_head`: when the window is full, wake the first waiter so it arms the timer. Off
     /// when the caller is a waiter's own poll (it arms its timer itself; waking it would spin).
-    fn dispatch(&self, st: &mut State, now: Instant, wake_head: bool, wake: &mut Vec<Waker>) {
-        while st.running < self.config.concurrency {
-            if let Some((interval, cap)) = self.config.interval {
-                while st.starts.len() >= cap
-                    && st.starts.front().is_some_and(|t| *t + interval <= now)
-                {
-                    st.starts.pop_front();
-                }
-                if st.starts.len() >= cap {
-                    // Only the head's timer is needed. It may not have one: it became head
-                    // through a cancellation, or the concurrency cap held it until now.
-                    if wake_head {
-                        if let Some(Some(w)) = st.waiting.values().next() {
-                            wake.push(w.clone());
-                        }
+    fn dispatch(&self, st: &mut State, now: &mut LazyNow, wake_head: bool, wake: &mut Vec<Waker>) {
+        while st.running < self.config.concurrency && !st.waiting.is_empty() {
+            if !self.window_open(st, now) {
+                // Only the head's timer is needed. It may not have one: it became head
+                // through a cancellation, or the concurrency cap held it until now.
+                if wake_head {
+                    if let Some(Some(w)) = st.waiting.values().next() {
+                        wake.push(w.clone());
                     }
-                    return;
                 }
+                return;
             }
             let Some((key, waker)) = st.waiting.pop_first() else {
                 return;
             };
-            st.running += 1;
-            if self.config.interval.is_some() {
-                st.starts.push_back(now);
-            }
-            st.granted.insert(key.1, now);
+            let at = self.start(st, now);
+            st.granted.insert(key.1, at);
             if let Some(w) = waker {
                 wake.push(w);
             }

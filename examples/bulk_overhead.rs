@@ -51,7 +51,7 @@ fn api(
             let id: usize = req.headers()["x-id"].to_str()?.parse()?;
             let n = attempts[id].fetch_add(1, Ordering::Relaxed);
             let mut res = http::Response::new(());
-            if fail && id % 10 == 0 && n == 0 {
+            if fail && id.is_multiple_of(10) && n == 0 {
                 *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
             }
             Ok::<_, BoxError>(res)

@@ -499,7 +499,7 @@ fn units(admitted: &[Admitted], key: u8, from: u64, to: u64) -> Vec<u64> {
     admitted
         .iter()
         .filter(|a| a.key == key && a.slot >= from && a.slot < to)
-        .flat_map(|a| std::iter::repeat(a.slot).take(a.cost as usize))
+        .flat_map(|a| std::iter::repeat_n(a.slot, a.cost as usize))
         .collect()
 }
 

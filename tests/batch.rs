@@ -530,10 +530,10 @@ fn hubspot_portal(
                     *t
                 };
                 let trace = input["objectWriteTraceId"].clone();
-                if n % 1_000 == 0 {
+                if n.is_multiple_of(1_000) {
                     errors.push(json!({"status": "error", "category": "VALIDATION_ERROR",
                         "message": "invalid", "context": {"objectWriteTraceId": [trace]}}));
-                } else if n % 97 == 0 && attempt == 1 {
+                } else if n.is_multiple_of(97) && attempt == 1 {
                     errors.push(json!({"status": "error", "category": "INTERNAL_ERROR",
                         "message": "later", "context": {"objectWriteTraceId": [trace]}}));
                 } else {

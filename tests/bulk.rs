@@ -23,11 +23,11 @@ async fn counts_add_up_and_progress_is_throttled() {
     let api = service_fn(|req: Request<u32>| async move {
         tokio::time::sleep(ms(10)).await;
         let i = *req.body();
-        if i % 11 == 0 {
+        if i.is_multiple_of(11) {
             return Err(BoxError::from("reset"));
         }
         let mut resp = Response::new(());
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         }
         Ok(resp)

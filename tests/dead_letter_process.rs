@@ -45,7 +45,7 @@ fn letter(n: u64) -> DeadLetter {
 /// Every third letter is removed right after it is confirmed (tombstones, and compactions
 /// every few removals, under the kill too).
 fn removed_after_append(n: u64) -> bool {
-    n % 3 == 0
+    n.is_multiple_of(3)
 }
 
 /// Not a test on its own: the child processes' entry point. Returns at once unless a test

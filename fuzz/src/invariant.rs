@@ -42,7 +42,7 @@ fn field_clean(headers: &HeaderMap, name: &str) -> bool {
         .get_all(name)
         .iter()
         .all(|line| rfc9651_accepts(line.as_bytes()))
-        && combined(headers, name).map_or(true, |v| rfc9651_accepts(&v))
+        && combined(headers, name).is_none_or(|v| rfc9651_accepts(&v))
 }
 
 /// Checks, for one response's headers:

@@ -212,7 +212,7 @@ impl RateController for HeaderDriven {
                     Signal::Throttled { .. } => {
                         let new_event = self
                             .last_event
-                            .map_or(true, |t| now.saturating_duration_since(t) >= EVENT_HOLD);
+                            .is_none_or(|t| now.saturating_duration_since(t) >= EVENT_HOLD);
                         if new_event {
                             self.last_event = Some(now);
                             self.share = (self.share * 0.7).max(0.01);

@@ -576,7 +576,7 @@ impl Bucket for SimGate {
 
     fn is_current(&self, reservation: &Reservation, _now: Instant) -> bool {
         let s = self.lock();
-        s.epoch == reservation.token() && !s.hold.is_some_and(|h| h > reservation.at())
+        s.epoch == reservation.token() && s.hold.is_none_or(|h| h <= reservation.at())
     }
 
     fn hold_until(&self, until: Instant) {

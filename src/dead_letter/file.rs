@@ -344,10 +344,7 @@ fn read_letter(
 }
 
 impl Shared {
-    // `File::try_lock` is Rust 1.89 (no locking crate needed). The declared rust-version is
-    // older than what the dependency tree already needs (1.85); raising it turns on newer
-    // lints across the crate, so it is left to a change of its own.
-    #[allow(clippy::incompatible_msrv)]
+    // `File::try_lock` (Rust 1.89, the crate's rust-version): no locking crate needed.
     fn open(path: PathBuf) -> io::Result<Shared> {
         let lock_file = OpenOptions::new()
             .write(true)

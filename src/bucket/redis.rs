@@ -744,6 +744,15 @@ impl Inner {
         Duration::from_nanos(smallest / 2)
     }
 
+    /// A cut of the fleet's rate, made here or seen in a reply: waiters re-slot, and leased or
+    /// handed-back slots are dropped, since both were paced at the old rate. Dropping is safe
+    /// (the server counted those slots; they go unused).
+    fn after_cut(&self, st: &mut State) {
+        st.epochs.bump(true);
+        let voided = st.lease.void_all();
+        bump(&self.counters.expired, voided);
+    }
+
     /// A server slot handed to a caller.
     fn reservation(&self, slot: Leased, st: &State, cost: u32) -> Reservation {
         bump(&self.counters.reservations, 1);
@@ -873,11 +882,8 @@ impl Inner {
             let seen = reply.primary_us.saturating_mul(1_000);
             let before = self.primary_interval.swap(seen, Ordering::Relaxed);
             if seen > before {
-                // Another worker cut the fleet's rate: our waiters and leased slots were paced
-                // at the old one.
-                st.epochs.bump(true);
-                let voided = st.lease.void_all();
-                bump(&self.counters.expired, voided);
+                // Another worker cut the fleet's rate.
+                self.after_cut(&mut st);
             }
         }
         let mut hold_local = None;
@@ -1148,13 +1154,10 @@ impl Bucket for RedisBucket {
         {
             let mut st = lock(&inner.state);
             st.rate_pending = Some(us);
-            let cut = us.saturating_mul(1_000) > before;
-            st.epochs.bump(cut);
-            if cut {
-                // Leased and handed-back slots were paced at the old rate: the same reason
-                // waiters re-slot. Dropping them is safe (the server counted them unused).
-                let voided = st.lease.void_all();
-                bump(&inner.counters.expired, voided);
+            if us.saturating_mul(1_000) > before {
+                inner.after_cut(&mut st);
+            } else {
+                st.epochs.bump(false);
             }
         }
         inner.spawn_push();

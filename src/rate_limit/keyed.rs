@@ -64,7 +64,8 @@ pub(crate) enum Destination {
 /// share one bucket).
 ///
 /// Its `Debug` form never shows a header's value, which may be a credential (keying by
-/// `Authorization` gives each API token its own limit): only its length and a hash.
+/// `Authorization` gives each API token its own limit): only its length and a hash keyed
+/// per process.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct DestinationKey(DestinationRepr);
 
@@ -94,10 +95,15 @@ impl fmt::Debug for DestinationKey {
             DestinationRepr::Authority(a) => f.debug_tuple("Authority").field(a).finish(),
             DestinationRepr::Header(None) => f.write_str("Header(None)"),
             DestinationRepr::Header(Some(v)) => {
-                use std::hash::Hasher;
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                v.as_bytes().hash(&mut h);
-                write!(f, "Header({} bytes, hash {:016x})", v.len(), h.finish())
+                // Keyed per process: the same value reads the same within one log, but the
+                // hash of a credential is no fixed fingerprint to look up elsewhere.
+                static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+                    std::sync::OnceLock::new();
+                let hash = std::hash::BuildHasher::hash_one(
+                    KEY.get_or_init(Default::default),
+                    v.as_bytes(),
+                );
+                write!(f, "Header({} bytes, hash {hash:016x})", v.len())
             }
         }
     }

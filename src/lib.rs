@@ -83,11 +83,16 @@
 //! | `reqwest` | `reqwest`: a `reqwest_middleware::Middleware` with the same gate, retry, adaptive control and dead letters |
 //! | `metrics` | counters and gauges through the `metrics` facade |
 //! | `redis` | `bucket::RedisBucket` and `dead_letter::RedisStore`: one limit and one dead-letter store for a fleet of processes |
+//! | `file-store` (default) | `FileStore`: the embedded, durable dead-letter store (JSON lines, fsync) |
+//! | `serde` | `Serialize`/`Deserialize` for `DeadLetter` (on with `file-store` and `redis`) |
 //! | `fast-clock` | `Clock::Fast`: buckets read the CPU's time-stamp counter (through `quanta`) instead of tokio's clock |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[macro_use]
+mod macros;
 
 pub mod adaptive;
 pub mod backoff;
@@ -132,9 +137,10 @@ pub use builder::{ServiceBuilderExt, Throttle, ThrottleBuilder};
 pub use bulk::{run_bulk, BulkOptions, BulkReport, JobOutcome, Progress};
 pub use classify::{Classify, HttpClassifier, Outcome};
 pub use clock::Clock;
+#[cfg(feature = "file-store")]
+pub use dead_letter::FileStore;
 pub use dead_letter::{
-    replay, DeadLetter, DeadLetterLayer, DeadLetterStore, FileStore, MemoryStore, ReplayOptions,
-    ReplayReport,
+    replay, DeadLetter, DeadLetterLayer, DeadLetterStore, MemoryStore, ReplayOptions, ReplayReport,
 };
 pub use error::{ConfigError, ThrottleError};
 pub use metrics::{Stats, StatsSnapshot};

@@ -324,12 +324,8 @@ pub enum HubSpotPolicy {
 /// assert_eq!(hubspot_policy(b"<html>busy</html>"), None);
 /// ```
 pub fn hubspot_policy(body: &[u8]) -> Option<HubSpotPolicy> {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        #[serde(rename = "policyName")]
-        policy_name: Option<String>,
-    }
-    let name = serde_json::from_slice::<Body>(body).ok()?.policy_name?;
+    let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let name = body.get("policyName")?.as_str()?;
     Some(match name.to_ascii_uppercase().as_str() {
         "DAILY" => HubSpotPolicy::Daily,
         "SECONDLY" | "TEN_SECONDLY_ROLLING" => HubSpotPolicy::Secondly,

@@ -104,20 +104,7 @@ impl<S> BodyTimeout<S> {
         BodyTimeout { inner, timeout }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!();
 }
 
 impl<S, Req, B> Service<Req> for BodyTimeout<S>

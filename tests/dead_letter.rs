@@ -1,5 +1,6 @@
 //! Dead letters: the layer, the file store's crash safety and compaction, redaction, replay
 //! after a crash.
+#![cfg(feature = "file-store")]
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;

@@ -2,7 +2,7 @@
 //! a per-attempt timeout) against the mock server over loopback, with 10% injected 503s,
 //! 429 storms, 1-20 ms latency and requests that time out: every request ends exactly once,
 //! as a delivery the server saw once, a dead letter stored once, or an error returned.
-#![cfg(feature = "mock")]
+#![cfg(all(feature = "mock", feature = "file-store"))]
 
 mod common;
 

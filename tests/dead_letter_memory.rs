@@ -2,6 +2,7 @@
 //! open read the whole file and kept every letter, 2.1 GB of peak RSS for a 1 GB file).
 //!
 //! Alone in its test binary, so the resident set it measures is its own.
+#![cfg(feature = "file-store")]
 #![cfg(target_os = "linux")]
 
 use std::io::Write as _;

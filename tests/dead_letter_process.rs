@@ -3,6 +3,7 @@
 //!
 //! The child is this test binary run again (`current_exe`), selected by an environment
 //! variable and running only `child_entry`: no helper binary to build or install.
+#![cfg(feature = "file-store")]
 #![cfg(unix)]
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -36,20 +36,7 @@ impl<S, B: Bucket + Clone, C> Adaptive<S, B, C> {
         &self.cfg.bucket
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!();
 }
 
 impl<B: Bucket + Clone, C: Classify> AdaptiveLayer<B, C> {

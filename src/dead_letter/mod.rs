@@ -49,6 +49,7 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "file-store")]
 mod file;
 pub mod future;
 pub(crate) mod layer;
@@ -65,6 +66,7 @@ use std::fmt;
 pub use self::redis::RedisStore;
 pub use crate::body::ReplayBody;
 pub use crate::retry::Attempts;
+#[cfg(feature = "file-store")]
 pub use file::{FileStore, FileStoreError, DEFAULT_COMPACTION_THRESHOLD};
 pub use layer::DeadLetterLayer;
 pub use record::{DeadLetter, StoredBody, REDACTED};

@@ -1,12 +1,13 @@
 //! The stored form of a failed request, its body, redaction and timestamps.
 
 use std::io;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri};
+#[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};
 
 use crate::ReplayBody;
@@ -20,7 +21,8 @@ pub const REDACTED: &str = "[REDACTED]";
 /// Serialized as one JSON object (one line in a [`FileStore`](super::FileStore)); the body is
 /// text when it is valid UTF-8, base64 otherwise; times are RFC 3339 UTC with milliseconds.
 /// Credential headers are already redacted (see [`DeadLetterLayer`](super::DeadLetterLayer)).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct DeadLetter {
     /// Assigned by the store on [`append`](super::DeadLetterStore::append); unique within it.
     pub id: u64,
@@ -33,18 +35,24 @@ pub struct DeadLetter {
     /// Request body.
     pub body: StoredBody,
     /// Status of the last response, when the failure was a response.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
     pub status: Option<u16>,
     /// Text of the last error (with its sources), when the failure was an error.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
     pub error: Option<String>,
     /// Attempts made (from the [`Attempts`](super::Attempts) extension; 1 without one).
     pub attempts: u32,
     /// When the request entered the dead-letter layer.
-    #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "serde", serde(with = "rfc3339"))]
     pub first_attempt: SystemTime,
     /// When its final outcome came back.
-    #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "serde", serde(with = "rfc3339"))]
     pub last_attempt: SystemTime,
 }
 
@@ -82,8 +90,9 @@ impl DeadLetter {
 }
 
 /// A stored request body: text when valid UTF-8 (readable in the file), base64 otherwise.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum StoredBody {
     /// The body as UTF-8 text.
     Text(String),
@@ -141,9 +150,11 @@ pub(crate) fn redacted_headers(
 
 /// RFC 3339 UTC timestamps with milliseconds (`2026-11-23T18:15:42.123Z`), written and read
 /// without a date library.
+#[cfg(feature = "serde")]
 pub(crate) mod rfc3339 {
     use super::*;
     use serde::{Deserializer, Serializer};
+    use std::time::{Duration, UNIX_EPOCH};
 
     pub(crate) fn format(t: SystemTime) -> String {
         let ms = t
@@ -230,7 +241,10 @@ pub(crate) mod rfc3339 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "serde")]
+    use std::time::{Duration, UNIX_EPOCH};
 
+    #[cfg(feature = "serde")]
     #[test]
     fn rfc3339_round_trips_at_millisecond_precision() {
         for ms in [

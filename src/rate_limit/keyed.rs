@@ -279,10 +279,7 @@ impl<S: fmt::Debug, K, F> fmt::Debug for KeyedRateLimit<S, K, F> {
 }
 
 impl<S, K, F> KeyedRateLimit<S, K, F> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
+    inner_accessors!();
 
     /// The shared per-key buckets.
     pub fn bucket(&self) -> &KeyedBucket<K> {

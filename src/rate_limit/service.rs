@@ -54,20 +54,7 @@ impl<S, B: Bucket + Clone> RateLimit<S, B> {
         self.gate.bucket()
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service; a slot this handle held is returned to the bucket.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!(into_inner: "The inner service; a slot this handle held is returned to the bucket.");
 }
 
 impl<S, B, Req> Service<Req> for RateLimit<S, B>

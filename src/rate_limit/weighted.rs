@@ -141,10 +141,7 @@ impl<S: fmt::Debug, B: fmt::Debug> fmt::Debug for WeightedRateLimit<S, B> {
 }
 
 impl<S, B> WeightedRateLimit<S, B> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
+    inner_accessors!();
 
     /// The shared bucket.
     pub fn bucket(&self) -> &B {

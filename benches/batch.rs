@@ -21,8 +21,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceBuilder;
-use tower_throttle::batch::{BatchLayer, CustomerIoBatch};
 use tower_throttle::mock::{BatchEndpoint, MockServer, ServerLimit};
+use tower_throttle::{batch::CustomerIoBatch, BatchLayer};
 use tower_throttle::{
     run_bulk, BulkOptions, LocalBucket, Quota, RateLimitLayer, RetryLayer, RetryPolicy,
 };

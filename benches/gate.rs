@@ -56,7 +56,9 @@ use tokio::time::Instant;
 use tower::limit::rate::Rate;
 use tower::{Layer, Service, ServiceExt};
 use tower_throttle::bucket::KeyedBucket;
-use tower_throttle::{Clock, Limits, LocalBucket, Quota, RateLimit, RateLimitLayer};
+use tower_throttle::{
+    bucket::Clock, rate_limit::RateLimit, Limits, LocalBucket, Quota, RateLimitLayer,
+};
 
 const KEYS: u64 = 10_000;
 

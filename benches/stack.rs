@@ -16,9 +16,9 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{BoxError, Service, ServiceExt};
-use tower_throttle::adaptive::Probe;
 use tower_throttle::mock::MockServer;
-use tower_throttle::{MemoryStore, Quota, RetryPolicy, Throttle};
+use tower_throttle::Probe;
+use tower_throttle::{dead_letter::MemoryStore, Quota, RetryPolicy, Throttle};
 
 const BATCH: usize = 64;
 

@@ -9,7 +9,7 @@
 //! machine.
 
 use tower_throttle::adaptive::sim::{self, secs, Report, Scenario};
-use tower_throttle::adaptive::{Aimd, Cubic, HeaderDriven, Probe, RateController};
+use tower_throttle::{adaptive::RateController, Aimd, Cubic, HeaderDriven, Probe};
 
 /// A controller to compare, whether the server sends rate headers for it, and its factory
 /// taking `(start, min, max)`.

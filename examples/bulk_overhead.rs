@@ -22,8 +22,11 @@ use bytes::Bytes;
 use futures_util::stream;
 use http_body_util::Full;
 use tower::{service_fn, BoxError, ServiceBuilder};
-use tower_throttle::bulk::{run_bulk, BulkOptions, BulkReport};
-use tower_throttle::{Backoff, Jitter, QueueLayer, RetryLayer, RetryPolicy};
+use tower_throttle::{
+    backoff::{Backoff, Jitter},
+    QueueLayer, RetryLayer, RetryPolicy,
+};
+use tower_throttle::{run_bulk, BulkOptions, BulkReport};
 
 const JOBS: u64 = 200_000;
 const SLOTS: usize = 64;

@@ -28,8 +28,8 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{BoxError, ServiceBuilder};
-use tower_throttle::bulk::{classify_http, run_bulk, BulkOptions, JobOutcome};
 use tower_throttle::mock::{MockServer, ServerLimit};
+use tower_throttle::{run_bulk, BulkOptions, JobOutcome};
 use tower_throttle::{Quota, RateLimitLayer, RetryLayer, RetryPolicy};
 
 const SLOTS: usize = 64;
@@ -83,7 +83,7 @@ where
     let in_window = Arc::new(AtomicU64::new(0));
     let counter = in_window.clone();
     let options = BulkOptions::new(move |r: &Result<http::Response<_>, BoxError>| {
-        let outcome = classify_http(r);
+        let outcome = JobOutcome::classify_http(r);
         if outcome == JobOutcome::Succeeded && start.elapsed() <= window {
             counter.fetch_add(1, Ordering::Relaxed);
         }
@@ -173,7 +173,8 @@ async fn main() -> Result<(), BoxError> {
 
     // The machine's load moves the raw rate between runs, so raw and deferred alternate and
     // each deferred row is compared with the raw row just before it.
-    let deferred = tower_throttle::bulk::DEFAULT_MAX_DEFERRED;
+    // `BulkOptions`' default `max_deferred`.
+    let deferred = 4096;
     for _ in 0..rounds {
         let server = unlimited_with_failures().await;
         rows.push(run(RAW, &server, client(), window, 0).await);

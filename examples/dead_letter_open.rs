@@ -12,7 +12,10 @@
 use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
-use tower_throttle::dead_letter::{DeadLetter, DeadLetterStore, FileStore, StoredBody};
+use tower_throttle::{
+    dead_letter::{DeadLetter, DeadLetterStore, StoredBody},
+    FileStore,
+};
 
 fn peak_rss_mib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_throttle::bucket::{FailMode, RedisBucket, Reserve};
 use tower_throttle::mock::{MockServer, ServerLimit};
-use tower_throttle::{Bucket, Limits, Quota, RateLimitLayer};
+use tower_throttle::{bucket::Bucket, Limits, Quota, RateLimitLayer};
 
 const LIMIT: u32 = 50;
 const WORKERS: usize = 4;

@@ -17,8 +17,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
-use tower_throttle::retry::{Attempts, RetryLayer, RetryPolicy};
-use tower_throttle::{Backoff, LocalBucket, Quota, RateLimitLayer};
+use tower_throttle::{backoff::Backoff, LocalBucket, Quota, RateLimitLayer};
+use tower_throttle::{retry::Attempts, RetryLayer, RetryPolicy};
 
 const RECORDS: usize = 300;
 

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Empty, Full};
 /// ```
 /// use bytes::Bytes;
 /// use http_body_util::Full;
-/// use tower_throttle::ReplayBody;
+/// use tower_throttle::retry::ReplayBody;
 ///
 /// let body = Full::new(Bytes::from_static(b"{\"email\":\"a@example.com\"}"));
 /// assert!(body.try_clone().is_some());

@@ -10,7 +10,7 @@
 //! ```
 //! use std::time::Duration;
 //! use tower::ServiceBuilder;
-//! use tower_throttle::builder::ServiceBuilderExt;
+//! use tower_throttle::ServiceBuilderExt;
 //! use tower_throttle::{presets, RetryPolicy};
 //!
 //! # fn client() -> tower::util::BoxCloneService<http::Request<http_body_util::Full<bytes::Bytes>>, http::Response<()>, tower::BoxError> { tower::util::BoxCloneService::new(tower::service_fn(|_| async { Ok(http::Response::new(())) })) }
@@ -76,7 +76,7 @@ mod sealed {
 ///
 /// ```
 /// use tower::ServiceBuilder;
-/// use tower_throttle::builder::ServiceBuilderExt;
+/// use tower_throttle::ServiceBuilderExt;
 /// use tower_throttle::{LocalBucket, Quota, RetryPolicy};
 ///
 /// let bucket = LocalBucket::new(Quota::per_second(80)?);

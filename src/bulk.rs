@@ -15,7 +15,7 @@
 //! requests wait this way at once (beyond that a retry waits holding its slot, which keeps
 //! memory bounded when every request is failing).
 //!
-//! The default classifier for HTTP ([`classify_http`]): a response or error marked by the
+//! The default classifier for HTTP ([`JobOutcome::classify_http`]): a response or error marked by the
 //! [`DeadLetterLayer`](crate::DeadLetterLayer) is *dead-lettered*, a 2xx response *succeeded*,
 //! anything else *failed*.
 //!
@@ -24,7 +24,7 @@
 //! use futures_util::stream;
 //! use http::{Request, Response};
 //! use tower::service_fn;
-//! use tower_throttle::bulk::{run_bulk, BulkOptions};
+//! use tower_throttle::{run_bulk, BulkOptions};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
@@ -70,15 +70,19 @@ pub enum JobOutcome {
     DeadLettered,
 }
 
-/// The default classifier for HTTP stacks: dead-lettered when marked by the
-/// [`DeadLetterLayer`](crate::DeadLetterLayer), succeeded on 2xx, failed otherwise.
-pub fn classify_http<B>(result: &Result<http::Response<B>, BoxError>) -> JobOutcome {
-    match result {
-        Ok(resp) if resp.extensions().get::<DeadLettered>().is_some() => JobOutcome::DeadLettered,
-        Ok(resp) if resp.status().is_success() => JobOutcome::Succeeded,
-        Ok(_) => JobOutcome::Failed,
-        Err(e) if DeadLetteredError::find(e).is_some() => JobOutcome::DeadLettered,
-        Err(_) => JobOutcome::Failed,
+impl JobOutcome {
+    /// The default classifier for HTTP stacks: dead-lettered when marked by the
+    /// [`DeadLetterLayer`](crate::DeadLetterLayer), succeeded on 2xx, failed otherwise.
+    pub fn classify_http<B>(result: &Result<http::Response<B>, BoxError>) -> JobOutcome {
+        match result {
+            Ok(resp) if resp.extensions().get::<DeadLettered>().is_some() => {
+                JobOutcome::DeadLettered
+            }
+            Ok(resp) if resp.status().is_success() => JobOutcome::Succeeded,
+            Ok(_) => JobOutcome::Failed,
+            Err(e) if DeadLetteredError::find(e).is_some() => JobOutcome::DeadLettered,
+            Err(_) => JobOutcome::Failed,
+        }
     }
 }
 
@@ -149,7 +153,7 @@ impl fmt::Display for Progress {
 
 /// `950ms`, `42s`, `1m05s`, `2h03m`: short enough for a progress line, rounded down (an ETA
 /// shown as `1m05s` is at least that).
-pub fn short_duration(d: Duration) -> String {
+pub(crate) fn short_duration(d: Duration) -> String {
     let secs = d.as_secs();
     match secs {
         0 => format!("{}ms", d.subsec_millis()),
@@ -197,19 +201,16 @@ impl fmt::Display for BulkReport {
 type Classifier<R> = Arc<dyn Fn(&Result<R, BoxError>) -> JobOutcome + Send + Sync>;
 type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
-/// Default [`BulkOptions::concurrency`].
-pub const DEFAULT_CONCURRENCY: usize = 16;
-/// Default [`BulkOptions::max_deferred`].
-pub const DEFAULT_MAX_DEFERRED: usize = 4096;
-/// Default [`BulkOptions::progress_interval`].
-pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+const DEFAULT_CONCURRENCY: usize = 16;
+const DEFAULT_MAX_DEFERRED: usize = 4096;
+const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How [`run_bulk`] runs; `R` is the service's response type.
 ///
-/// Defaults: [`DEFAULT_CONCURRENCY`] jobs in flight, progress at most every
-/// [`DEFAULT_PROGRESS_INTERVAL`] (and once at the end), no callback, total from the stream's
-/// `size_hint` when exact. `BulkOptions::default()` (HTTP responses) classifies with
-/// [`classify_http`]; [`BulkOptions::new`] takes any classifier.
+/// Defaults: 16 jobs in flight, up to 4,096 retries waiting without a slot, progress at most
+/// every 100 ms (and once at the end), no callback, total from the stream's `size_hint` when
+/// exact. `BulkOptions::default()` (HTTP responses) classifies with
+/// [`JobOutcome::classify_http`]; [`BulkOptions::new`] takes any classifier.
 pub struct BulkOptions<R> {
     concurrency: usize,
     max_deferred: usize,
@@ -222,7 +223,7 @@ pub struct BulkOptions<R> {
 
 impl<B: 'static> Default for BulkOptions<http::Response<B>> {
     fn default() -> Self {
-        BulkOptions::new(classify_http::<B>)
+        BulkOptions::new(JobOutcome::classify_http::<B>)
     }
 }
 
@@ -249,7 +250,7 @@ impl<R> BulkOptions<R> {
     }
 
     /// At most `n` requests waiting out a retry delay without holding a slot (default
-    /// [`DEFAULT_MAX_DEFERRED`]; 0: a waiting retry keeps its slot). Each holds its request
+    /// 4,096; 0: a waiting retry keeps its slot). Each holds its request
     /// (the copy the retry layer keeps) in memory.
     pub fn max_deferred(mut self, n: usize) -> Self {
         self.max_deferred = n;
@@ -338,7 +339,7 @@ fn rate(n: u64, elapsed: Duration) -> f64 {
 
 /// Sends every request of `jobs` through a clone of `service`, at most
 /// [`concurrency`](BulkOptions::concurrency) at a time, and returns the counts once the
-/// stream is exhausted and every job has finished. See the [module docs](self).
+/// stream is exhausted and every job has finished. See the [crate docs](crate).
 pub async fn run_bulk<St, S, Req>(
     jobs: St,
     service: S,

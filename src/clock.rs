@@ -33,7 +33,7 @@ pub(crate) fn since_origin(t: Instant) -> Option<i64> {
 /// Waiting always happens on tokio's timer, whichever clock decides.
 ///
 /// ```
-/// use tower_throttle::{Bucket, Clock, LocalBucket, Quota};
+/// use tower_throttle::{bucket::{Bucket, Clock}, LocalBucket, Quota};
 ///
 /// # #[cfg(feature = "fast-clock")] {
 /// // With the `fast-clock` feature:

@@ -58,22 +58,25 @@
 //!
 //! # Modules
 //!
+//! The crate root holds what a stack is built from: [`Throttle::builder`] and
+//! [`ServiceBuilderExt`], the layers, [`Quota`] and [`Limits`], the adaptive controllers
+//! ([`Probe`], [`Aimd`], [`Cubic`], [`HeaderDriven`]), [`run_bulk`], [`FileStore`] and
+//! [`replay`], and the errors. Everything else has its one path in a module:
+//!
 //! | module | what it holds |
 //! |---|---|
-//! | [`rate_limit`] | [`RateLimitLayer`]: the shared `poll_ready` gate, with `max_wait` and a concurrency cap |
-//! | [`bucket`] | [`Bucket`], [`LocalBucket`], [`bucket::KeyedBucket`]: where admit decisions are made |
-//! | [`retry`] | [`RetryLayer`], [`RetryPolicy`]: 429-aware retry over `tower::retry` |
-//! | [`classify`] | [`Outcome`], [`Classify`], [`HttpClassifier`]: what a response means |
+//! | [`rate_limit`] | [`RateLimitLayer`]'s service, the keyed and weighted gates |
+//! | [`bucket`] | [`bucket::Bucket`], [`LocalBucket`], [`bucket::KeyedBucket`], [`bucket::Clock`]: where admit decisions are made |
+//! | [`retry`] | [`RetryLayer`], [`RetryPolicy`]: 429-aware retry over `tower::retry`; [`retry::ReplayBody`], [`retry::Attempts`] |
+//! | [`classify`] | [`classify::Outcome`], [`classify::Classify`], [`classify::HttpClassifier`]: what a response means |
 //! | [`backoff`], [`headers`] | backoff schedules; `Retry-After` and rate-limit headers |
 //! | [`adaptive`] | [`AdaptiveLayer`] and its rate controllers (AIMD, header-driven, Cubic, Probe); a deterministic simulation |
 //! | [`batch`] | [`BatchLayer`]: records coalesced into vendor batch requests (HubSpot, Customer.io, Mailchimp, JSON array), split back per item |
 //! | [`queue`] | [`QueueLayer`]: bounded queue, concurrency and interval caps, priorities, depth |
-//! | [`timeout`] | [`BodyTimeoutLayer`]: a per-attempt timeout that covers reading the response body |
+//! | [`timeout`] | [`timeout::BodyTimeoutLayer`]: a per-attempt timeout that covers reading the response body |
 //! | [`dead_letter`] | [`DeadLetterLayer`], [`FileStore`], [`replay`]: nothing is lost |
-//! | [`bulk`] | [`run_bulk`]: a stream of jobs through any stack, with progress and a report |
-//! | [`metrics`] | [`Stats`]: counters, gauges and a health check; the `metrics` facade |
+//! | [`metrics`] | [`metrics::Stats`]: counters, gauges and a health check; the `metrics` facade |
 //! | [`presets`] | ready [`Limits`] for Customer.io, HubSpot, Salesforce, Mailchimp, GA4 |
-//! | [`builder`] | [`ServiceBuilderExt`] and [`Throttle::builder`] |
 //!
 //! # Feature flags
 //!
@@ -99,8 +102,8 @@ pub mod backoff;
 pub mod batch;
 mod body;
 pub mod bucket;
-pub mod builder;
-pub mod bulk;
+mod builder;
+mod bulk;
 pub mod classify;
 mod clock;
 pub mod dead_letter;
@@ -128,24 +131,25 @@ mod sync;
 #[doc = include_str!("../README.md")]
 mod readme_doctests {}
 
-pub use adaptive::AdaptiveLayer;
-pub use backoff::{Backoff, Jitter};
-pub use batch::BatchLayer;
-pub use body::ReplayBody;
-pub use bucket::{Bucket, LocalBucket};
-pub use builder::{ServiceBuilderExt, Throttle, ThrottleBuilder};
-pub use bulk::{run_bulk, BulkOptions, BulkReport, JobOutcome, Progress};
-pub use classify::{Classify, HttpClassifier, Outcome};
-pub use clock::Clock;
-#[cfg(feature = "file-store")]
-pub use dead_letter::FileStore;
-pub use dead_letter::{
-    replay, DeadLetter, DeadLetterLayer, DeadLetterStore, MemoryStore, ReplayOptions, ReplayReport,
+// The crate root holds what the README uses: the builder, the layers, the quota types, the
+// controllers and the errors. Everything else has its one path in its module.
+pub use adaptive::{
+    aimd::Aimd, cubic::Cubic, header_driven::HeaderDriven, layer::AdaptiveLayer, probe::Probe,
 };
+pub use batch::layer::BatchLayer;
+pub use bucket::local::LocalBucket;
+pub use builder::{Buffered, ServiceBuilderExt, Streamed, Throttle, ThrottleBuilder};
+pub use bulk::{run_bulk, BulkOptions, BulkReport, JobOutcome, Progress};
+#[cfg(feature = "file-store")]
+pub use dead_letter::file::FileStore;
+pub use dead_letter::layer::DeadLetterLayer;
+pub use dead_letter::replay::{replay, ReplayOptions};
 pub use error::{ConfigError, ThrottleError};
-pub use metrics::{Stats, StatsSnapshot};
-pub use queue::{Priority, QueueHandle, QueueLayer};
+pub use queue::layer::QueueLayer;
 pub use quota::{Limits, Quota};
-pub use rate_limit::{RateLimit, RateLimitLayer};
-pub use retry::{Attempts, RetryLayer, RetryPolicy};
-pub use timeout::BodyTimeoutLayer;
+pub use rate_limit::layer::RateLimitLayer;
+pub use retry::{layer::RetryLayer, policy::RetryPolicy};
+
+// Shorthands inside the crate only (and for its docs' links).
+pub(crate) use rate_limit::RateLimit;
+pub(crate) use retry::ReplayBody;

@@ -137,7 +137,7 @@ impl<B: Bucket + Clone, C> ThrottleMiddleware<B, C> {
     /// controller's now; that fails with [`ConfigError`] when the bucket refuses it.
     ///
     /// ```
-    /// use tower_throttle::adaptive::Aimd;
+    /// use tower_throttle::Aimd;
     /// use tower_throttle::bucket::Bucket;
     /// use tower_throttle::reqwest::ThrottleMiddleware;
     /// use tower_throttle::Quota;
@@ -462,7 +462,7 @@ mod tests {
     use http::StatusCode;
 
     use super::*;
-    use crate::adaptive::Aimd;
+    use crate::Aimd;
     use crate::classify::Outcome;
     use crate::Quota;
 

@@ -11,10 +11,10 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
-use tower_throttle::adaptive::{Aimd, Cubic, HeaderDriven, Probe, RateController};
+use tower_throttle::{adaptive::RateController, Aimd, Cubic, HeaderDriven, Probe};
 use tower_throttle::{
-    AdaptiveLayer, Bucket, ConfigError, HttpClassifier, Limits, LocalBucket, Quota, RateLimitLayer,
-    RetryPolicy, Throttle,
+    bucket::Bucket, classify::HttpClassifier, AdaptiveLayer, ConfigError, Limits, LocalBucket,
+    Quota, RateLimitLayer, RetryPolicy, Throttle,
 };
 
 const START: f64 = 5.0;

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_throttle::mock::{MockServer, RateHeaders, ServerLimit};
-use tower_throttle::{AdaptiveLayer, Bucket, LocalBucket, Quota, RateLimitLayer};
+use tower_throttle::{bucket::Bucket, AdaptiveLayer, LocalBucket, Quota, RateLimitLayer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_driven_finds_the_mock_servers_limit_over_loopback() {

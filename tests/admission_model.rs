@@ -26,7 +26,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tokio::time::Instant;
 use tower_throttle::bucket::{KeyedBucket, Reservation};
-use tower_throttle::{Bucket, Limits, LocalBucket, Quota};
+use tower_throttle::{bucket::Bucket, Limits, LocalBucket, Quota};
 
 const MS: u64 = 1_000_000;
 

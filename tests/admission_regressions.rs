@@ -13,7 +13,9 @@ use tokio::time::Instant;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_throttle::bucket::KeyedBucket;
 use tower_throttle::rate_limit::KeyedRateLimitLayer;
-use tower_throttle::{presets, Bucket, Limits, LocalBucket, Quota, RateLimitLayer, Throttle};
+use tower_throttle::{
+    bucket::Bucket, presets, Limits, LocalBucket, Quota, RateLimitLayer, Throttle,
+};
 
 /// Instants (from `start`) at which calls reached the inner service.
 type Arrivals = Arc<Mutex<Vec<Duration>>>;

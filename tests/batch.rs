@@ -14,15 +14,19 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
-use tower_throttle::batch::{
-    BatchError, BatchInfo, BatchLayer, BatchedItem, HubSpotBatch, JsonArrayBatch,
-};
-use tower_throttle::bulk::{run_bulk, BulkOptions};
-use tower_throttle::dead_letter::{DeadLetterLayer, DeadLetterStore, MemoryStore};
 #[cfg(feature = "mock")]
 use tower_throttle::mock::{ServerLimit, ServerLimiter};
-use tower_throttle::retry::{Attempts, RetryLayer, RetryPolicy};
+use tower_throttle::{
+    batch::{BatchError, BatchInfo, BatchedItem, HubSpotBatch, JsonArrayBatch},
+    BatchLayer,
+};
+use tower_throttle::{
+    dead_letter::{DeadLetterStore, MemoryStore},
+    DeadLetterLayer,
+};
 use tower_throttle::{presets, ConfigError, LocalBucket, Quota, RateLimitLayer};
+use tower_throttle::{retry::Attempts, RetryLayer, RetryPolicy};
+use tower_throttle::{run_bulk, BulkOptions};
 
 type Req = http::Request<Full<Bytes>>;
 type Res = http::Response<Full<Bytes>>;

@@ -9,14 +9,18 @@ use bytes::Bytes;
 use futures_util::stream;
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_throttle::batch::{
-    BatchLayer, CustomerIoBatch, HubSpotBatch, JsonArrayBatch, MailchimpBatch,
-};
-use tower_throttle::bulk::{run_bulk, BulkOptions};
-use tower_throttle::dead_letter::{DeadLetterLayer, DeadLetterStore, MemoryStore};
 use tower_throttle::mock::{BatchEndpoint, MockServer, ServerLimit};
-use tower_throttle::retry::{RetryLayer, RetryPolicy};
+use tower_throttle::{
+    batch::{CustomerIoBatch, HubSpotBatch, JsonArrayBatch, MailchimpBatch},
+    BatchLayer,
+};
+use tower_throttle::{
+    dead_letter::{DeadLetterStore, MemoryStore},
+    DeadLetterLayer,
+};
+use tower_throttle::{run_bulk, BulkOptions};
 use tower_throttle::{LocalBucket, Quota, RateLimitLayer};
+use tower_throttle::{RetryLayer, RetryPolicy};
 
 mod common;
 

@@ -14,7 +14,10 @@ use tokio::time::Instant;
 use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
 use tower_throttle::retry::Attempts;
 use tower_throttle::timeout::BodyTimeoutLayer;
-use tower_throttle::{Backoff, Jitter, Quota, RetryPolicy, Throttle};
+use tower_throttle::{
+    backoff::{Backoff, Jitter},
+    Quota, RetryPolicy, Throttle,
+};
 
 type Drip = StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, BoxError>>>;
 

@@ -10,14 +10,15 @@ use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_throttle::bucket::{KeyedBucket, Snapshot};
-use tower_throttle::builder::ServiceBuilderExt;
 use tower_throttle::classify::Outcome;
 use tower_throttle::rate_limit::DestinationKey;
-use tower_throttle::retry::{Attempts, RetryLayer};
+use tower_throttle::ServiceBuilderExt;
 use tower_throttle::{
-    presets, Backoff, Bucket, ConfigError, HttpClassifier, Limits, LocalBucket, Quota, RateLimit,
-    RateLimitLayer, RetryPolicy, Throttle, ThrottleBuilder, ThrottleError,
+    backoff::Backoff, bucket::Bucket, classify::HttpClassifier, presets, rate_limit::RateLimit,
+    ConfigError, Limits, LocalBucket, Quota, RateLimitLayer, RetryPolicy, Throttle,
+    ThrottleBuilder, ThrottleError,
 };
+use tower_throttle::{retry::Attempts, RetryLayer};
 
 type HyperClient = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
@@ -188,8 +189,11 @@ async fn throttle_builder_max_wait_sheds_with_a_typed_error() {
 
 #[tokio::test(start_paused = true)]
 async fn throttle_builder_wires_adaptive_control_dead_letters_and_stats() {
-    use tower_throttle::adaptive::Aimd;
-    use tower_throttle::{DeadLetterStore, MemoryStore, Stats};
+    use tower_throttle::Aimd;
+    use tower_throttle::{
+        dead_letter::{DeadLetterStore, MemoryStore},
+        metrics::Stats,
+    };
 
     // The API throttles the first call without Retry-After, then answers 404 to id 2.
     let calls = Arc::new(Mutex::new(0u32));
@@ -383,7 +387,7 @@ async fn throttle_builder_per_authority_caps_concurrency_per_destination() {
 async fn throttle_builder_per_header_keys_by_value_and_keeps_it_out_of_debug() {
     let start = Instant::now();
     let seen = HostSeen::default();
-    let stats = tower_throttle::Stats::new();
+    let stats = tower_throttle::metrics::Stats::new();
     let client = Throttle::builder()
         .limits(Quota::per_second(1).unwrap())
         .per_header(http::header::AUTHORIZATION)
@@ -417,7 +421,7 @@ fn throttle_builder_refuses_adaptive_control_with_a_keyed_gate() {
     });
     let err = Throttle::builder()
         .limits(Quota::per_second(10).unwrap())
-        .adaptive(tower_throttle::adaptive::Aimd::new(5.0, 1.0, 10.0).unwrap())
+        .adaptive(tower_throttle::Aimd::new(5.0, 1.0, 10.0).unwrap())
         .per_authority()
         .build(api)
         .unwrap_err();

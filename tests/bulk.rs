@@ -11,7 +11,7 @@ use futures_util::{stream, StreamExt as _};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{service_fn, BoxError};
-use tower_throttle::bulk::{run_bulk, BulkOptions, JobOutcome, Progress};
+use tower_throttle::{run_bulk, BulkOptions, JobOutcome, Progress};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -193,12 +193,12 @@ impl Flaky {
 }
 
 /// Retries with an exact 1 s, 2 s, ... backoff and no budget.
-fn retrying() -> tower_throttle::retry::RetryLayer {
-    let backoff = tower_throttle::Backoff::builder()
-        .jitter(tower_throttle::Jitter::None)
+fn retrying() -> tower_throttle::RetryLayer {
+    let backoff = tower_throttle::backoff::Backoff::builder()
+        .jitter(tower_throttle::backoff::Jitter::None)
         .build()
         .unwrap();
-    tower_throttle::retry::RetryLayer::new(
+    tower_throttle::RetryLayer::new(
         tower_throttle::RetryPolicy::default()
             .with_backoff(backoff)
             .without_budget(),
@@ -288,10 +288,13 @@ mod against_mock {
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
     use tower::ServiceBuilder;
-    use tower_throttle::dead_letter::{DeadLetterLayer, DeadLetterStore, MemoryStore};
+    use tower_throttle::metrics::Stats;
     use tower_throttle::mock::MockServer;
-    use tower_throttle::queue::QueueLayer;
-    use tower_throttle::Stats;
+    use tower_throttle::QueueLayer;
+    use tower_throttle::{
+        dead_letter::{DeadLetterStore, MemoryStore},
+        DeadLetterLayer,
+    };
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bulk_with_ten_percent_503s_accounts_for_every_job() {
@@ -371,7 +374,7 @@ mod against_mock {
             .await
             .unwrap();
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let backoff = tower_throttle::Backoff::builder()
+        let backoff = tower_throttle::backoff::Backoff::builder()
             .base(ms(20))
             .build()
             .unwrap();

@@ -9,11 +9,16 @@ use std::time::{Duration, SystemTime};
 
 use http::{Request, Response, StatusCode};
 use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
-use tower_throttle::dead_letter::{
-    replay, Attempts, DeadLetter, DeadLetterLayer, DeadLetterStore, DeadLettered,
-    DeadLetteredError, FileStore, FileStoreError, MemoryStore, ReplayOptions, StoredBody,
+use tower_throttle::{
+    dead_letter::{
+        DeadLetter, DeadLetterStore, DeadLettered, DeadLetteredError, FileStoreError, MemoryStore,
+        StoredBody,
+    },
+    replay,
+    retry::Attempts,
+    DeadLetterLayer, FileStore, ReplayOptions,
 };
-use tower_throttle::{Quota, Stats};
+use tower_throttle::{metrics::Stats, Quota};
 
 fn letter(n: u32) -> DeadLetter {
     DeadLetter {

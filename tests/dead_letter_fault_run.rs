@@ -14,9 +14,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use tower::{service_fn, ServiceExt as _};
-use tower_throttle::dead_letter::{DeadLetterStore, DeadLettered, DeadLetteredError, FileStore};
 use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
-use tower_throttle::{Backoff, Jitter, Quota, RetryPolicy, Throttle};
+use tower_throttle::{
+    backoff::{Backoff, Jitter},
+    Quota, RetryPolicy, Throttle,
+};
+use tower_throttle::{
+    dead_letter::{DeadLetterStore, DeadLettered, DeadLetteredError},
+    FileStore,
+};
 
 const REQUESTS: u64 = 10_000;
 const WORKERS: usize = 64;

@@ -8,7 +8,10 @@
 use std::io::Write as _;
 use std::time::{Duration, SystemTime};
 
-use tower_throttle::dead_letter::{DeadLetter, DeadLetterStore, FileStore, StoredBody};
+use tower_throttle::{
+    dead_letter::{DeadLetter, DeadLetterStore, StoredBody},
+    FileStore,
+};
 
 /// `VmRSS` or `VmHWM` (peak) of this process, in bytes.
 fn status_bytes(field: &str) -> u64 {

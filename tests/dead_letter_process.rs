@@ -13,8 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::{rngs::SmallRng, Rng as _, SeedableRng as _};
-use tower_throttle::dead_letter::{
-    DeadLetter, DeadLetterStore, FileStore, FileStoreError, StoredBody,
+use tower_throttle::{
+    dead_letter::{DeadLetter, DeadLetterStore, FileStoreError, StoredBody},
+    FileStore,
 };
 
 const ROLE: &str = "TOWER_THROTTLE_DEAD_LETTER_CHILD";

@@ -11,8 +11,11 @@ use hyper_util::rt::TokioExecutor;
 use tower::timeout::TimeoutLayer;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_throttle::mock::MockServer;
-use tower_throttle::retry::{Attempts, RetryLayer, RetryPolicy};
-use tower_throttle::{Backoff, Jitter, LocalBucket, Quota, RateLimitLayer, Throttle};
+use tower_throttle::{
+    backoff::{Backoff, Jitter},
+    LocalBucket, Quota, RateLimitLayer, Throttle,
+};
+use tower_throttle::{retry::Attempts, RetryLayer, RetryPolicy};
 
 const TIMEOUT: Duration = Duration::from_millis(200);
 

@@ -15,7 +15,7 @@ use loom::sync::Mutex;
 use loom::thread;
 use tokio::time::Instant;
 use tower_throttle::bucket::Reservation;
-use tower_throttle::{Bucket, Limits, LocalBucket, Quota};
+use tower_throttle::{bucket::Bucket, Limits, LocalBucket, Quota};
 
 const T: Duration = Duration::from_millis(100);
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tokio::time::Instant;
 use tower_throttle::bucket::{KeyedBucket, Reservation};
-use tower_throttle::{Bucket, Limits, LocalBucket, Quota, ThrottleError};
+use tower_throttle::{bucket::Bucket, Limits, LocalBucket, Quota, ThrottleError};
 
 /// A quota as (count, period in ms, burst), kept small enough that windows overlap often.
 fn quota() -> impl Strategy<Value = Quota> {

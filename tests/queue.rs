@@ -11,8 +11,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
-use tower_throttle::queue::{ByExtension, Priority, Queue, QueueLayer};
-use tower_throttle::{ConfigError, Stats, ThrottleError};
+use tower_throttle::{metrics::Stats, ConfigError, ThrottleError};
+use tower_throttle::{
+    queue::{ByExtension, Priority, Queue},
+    QueueLayer,
+};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -414,7 +417,7 @@ impl Service<http::Request<u32>> for FailsOnce {
     }
 }
 
-impl tower_throttle::ReplayBody for Wrapped {
+impl tower_throttle::retry::ReplayBody for Wrapped {
     fn to_bytes(&self) -> Option<bytes::Bytes> {
         Some(bytes::Bytes::copy_from_slice(&self.0.to_be_bytes()))
     }
@@ -438,7 +441,7 @@ fn retry_queue(
             Error = tower::BoxError,
             Future = impl Send,
         > + Clone,
-    tower_throttle::QueueHandle,
+    tower_throttle::queue::QueueHandle,
 ) {
     let queue = QueueLayer::builder()
         .capacity(1_000)
@@ -447,8 +450,8 @@ fn retry_queue(
         .build()
         .unwrap();
     let handle = queue.handle();
-    let backoff = tower_throttle::Backoff::builder()
-        .jitter(tower_throttle::Jitter::None)
+    let backoff = tower_throttle::backoff::Backoff::builder()
+        .jitter(tower_throttle::backoff::Jitter::None)
         .build()
         .unwrap();
     let inner = FailsOnce {

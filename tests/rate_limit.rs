@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready_ok, task};
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_throttle::{Bucket, Limits, Quota, RateLimit, RateLimitLayer, ThrottleError};
+use tower_throttle::{
+    bucket::Bucket, rate_limit::RateLimit, Limits, Quota, RateLimitLayer, ThrottleError,
+};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -388,7 +390,7 @@ mod keyed {
     async fn a_fast_clock_keyed_bucket_drives_the_layer() {
         let bucket = tower_throttle::bucket::KeyedBucket::with_clock(
             Quota::per_second(1).unwrap(),
-            tower_throttle::Clock::Fast,
+            tower_throttle::bucket::Clock::Fast,
         );
         let layer = KeyedRateLimitLayer::with_bucket(bucket.clone(), |r: &u32| *r % 2)
             .with_max_wait(ms(10));
@@ -401,7 +403,7 @@ mod keyed {
         ));
         assert_eq!(svc.clone().oneshot(3).await.unwrap(), 3);
         // The layer decided on the very bucket it was given.
-        assert_eq!(bucket.clock(), tower_throttle::Clock::Fast);
+        assert_eq!(bucket.clock(), tower_throttle::bucket::Clock::Fast);
         assert_eq!(bucket.len(), 2);
         assert_eq!(layer.bucket().len(), 2);
     }

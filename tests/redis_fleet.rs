@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use tower_throttle::bucket::{FailMode, RedisBucket, RedisStats, Reservation, Reserve};
 use tower_throttle::mock::{max_in_any_window, MockServer, ServerLimit};
-use tower_throttle::{Bucket, Limits, Quota, ThrottleError};
+use tower_throttle::{bucket::Bucket, Limits, Quota, ThrottleError};
 
 use common::redis::RedisServer;
 
@@ -466,10 +466,11 @@ mod dead_letters {
     use http::{Request, Response, StatusCode};
     use tower::service_fn;
     use tower_throttle::bucket::RedisBucket;
-    use tower_throttle::dead_letter::{
-        replay, DeadLetter, DeadLetterStore, RedisStore, ReplayOptions, StoredBody,
-    };
     use tower_throttle::Quota;
+    use tower_throttle::{
+        dead_letter::{DeadLetter, DeadLetterStore, RedisStore, StoredBody},
+        replay, ReplayOptions,
+    };
 
     use super::RedisServer;
 

@@ -10,15 +10,18 @@ mod common;
 use bytes::Bytes;
 use http_body_util::Full;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use tower_throttle::adaptive::Aimd;
 use tower_throttle::bucket::Bucket;
 use tower_throttle::dead_letter::{
     DeadLetterStore, DeadLettered, MemoryStore, StoredBody, REDACTED,
 };
 use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
 use tower_throttle::reqwest::{throttle_error, ThrottleMiddleware};
-use tower_throttle::retry::{Attempts, RetryPolicy};
-use tower_throttle::{Backoff, Jitter, Quota, RateLimitLayer, ThrottleError};
+use tower_throttle::Aimd;
+use tower_throttle::{
+    backoff::{Backoff, Jitter},
+    Quota, RateLimitLayer, ThrottleError,
+};
+use tower_throttle::{retry::Attempts, RetryPolicy};
 
 fn client(mw: ThrottleMiddleware) -> ClientWithMiddleware {
     ClientBuilder::new(reqwest::Client::new()).with(mw).build()

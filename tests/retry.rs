@@ -9,10 +9,15 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
-use tower_throttle::retry::{Attempts, ReplayBody, RetryLayer, RetryPolicy};
 use tower_throttle::{
-    Backoff, Bucket, HttpClassifier, Jitter, LocalBucket, Outcome, Quota, RateLimitLayer,
-    ThrottleError,
+    backoff::{Backoff, Jitter},
+    bucket::Bucket,
+    classify::{HttpClassifier, Outcome},
+    LocalBucket, Quota, RateLimitLayer, ThrottleError,
+};
+use tower_throttle::{
+    retry::{Attempts, ReplayBody},
+    RetryLayer, RetryPolicy,
 };
 
 type Reply = Result<http::Response<()>, BoxError>;

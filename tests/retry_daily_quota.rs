@@ -14,7 +14,7 @@ use tower::{service_fn, BoxError, ServiceExt};
 use tower_throttle::dead_letter::{DeadLetterStore, DeadLetteredError, MemoryStore};
 use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
 use tower_throttle::retry::Attempts;
-use tower_throttle::{presets, Backoff, RetryPolicy, Throttle, ThrottleError};
+use tower_throttle::{backoff::Backoff, presets, RetryPolicy, Throttle, ThrottleError};
 
 mod common;
 

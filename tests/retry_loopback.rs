@@ -9,8 +9,11 @@ mod common;
 use common::{client, send_all};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_throttle::mock::{MockServer, ServerLimit};
-use tower_throttle::retry::{RetryLayer, RetryPolicy};
-use tower_throttle::{Backoff, Jitter, LocalBucket, Quota, RateLimitLayer};
+use tower_throttle::{
+    backoff::{Backoff, Jitter},
+    LocalBucket, Quota, RateLimitLayer,
+};
+use tower_throttle::{RetryLayer, RetryPolicy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_storm_is_waited_out_by_everyone_and_every_request_succeeds() {

@@ -25,8 +25,11 @@ use http_body_util::Full;
 use tower::timeout::TimeoutLayer;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_throttle::mock::{MockServer, ServerLimit};
-use tower_throttle::retry::{Attempts, RetryLayer, RetryPolicy};
-use tower_throttle::{Backoff, Jitter, LocalBucket, Quota, RateLimitLayer};
+use tower_throttle::{
+    backoff::{Backoff, Jitter},
+    LocalBucket, Quota, RateLimitLayer,
+};
+use tower_throttle::{retry::Attempts, RetryLayer, RetryPolicy};
 
 /// The server's limit and the client's configured rate: the client runs at the limit.
 const RATE: u32 = 200;

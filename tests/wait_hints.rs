@@ -11,8 +11,12 @@ use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
 use tower_throttle::headers::retry_after;
-use tower_throttle::retry::{Attempts, RetryLayer, RetryPolicy};
-use tower_throttle::{Backoff, Bucket, Jitter, LocalBucket, Quota, RateLimitLayer};
+use tower_throttle::{
+    backoff::{Backoff, Jitter},
+    bucket::Bucket,
+    LocalBucket, Quota, RateLimitLayer,
+};
+use tower_throttle::{retry::Attempts, RetryLayer, RetryPolicy};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tower::limit::rate::Rate;
 use tower::{Layer, Service};
 use tower_throttle::bucket::KeyedBucket;
-use tower_throttle::{Clock, LocalBucket, Quota, RateLimit, RateLimitLayer};
+use tower_throttle::{bucket::Clock, rate_limit::RateLimit, LocalBucket, Quota, RateLimitLayer};
 
 fn ready_call<S: Service<()>>(svc: &mut S, cx: &mut Context<'_>)
 where

@@ -37,9 +37,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{BoxError, ServiceExt};
-use tower_throttle::adaptive::Probe;
 use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
-use tower_throttle::{Attempts, Backoff, Quota, RetryPolicy, Throttle};
+use tower_throttle::Probe;
+use tower_throttle::{backoff::Backoff, retry::Attempts, Quota, RetryPolicy, Throttle};
 
 const LIMIT: u32 = 100;
 const WORKERS: usize = 32;

@@ -11,7 +11,7 @@ use crate::ConfigError;
 ///
 /// ```
 /// use tokio::time::Instant;
-/// use tower_throttle::adaptive::{Aimd, RateController, Signal};
+/// use tower_throttle::{adaptive::{RateController, Signal}, Aimd};
 ///
 /// let mut aimd = Aimd::new(10.0, 1.0, 100.0)?;
 /// let now = Instant::now();

@@ -33,7 +33,7 @@ pub enum Signal {
     /// connection. Controllers must not cut the rate for it.
     Transient,
     /// The server asked for a pause without refusing our rate: a 503 (or another transient
-    /// status) with `Retry-After` ([`Classify::transient_wait`](crate::Classify::transient_wait)).
+    /// status) with `Retry-After` ([`Classify::transient_wait`](crate::classify::Classify::transient_wait)).
     /// It is congestion, not a reading of the limit: controllers do not cut the rate for it,
     /// but they stop growing (a climb in progress returns to the level it started from), and
     /// the pause is not growth time. The layer holds the shared bucket for the wait.
@@ -517,7 +517,7 @@ pub(super) mod test_signals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adaptive::{Aimd, Cubic, HeaderDriven, Probe};
+    use crate::{Aimd, Cubic, HeaderDriven, Probe};
 
     fn every_controller_at_8_per_second() -> Vec<Box<dyn RateController>> {
         vec![

@@ -34,7 +34,7 @@ use crate::ConfigError;
 ///
 /// ```
 /// use tokio::time::Instant;
-/// use tower_throttle::adaptive::{Cubic, RateController};
+/// use tower_throttle::{adaptive::RateController, Cubic};
 ///
 /// let cubic = Cubic::builder().start(5.0).min(0.5).max(500.0).build()?;
 /// assert_eq!(cubic.rate(), 5.0);

@@ -25,7 +25,7 @@ use crate::ConfigError;
 /// ```
 /// use std::time::Duration;
 /// use tokio::time::Instant;
-/// use tower_throttle::adaptive::{HeaderDriven, HeaderInfo, RateController, Signal};
+/// use tower_throttle::{adaptive::{HeaderInfo, RateController, Signal}, HeaderDriven};
 ///
 /// let mut c = HeaderDriven::new(5.0, 0.5, 500.0)?;
 /// let headers = HeaderInfo {

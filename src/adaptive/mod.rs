@@ -2,7 +2,7 @@
 //!
 //! [`AdaptiveLayer`] sits between the retry layer and the gate, so it sees every attempt. Each
 //! response (status and headers) or error becomes a [`Signal`] for a [`RateController`], whose
-//! new rate goes to [`Bucket::set_rate`](crate::Bucket::set_rate); a 429 with `Retry-After`
+//! new rate goes to [`Bucket::set_rate`](crate::bucket::Bucket::set_rate); a 429 with `Retry-After`
 //! also holds the shared bucket until then. Unlike `tower::limit::RateLimit`, whose rate is
 //! fixed at construction, the rate here moves at run time and is shared by every clone.
 //!
@@ -43,7 +43,7 @@
 //!   gate for the policy's cap and no longer. [`Throttle::builder`](crate::Throttle::builder)
 //!   does this itself.
 //! * **A 503 with `Retry-After` is a pause, not a limit.** The server asked every caller to
-//!   wait ([`Classify::transient_wait`](crate::Classify::transient_wait)): the layer holds the
+//!   wait ([`Classify::transient_wait`](crate::classify::Classify::transient_wait)): the layer holds the
 //!   shared bucket for it, capped exactly like a 429's `Retry-After`, and feeds
 //!   [`Signal::Overloaded`]. It is congestion, so no controller grows through it (a climb in
 //!   progress returns to the level it started from, and the pause is not growth time), but it
@@ -53,15 +53,15 @@
 //!
 //! # Controllers
 //!
-//! * [`Aimd`]: x0.5 per 429, x1.1 after 10 successes in a row. The common recipe and the
+//! * [`Aimd`](crate::Aimd): x0.5 per 429, x1.1 after 10 successes in a row. The common recipe and the
 //!   baseline. Every 429 of a burst halves again, and with the `Retry-After` hold each costs a
 //!   pause, so it spends most of its time far below the limit.
-//! * [`HeaderDriven`]: when the server states its quota (`RateLimit-*`, `X-RateLimit-*`,
+//! * [`HeaderDriven`](crate::HeaderDriven): when the server states its quota (`RateLimit-*`, `X-RateLimit-*`,
 //!   HubSpot), the rate is simply `limit / window` less a 2% margin, and `remaining / reset`
 //!   when only those are given; AIMD takes over when the headers vanish. With headers it is
 //!   exact, and it is the one to use.
-//! * [`Probe`]: for servers that say nothing but 429, and the one to use then. See below.
-//! * [`Cubic`]: the AWS SDKs' CUBIC-shaped limiter with a burst of 429s counted as one event
+//! * [`Probe`](crate::Probe): for servers that say nothing but 429, and the one to use then. See below.
+//! * [`Cubic`](crate::Cubic): the AWS SDKs' CUBIC-shaped limiter with a burst of 429s counted as one event
 //!   and the cut taken from the *accepted* rate. Kept for comparison: it beats AIMD but misses
 //!   the targets, for the reasons given under the table.
 //!
@@ -165,21 +165,22 @@
 //! and holds); with no response latency the fitted limit lands on the limit itself rather than
 //! just under it, so the first climb after the fit is refused within the run.
 
-mod aimd;
+pub(crate) mod aimd;
 mod controller;
-mod cubic;
+pub(crate) mod cubic;
 pub mod future;
-mod header_driven;
-mod layer;
-mod probe;
+pub(crate) mod header_driven;
+pub(crate) mod layer;
+pub(crate) mod probe;
 mod service;
 #[cfg(feature = "mock")]
 pub mod sim;
 
-pub use aimd::{Aimd, AimdBuilder};
+// The layer and the controllers are at the crate root (one path each); the rest is here.
+pub use aimd::AimdBuilder;
 pub use controller::{HeaderInfo, RateController, Signal};
-pub use cubic::{Cubic, CubicBuilder};
-pub use header_driven::{HeaderDriven, HeaderDrivenBuilder};
-pub use layer::AdaptiveLayer;
-pub use probe::{Probe, ProbeBuilder};
+pub use cubic::CubicBuilder;
+pub use header_driven::HeaderDrivenBuilder;
+pub(crate) use layer::AdaptiveLayer;
+pub use probe::ProbeBuilder;
 pub use service::Adaptive;

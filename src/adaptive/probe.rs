@@ -60,7 +60,7 @@ use crate::ConfigError;
 /// ```
 /// use std::time::Duration;
 /// use tokio::time::Instant;
-/// use tower_throttle::adaptive::{Probe, RateController, Signal};
+/// use tower_throttle::{adaptive::{RateController, Signal}, Probe};
 ///
 /// let mut probe = Probe::new(20.0, 0.5, 500.0)?;
 /// let t0 = Instant::now();

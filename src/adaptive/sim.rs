@@ -8,7 +8,7 @@
 //! ```
 //! use std::time::Duration;
 //! use tower_throttle::adaptive::sim::{self, HiddenLimit, Scenario};
-//! use tower_throttle::adaptive::Cubic;
+//! use tower_throttle::Cubic;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,4 +1,4 @@
-//! Batching: many records, one request. [`BatchLayer`] coalesces per-record requests into a
+//! Batching: many records, one request. [`BatchLayer`](crate::BatchLayer) coalesces per-record requests into a
 //! vendor's batch request (at most N items, at most B body bytes, at most a linger time),
 //! sends it through the layers below as *one* request, and splits the answer back so each
 //! caller gets its own record's response.
@@ -13,7 +13,7 @@
 //! use bytes::Bytes;
 //! use http_body_util::{BodyExt, Full};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_throttle::batch::{BatchLayer, HubSpotBatch};
+//! use tower_throttle::{batch::HubSpotBatch, BatchLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), tower::BoxError> {
@@ -61,7 +61,7 @@
 //! * **Partial failure.** A `207 Multi-Status` (or a 200 naming failed items) is split by the
 //!   [`BatchFormat`]. Delivered items are answered at once. An item whose status is transient
 //!   (429, 5xx, 408 by the classifier) rejoins the queue and goes out in a later batch with
-//!   other pending items, at most [`with_max_item_attempts`](BatchLayer::with_max_item_attempts)
+//!   other pending items, at most [`with_max_item_attempts`](crate::BatchLayer::with_max_item_attempts)
 //!   batches in all; an item that failed for good (other 4xx) is answered with its own status
 //!   and body, so the dead-letter layer above stores that record alone.
 //! * **Whole-batch failure.** A batch answered 429 or 5xx is the retry layer's business: it
@@ -89,7 +89,7 @@ mod format;
 pub mod future;
 mod hubspot;
 mod json_array;
-mod layer;
+pub(crate) mod layer;
 mod mailchimp;
 mod service;
 mod worker;
@@ -107,7 +107,6 @@ pub use customerio::{CustomerIoBatch, CUSTOMERIO_MAX_BYTES, CUSTOMERIO_MAX_ITEMS
 pub use format::{BatchFormat, Envelope, ItemResult};
 pub use hubspot::{HubSpotBatch, HUBSPOT_MAX_INPUTS};
 pub use json_array::JsonArrayBatch;
-pub use layer::BatchLayer;
 pub use mailchimp::{MailchimpBatch, MAILCHIMP_MAX_OPERATIONS};
 pub use service::Batch;
 
@@ -210,7 +209,7 @@ struct Counters {
     cancelled: AtomicU64,
 }
 
-/// Counters of a [`BatchLayer`] (every service it built), read at any time.
+/// Counters of a [`BatchLayer`](crate::BatchLayer) (every service it built), read at any time.
 ///
 /// At rest, every submitted item is counted once in `delivered + failed + cancelled`;
 /// `items_sent` counts each time an item went out, so `items_sent - rebatched` is the number

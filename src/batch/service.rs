@@ -38,7 +38,7 @@ impl Launch {
     }
 }
 
-/// The service [`BatchLayer`](super::BatchLayer) builds: each call submits one item and
+/// The service [`BatchLayer`](crate::BatchLayer) builds: each call submits one item and
 /// resolves to that item's own response. Clones share one pending batch and one worker.
 pub struct Batch<F> {
     config: Arc<Config<F>>,

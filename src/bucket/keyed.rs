@@ -401,7 +401,7 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
         decided
     }
 
-    /// Reserves the next slot for `key`; see [`Bucket::reserve`](crate::Bucket::reserve).
+    /// Reserves the next slot for `key`; see [`Bucket::reserve`](crate::bucket::Bucket::reserve).
     pub fn reserve(
         &self,
         key: &K,
@@ -412,7 +412,7 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
     }
 
     /// Reserves `cost` units of every window for `key`; see
-    /// [`Bucket::reserve_weighted`](crate::Bucket::reserve_weighted).
+    /// [`Bucket::reserve_weighted`](crate::bucket::Bucket::reserve_weighted).
     pub fn reserve_weighted(
         &self,
         key: &K,
@@ -488,7 +488,7 @@ impl<K: Hash + Eq + Clone> KeyedBucket<K> {
     }
 
     /// Holds `key` until `until`: nobody of that key goes before it; after it the key's
-    /// windows release as they would have (see [`Bucket::hold_until`](crate::Bucket::hold_until)).
+    /// windows release as they would have (see [`Bucket::hold_until`](crate::bucket::Bucket::hold_until)).
     /// Other keys are untouched, and no window of the key spends anything. Callers of that key
     /// already waiting for an earlier slot re-slot behind the hold when they wake
     /// ([`KeyedBucket::is_current`]).

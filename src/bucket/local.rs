@@ -88,7 +88,7 @@ impl LocalBucket {
     /// admit several times cheaper but does not follow `tokio::time::pause()`; see [`Clock`].
     ///
     /// ```
-    /// use tower_throttle::{Clock, LocalBucket, Quota, RateLimitLayer};
+    /// use tower_throttle::{bucket::Clock, LocalBucket, Quota, RateLimitLayer};
     ///
     /// // `Clock::Fast` with the `fast-clock` feature; `Clock::Tokio` is the default.
     /// let bucket = LocalBucket::with_clock(Quota::per_second(50)?, Clock::Tokio);

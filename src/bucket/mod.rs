@@ -6,7 +6,7 @@
 //! (per host, per workspace) and forgets idle keys.
 //!
 //! ```
-//! use tower_throttle::{Bucket, LocalBucket, Quota};
+//! use tower_throttle::{bucket::Bucket, LocalBucket, Quota};
 //! use tokio::time::Instant;
 //!
 //! let bucket = LocalBucket::new(Quota::per_second(10)?.with_burst(2)?);
@@ -23,7 +23,7 @@
 
 pub(crate) mod core;
 mod keyed;
-mod local;
+pub(crate) mod local;
 #[cfg(feature = "redis")]
 mod redis;
 
@@ -43,7 +43,7 @@ use crate::{ConfigError, ThrottleError};
 pub use self::redis::{FailMode, RedisBucket, RedisBucketBuilder, RedisStats};
 pub use crate::clock::Clock;
 pub use keyed::{KeyedBucket, KeyedPermit};
-pub use local::LocalBucket;
+pub(crate) use local::LocalBucket;
 
 /// A slot handed out by a bucket: the caller may start at [`Reservation::at`].
 ///
@@ -52,7 +52,7 @@ pub use local::LocalBucket;
 /// another caller already holds).
 ///
 /// ```compile_fail
-/// use tower_throttle::{Bucket, LocalBucket, Quota};
+/// use tower_throttle::{bucket::Bucket, LocalBucket, Quota};
 /// let bucket = LocalBucket::new(Quota::per_second(10).unwrap());
 /// let now = tokio::time::Instant::now();
 /// let slot = bucket.try_reserve(now, None).unwrap();

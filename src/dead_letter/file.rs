@@ -50,7 +50,7 @@ pub const DEFAULT_COMPACTION_THRESHOLD: usize = 64;
 /// as "not a dead letter".
 ///
 /// ```
-/// use tower_throttle::dead_letter::{DeadLetterStore, FileStore, FileStoreError};
+/// use tower_throttle::{dead_letter::{DeadLetterStore, FileStoreError}, FileStore};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> std::io::Result<()> {

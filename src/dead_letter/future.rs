@@ -10,7 +10,8 @@ use tower::BoxError;
 
 use super::layer::{Config, WriteFuture};
 use super::service::Captured;
-use super::{error_text, Attempts, DeadLettered, DeadLetteredError};
+use super::{error_text, DeadLettered, DeadLetteredError};
+use crate::retry::Attempts;
 
 pin_project! {
     /// Drives the inner future; on a failure, writes the dead letter before resolving.

@@ -65,7 +65,7 @@ pub struct DeadLetterLayer {
 
 impl DeadLetterLayer {
     /// A layer writing to `store` (pass a clone, or an `Arc`, to keep a handle for
-    /// [`replay`](super::replay)).
+    /// [`replay`](crate::replay())).
     pub fn new(store: impl DeadLetterStore) -> DeadLetterLayer {
         DeadLetterLayer {
             config: Config {

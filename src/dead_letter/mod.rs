@@ -1,29 +1,31 @@
 //! Dead letters: nothing is lost. Requests whose final outcome is a failure are kept in a
-//! store, with credentials redacted, and can be [`replay`]ed later.
+//! store, with credentials redacted, and can be [`replay`](crate::replay())ed later.
 //!
 //! [`DeadLetterLayer`] goes outermost, so it sees final outcomes only (after the retry layer
 //! gave up). It copies each request before sending it (the body must be buffered:
-//! [`ReplayBody`]); when the response is a failure (not 2xx by default, or
+//! [`ReplayBody`](crate::retry::ReplayBody)); when the response is a failure (not 2xx by default, or
 //! [`failure_if`](DeadLetterLayer::failure_if)) or the call returns an error, it appends a
 //! [`DeadLetter`] (method, URI, redacted headers, body, last status or error text, attempt
 //! count, first and last attempt time) to a [`DeadLetterStore`] before handing the outcome
 //! back, marked with [`DeadLettered`] (responses) or wrapped in [`DeadLetteredError`]
-//! (errors). [`FileStore`] is the durable default; [`MemoryStore`] is for tests.
+//! (errors). [`FileStore`](crate::FileStore) is the durable default; [`MemoryStore`] is for tests.
 //!
 //! **Credentials** (`Authorization`, `Proxy-Authorization`, `Cookie`, `Set-Cookie`, and any
 //! header added with [`redact_header`](DeadLetterLayer::redact_header)) are replaced with
 //! `[REDACTED]` before the store sees the letter. Replayed requests go out *without* them:
-//! re-add them in the service stack (an auth layer) or with [`ReplayOptions::prepare`].
+//! re-add them in the service stack (an auth layer) or with [`ReplayOptions::prepare`](crate::ReplayOptions::prepare).
 //! Credentials inside URIs or bodies are not touched.
 //!
-//! The attempt count is read from an [`Attempts`] extension on the response (the retry layer
+//! The attempt count is read from an [`Attempts`](crate::retry::Attempts) extension on the response (the retry layer
 //! sets it) or on the request, and is 1 without either. Tower's
 //! [`tower::retry`] has no dead-letter counterpart; this layer is that missing piece.
 //!
 //! ```
 //! use http::{Request, Response, StatusCode};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_throttle::dead_letter::{DeadLetterLayer, DeadLetterStore, DeadLettered, MemoryStore};
+//! use tower_throttle::{
+//!     dead_letter::{DeadLetterStore, DeadLettered, MemoryStore}, DeadLetterLayer,
+//! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower::BoxError> {
@@ -50,13 +52,13 @@
 //! ```
 
 #[cfg(feature = "file-store")]
-mod file;
+pub(crate) mod file;
 pub mod future;
 pub(crate) mod layer;
 mod record;
 #[cfg(feature = "redis")]
 mod redis;
-mod replay;
+pub(crate) mod replay;
 pub(crate) mod service;
 mod store;
 
@@ -64,13 +66,11 @@ use std::fmt;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
-pub use crate::body::ReplayBody;
-pub use crate::retry::Attempts;
 #[cfg(feature = "file-store")]
-pub use file::{FileStore, FileStoreError, DEFAULT_COMPACTION_THRESHOLD};
-pub use layer::DeadLetterLayer;
+pub use file::{FileStoreError, DEFAULT_COMPACTION_THRESHOLD};
+pub(crate) use layer::DeadLetterLayer;
 pub use record::{DeadLetter, StoredBody, REDACTED};
-pub use replay::{replay, ReplayOptions, ReplayReport};
+pub use replay::ReplayReport;
 pub use service::DeadLetters;
 pub use store::{DeadLetterStore, MemoryStore, StoreFuture};
 

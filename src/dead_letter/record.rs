@@ -18,7 +18,7 @@ pub const REDACTED: &str = "[REDACTED]";
 /// One request whose final outcome was a failure, as kept by a
 /// [`DeadLetterStore`](super::DeadLetterStore).
 ///
-/// Serialized as one JSON object (one line in a [`FileStore`](super::FileStore)); the body is
+/// Serialized as one JSON object (one line in a [`FileStore`](crate::FileStore)); the body is
 /// text when it is valid UTF-8, base64 otherwise; times are RFC 3339 UTC with milliseconds.
 /// Credential headers are already redacted (see [`DeadLetterLayer`](super::DeadLetterLayer)).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub struct DeadLetter {
         serde(default, skip_serializing_if = "Option::is_none")
     )]
     pub error: Option<String>,
-    /// Attempts made (from the [`Attempts`](super::Attempts) extension; 1 without one).
+    /// Attempts made (from the [`Attempts`](crate::retry::Attempts) extension; 1 without one).
     pub attempts: u32,
     /// When the request entered the dead-letter layer.
     #[cfg_attr(feature = "serde", serde(with = "rfc3339"))]
@@ -59,7 +59,7 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// Rebuilds the request to send it again. Headers whose value is `[REDACTED]` are left
     /// out: credentials must be added back by the service stack (an auth layer) or by
-    /// [`ReplayOptions::prepare`](super::ReplayOptions::prepare).
+    /// [`ReplayOptions::prepare`](crate::ReplayOptions::prepare).
     ///
     /// Fails with [`io::ErrorKind::InvalidData`] when a stored field is not a valid method,
     /// URI, header or base64 text (a hand-edited file).

@@ -24,18 +24,18 @@ const PAGE: usize = 500;
 ///
 /// Letters are JSON entries of the stream `"{prefix}:dead-letters"`; ids come from the counter
 /// `"{prefix}:dead-letters:seq"`. `list` reads the stream oldest first, `remove` deletes one
-/// entry (`XDEL`), so [`replay`](super::replay) removes a letter only after it was delivered.
+/// entry (`XDEL`), so [`replay`](crate::replay()) removes a letter only after it was delivered.
 /// Every call is bounded by a timeout and fails with an `io::Error` (kind `TimedOut` or
 /// `Other`) rather than hanging when Redis is unreachable.
 ///
 /// Durability is the server's: a letter is acknowledged once Redis has it in memory, and
 /// survives a Redis restart only with persistence on (`appendonly yes`, with
-/// `appendfsync always` for the same guarantee as [`FileStore`](super::FileStore)).
+/// `appendfsync always` for the same guarantee as [`FileStore`](crate::FileStore)).
 ///
 /// ```no_run
 /// use std::time::Duration;
 /// use tower_throttle::bucket::RedisBucket;
-/// use tower_throttle::dead_letter::{DeadLetterLayer, DeadLetterStore, RedisStore};
+/// use tower_throttle::{dead_letter::{DeadLetterStore, RedisStore}, DeadLetterLayer};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let conn = RedisBucket::connection_manager("redis://127.0.0.1/", Duration::from_millis(500)).await?;

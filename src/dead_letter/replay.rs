@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use tower::{BoxError, ServiceExt as _};
 use tower_service::Service;
 
-use super::{error_text, DeadLetterStore, ReplayBody};
+use super::{error_text, DeadLetterStore};
+use crate::ReplayBody;
 use crate::{Quota, RateLimit};
 
 /// Letters read from the store at a time.
@@ -117,7 +118,7 @@ pub struct ReplayReport {
 /// ```
 /// use http::{Request, Response};
 /// use tower::service_fn;
-/// use tower_throttle::dead_letter::{replay, DeadLetterStore, MemoryStore, ReplayOptions};
+/// use tower_throttle::{dead_letter::{DeadLetterStore, MemoryStore}, replay, ReplayOptions};
 /// use tower_throttle::Quota;
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]

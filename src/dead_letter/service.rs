@@ -9,7 +9,9 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::layer::Config;
 use super::record::redacted_headers;
-use super::{Attempts, DeadLetter, ReplayBody, StoredBody};
+use super::{DeadLetter, StoredBody};
+use crate::retry::Attempts;
+use crate::ReplayBody;
 
 /// The service built by [`DeadLetterLayer`](super::DeadLetterLayer).
 ///
@@ -18,7 +20,7 @@ use super::{Attempts, DeadLetter, ReplayBody, StoredBody};
 /// response future resolves, and the outcome is marked: a response gets a
 /// [`DeadLettered`](super::DeadLettered) extension, an error is wrapped in
 /// [`DeadLetteredError`](super::DeadLetteredError). If the store itself fails, the outcome is
-/// returned unmarked and the failure is logged (and counted in [`Stats`](crate::Stats)).
+/// returned unmarked and the failure is logged (and counted in [`Stats`](crate::metrics::Stats)).
 #[derive(Clone)]
 pub struct DeadLetters<S> {
     inner: S,

@@ -1,6 +1,6 @@
 //! A bounded request queue as tower middleware: what p-queue gives JavaScript users.
 //!
-//! [`QueueLayer`] holds requests in front of a service with a fixed capacity (one more fails
+//! [`QueueLayer`](crate::QueueLayer) holds requests in front of a service with a fixed capacity (one more fails
 //! at once with [`ThrottleError::QueueFull`](crate::ThrottleError::QueueFull): memory never
 //! grows without bound), runs at most `concurrency` of them at once, optionally starts at most
 //! `interval_cap` per `interval`, and orders waiting requests by priority (higher first, FIFO
@@ -30,7 +30,7 @@
 //! ```
 //! use std::time::Duration;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_throttle::queue::QueueLayer;
+//! use tower_throttle::QueueLayer;
 //! use tower_throttle::ThrottleError;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -63,14 +63,14 @@
 //! ```
 
 pub mod future;
-mod layer;
+pub(crate) mod layer;
 mod service;
 pub(crate) mod shared;
 
 use std::fmt;
 use std::sync::Arc;
 
-pub use layer::{QueueBuilder, QueueLayer, DEFAULT_CAPACITY};
+pub use layer::{QueueBuilder, DEFAULT_CAPACITY};
 pub use service::Queue;
 
 use shared::Shared;

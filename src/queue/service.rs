@@ -10,7 +10,7 @@ use super::shared::Shared;
 use super::{PriorityFn, QueueHandle};
 use crate::ThrottleError;
 
-/// The service built by [`QueueLayer`](super::QueueLayer).
+/// The service built by [`QueueLayer`](crate::QueueLayer).
 ///
 /// `poll_ready` is always ready: the queue needs the request (for its priority) before it can
 /// order it, so the wait happens in the response future, which calls a clone of the inner

@@ -164,14 +164,14 @@ impl<K: Hash + Eq + Clone, F> KeyedRateLimitLayer<K, F> {
     }
 
     /// One bucket per `key_fn(&request)`, kept in `bucket`: a [`KeyedBucket`] built
-    /// elsewhere, for instance on the cheaper [`Clock::Fast`](crate::Clock::Fast), or shared
+    /// elsewhere, for instance on the cheaper [`Clock::Fast`](crate::bucket::Clock::Fast), or shared
     /// with another layer or read by a metrics task (clones of a bucket share its keys).
     ///
     /// ```
     /// use tower::{ServiceBuilder, ServiceExt, service_fn};
     /// use tower_throttle::bucket::KeyedBucket;
     /// use tower_throttle::rate_limit::KeyedRateLimitLayer;
-    /// use tower_throttle::{Clock, Quota};
+    /// use tower_throttle::{bucket::Clock, Quota};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower::BoxError> {
     /// // `Clock::Fast` (feature `fast-clock`) reads the CPU's counter instead of tokio's clock.

@@ -1,6 +1,6 @@
 //! The shared token-bucket gate as tower middleware.
 //!
-//! [`RateLimitLayer`] turns a bucket into a `poll_ready` gate: readiness reserves the next
+//! [`RateLimitLayer`](crate::RateLimitLayer) turns a bucket into a `poll_ready` gate: readiness reserves the next
 //! slot (waiting callers each get their own slot, one interval apart, so they are released in
 //! order and never as a herd), `call` uses it, and a ready handle dropped without `call` gives
 //! it back. Unlike [`tower::limit::RateLimit`], the state is not per instance: every clone
@@ -35,12 +35,11 @@
 pub mod future;
 mod gate;
 mod keyed;
-mod layer;
+pub(crate) mod layer;
 mod service;
 mod weighted;
 
 pub(crate) use keyed::Destination;
 pub use keyed::{ByAuthority, DestinationKey, KeyFn, KeyedRateLimit, KeyedRateLimitLayer};
-pub use layer::RateLimitLayer;
 pub use service::RateLimit;
 pub use weighted::{Cost, WeightedRateLimit, WeightedRateLimitLayer};

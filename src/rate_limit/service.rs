@@ -13,7 +13,7 @@ use crate::bucket::{Bucket, LocalBucket};
 use crate::metrics::Stats;
 use crate::Limits;
 
-/// A service gated by a shared bucket; built by [`RateLimitLayer`](super::RateLimitLayer).
+/// A service gated by a shared bucket; built by [`RateLimitLayer`](crate::RateLimitLayer).
 ///
 /// `poll_ready` reserves this handle's slot and resolves when it arrives; `call` uses it.
 /// Dropping a ready (or waiting) handle without calling returns the slot. Errors are boxed:
@@ -26,7 +26,7 @@ pub struct RateLimit<S, B: Bucket + Clone = LocalBucket> {
 
 impl<S> RateLimit<S, LocalBucket> {
     /// Wraps `inner` in a new in-process bucket enforcing `limits`. To share one bucket
-    /// between several services, build them from one [`RateLimitLayer`](super::RateLimitLayer)
+    /// between several services, build them from one [`RateLimitLayer`](crate::RateLimitLayer)
     /// or clone this service.
     pub fn new(inner: S, limits: impl Into<Limits>) -> Self {
         let bucket = LocalBucket::new(limits);

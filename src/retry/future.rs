@@ -13,7 +13,7 @@ use super::defer::{self, Reacquire, Slot};
 pin_project! {
     /// Waits until the next attempt is due. When the request runs under a scheduler with a
     /// concurrency cap ([`run_bulk`](crate::bulk::run_bulk), a
-    /// [`QueueLayer`](crate::queue::QueueLayer)), the wait gives the request's slot back and
+    /// [`QueueLayer`](crate::QueueLayer)), the wait gives the request's slot back and
     /// then queues for one again, so other requests run meanwhile.
     pub struct RetryDelay {
         #[pin]

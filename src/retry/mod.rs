@@ -27,7 +27,7 @@
 //! use bytes::Bytes;
 //! use http_body_util::Full;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_throttle::retry::{Attempts, RetryLayer, RetryPolicy};
+//! use tower_throttle::{retry::Attempts, RetryLayer, RetryPolicy};
 //! use tower_throttle::{LocalBucket, Quota, RateLimitLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -63,11 +63,12 @@
 pub(crate) mod defer;
 pub mod future;
 mod hold;
-mod layer;
-mod policy;
+pub(crate) mod layer;
+pub(crate) mod policy;
 
 pub use crate::body::ReplayBody;
-pub use layer::RetryLayer;
-pub use policy::{Attempts, RetryPolicy};
+pub(crate) use layer::RetryLayer;
+pub use policy::Attempts;
+pub(crate) use policy::RetryPolicy;
 #[cfg(feature = "reqwest")]
 pub(crate) use policy::{Observed, Step};

@@ -70,7 +70,7 @@ struct RequestStart(Instant);
 /// arrive buffered within a time bound; without it the classifier has the headers only.
 ///
 /// Under a scheduler with a concurrency cap ([`run_bulk`](crate::bulk::run_bulk), a
-/// [`QueueLayer`](crate::queue::QueueLayer) above this layer), the wait gives the request's
+/// [`QueueLayer`](crate::QueueLayer) above this layer), the wait gives the request's
 /// slot back, so other requests run while it waits (see [`RetryDelay`]).
 ///
 /// Defaults: 4 retries (5 attempts), backoff 1 s base, factor 2, 60 s cap, 25% proportional
@@ -82,7 +82,7 @@ struct RequestStart(Instant);
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_throttle::retry::RetryPolicy;
+/// use tower_throttle::RetryPolicy;
 /// use tower_throttle::{LocalBucket, Quota};
 ///
 /// let bucket = LocalBucket::new(Quota::per_second(80)?);
@@ -234,7 +234,7 @@ impl<C> RetryPolicy<C> {
     /// ```
     /// use tower::ServiceBuilder;
     /// use tower_throttle::rate_limit::{ByAuthority, KeyedRateLimitLayer};
-    /// use tower_throttle::retry::{RetryLayer, RetryPolicy};
+    /// use tower_throttle::{RetryLayer, RetryPolicy};
     /// use tower_throttle::Quota;
     ///
     /// let gate = KeyedRateLimitLayer::per_authority(Quota::per_second(10)?);
@@ -259,7 +259,7 @@ impl<C> RetryPolicy<C> {
     }
 
     /// Records every attempt's outcome and every retry into `stats` (this is where the
-    /// 429 ratio of [`StatsSnapshot::health`](crate::StatsSnapshot::health) comes from).
+    /// 429 ratio of [`StatsSnapshot::health`](crate::metrics::StatsSnapshot::health) comes from).
     pub fn with_stats(mut self, stats: Stats) -> Self {
         self.stats = Some(stats);
         self

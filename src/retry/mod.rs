@@ -63,10 +63,12 @@
 pub(crate) mod defer;
 pub mod future;
 mod hold;
+mod inspect;
 mod layer;
 mod policy;
 
 pub use crate::body::ReplayBody;
+pub use inspect::{InspectBody, InspectBodyLayer, InspectedBody, PrefixedBody};
 pub use layer::RetryLayer;
 pub use policy::{Attempts, RetryPolicy};
 #[cfg(feature = "reqwest")]

@@ -12,6 +12,7 @@ use tower::BoxError;
 
 use super::future::RetryDelay;
 use super::hold::{Hold, KeyedHold};
+use super::inspect::InspectedBody;
 use crate::backoff::Backoff;
 use crate::body::ReplayBody;
 use crate::bucket::{Bucket, KeyedBucket};
@@ -639,7 +640,7 @@ where
             Ok(res) => self.observe_response(
                 res.status(),
                 res.headers(),
-                || buffered_body(res.body()),
+                || seen_body(res),
                 SystemTime::now(),
             ),
             Err(err) => self.observe_error(&**err),
@@ -704,6 +705,15 @@ where
         *copy.extensions_mut() = req.extensions().clone();
         copy.extensions_mut().insert(start);
         Some(copy)
+    }
+}
+
+/// The body the classifier may read: what [`InspectBody`](super::InspectBody) read below
+/// (the one way a streaming body is seen), else a buffered body.
+fn seen_body<R: 'static>(res: &http::Response<R>) -> Option<bytes::Bytes> {
+    match res.extensions().get::<InspectedBody>() {
+        Some(InspectedBody(bytes)) => Some(bytes.clone()),
+        None => buffered_body(res.body()),
     }
 }
 

@@ -569,6 +569,8 @@ impl<C> ThrottleBuilder<C, Streamed> {
     /// `timeout` once sent; the body is not timed, and is streamed to the caller as the client
     /// returns it. This is [`tower::timeout::Timeout`] on each attempt. Prefer
     /// [`timeout`](ThrottleBuilder::timeout) unless bodies are too large to buffer.
+    /// Add [`inspect_bodies`](ThrottleBuilder::inspect_bodies) for the retry policy to read
+    /// a 429's body (HubSpot's daily refusal names its policy only there).
     pub fn head_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self

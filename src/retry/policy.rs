@@ -66,9 +66,13 @@ struct RequestStart(Instant);
 /// there). The policy reads a body it can see without waiting: a buffered one (`Full<Bytes>`,
 /// as [`ThrottleBuilder::timeout`](crate::ThrottleBuilder::timeout) answers, `Bytes`,
 /// `String`, `Vec<u8>`) of at most [`MAX_BODY_INSPECTED`](crate::classify::MAX_BODY_INSPECTED)
-/// bytes, and hands it on untouched. Below a streaming client, put a
-/// [`BodyTimeoutLayer`](crate::timeout::BodyTimeoutLayer) under the retry layer so 429 bodies
-/// arrive buffered within a time bound; without it the classifier has the headers only.
+/// bytes, and hands it on untouched, or the bytes an
+/// [`InspectBodyLayer`](super::InspectBodyLayer) below it read from a streaming body (its
+/// [`InspectedBody`](super::InspectedBody) extension, looked at first). Below a streaming
+/// client, put an `InspectBodyLayer` under the retry layer (it reads 429 bodies within a size
+/// and time bound and keeps every body streaming), or a
+/// [`BodyTimeoutLayer`](crate::timeout::BodyTimeoutLayer) to buffer every body; without
+/// either the classifier has the headers only.
 ///
 /// Under a scheduler with a concurrency cap ([`run_bulk`](crate::bulk::run_bulk), a
 /// [`QueueLayer`](crate::queue::QueueLayer) above this layer), the wait gives the request's

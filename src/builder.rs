@@ -59,7 +59,7 @@ use crate::classify::{Classify, HttpClassifier};
 use crate::dead_letter::{DeadLetterLayer, DeadLetterStore, DeadLetters};
 use crate::metrics::Stats;
 use crate::rate_limit::{Destination, DestinationKey, KeyedRateLimit, KeyedRateLimitLayer};
-use crate::retry::{ReplayBody, RetryLayer, RetryPolicy};
+use crate::retry::{InspectBody, InspectBodyLayer, ReplayBody, RetryLayer, RetryPolicy};
 use crate::timeout::BodyTimeout;
 use crate::{ConfigError, Limits, RateLimit, RateLimitLayer};
 
@@ -237,6 +237,7 @@ impl Throttle<(), HttpClassifier> {
             dead_letters: None,
             stats: None,
             keyed: None,
+            inspect: None,
             body: PhantomData,
         }
     }
@@ -252,6 +253,12 @@ pub struct Streamed;
 /// buffered as `Full<Bytes>`.
 #[derive(Debug, Clone, Copy)]
 pub struct Buffered;
+
+/// [`ThrottleBuilder`] state after [`inspect_bodies`](ThrottleBuilder::inspect_bodies):
+/// bodies stream as in [`Streamed`], and the refusals whose bodies the classifier reads are
+/// read first, within bounds ([`InspectBody`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Inspected;
 
 impl<S, C> Throttle<S, C> {
     /// The shared bucket: take a snapshot, change its rate, or gate another stack with it
@@ -334,6 +341,8 @@ pub struct ThrottleBuilder<C = HttpClassifier, T = Streamed> {
     dead_letters: Option<DeadLetterLayer>,
     stats: Option<Stats>,
     keyed: Option<Destination>,
+    /// The time bound of [`inspect_bodies`](ThrottleBuilder::inspect_bodies).
+    inspect: Option<Duration>,
     body: PhantomData<fn() -> T>,
 }
 
@@ -356,6 +365,7 @@ impl<C, T> ThrottleBuilder<C, T> {
             dead_letters: self.dead_letters,
             stats: self.stats,
             keyed: self.keyed,
+            inspect: self.inspect,
             body: PhantomData,
         }
     }
@@ -380,6 +390,7 @@ impl<C, T> ThrottleBuilder<C, T> {
             dead_letters: self.dead_letters,
             stats: self.stats,
             keyed: self.keyed,
+            inspect: self.inspect,
             body: PhantomData,
         }
     }
@@ -558,6 +569,8 @@ impl<C> ThrottleBuilder<C, Streamed> {
     /// `timeout` once sent; the body is not timed, and is streamed to the caller as the client
     /// returns it. This is [`tower::timeout::Timeout`] on each attempt. Prefer
     /// [`timeout`](ThrottleBuilder::timeout) unless bodies are too large to buffer.
+    /// Add [`inspect_bodies`](ThrottleBuilder::inspect_bodies) for the retry policy to read
+    /// a 429's body (HubSpot's daily refusal names its policy only there).
     pub fn head_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -574,6 +587,78 @@ impl<C> ThrottleBuilder<C, Streamed> {
     {
         let head = self.timeout;
         self.assemble(client, head)
+    }
+
+    /// Reads the body of each refusal whose body the retry policy's classifier reads
+    /// ([`Classify::reads_body`]: for [`HttpClassifier`], HubSpot's 429, whose body tells a
+    /// spent *daily* allowance from a secondly one), up to
+    /// [`MAX_BODY_INSPECTED`](crate::classify::MAX_BODY_INSPECTED) bytes and `within` after
+    /// the head, so the policy can hold until the allowance is back; other bodies still
+    /// stream, untouched and not waited for. Without it a streaming stack tells a daily 429
+    /// only from `X-HubSpot-RateLimit-Daily-Remaining`, which OAuth apps do not receive. A
+    /// [`head_timeout`](ThrottleBuilder::head_timeout) also bounds this read. See
+    /// [`InspectBodyLayer`]; responses come back as
+    /// [`PrefixedBody`](crate::retry::PrefixedBody) around the client's body.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower::{service_fn, ServiceExt};
+    /// use tower_throttle::{presets, Throttle};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// let api = service_fn(|_req: http::Request<Full<Bytes>>| async {
+    ///     Ok::<_, tower::BoxError>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
+    /// });
+    /// let client = Throttle::builder()
+    ///     .limits(presets::hubspot())
+    ///     .head_timeout(Duration::from_secs(30))
+    ///     .inspect_bodies(Duration::from_secs(2))
+    ///     .build(api)?;
+    /// let res = client.oneshot(http::Request::new(Full::new(Bytes::new()))).await?;
+    /// assert_eq!(res.into_body().collect().await?.to_bytes(), "{}");
+    /// # Ok(()) }
+    /// ```
+    pub fn inspect_bodies(self, within: Duration) -> ThrottleBuilder<C, Inspected> {
+        ThrottleBuilder {
+            limits: self.limits,
+            retry: self.retry,
+            timeout: self.timeout,
+            max_wait: self.max_wait,
+            adaptive: self.adaptive,
+            dead_letters: self.dead_letters,
+            stats: self.stats,
+            keyed: self.keyed,
+            inspect: Some(within),
+            body: PhantomData,
+        }
+    }
+}
+
+impl<C> ThrottleBuilder<C, Inspected> {
+    /// As [`ThrottleBuilder::head_timeout`] before
+    /// [`inspect_bodies`](ThrottleBuilder::inspect_bodies).
+    pub fn head_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Wraps `client`, reading refusals' bodies for the classifier within bounds.
+    ///
+    /// # Errors
+    /// As [`build`](ThrottleBuilder::build) without inspection, and [`ConfigError::Zero`]
+    /// for a zero `within`.
+    pub fn build<S>(self, client: S) -> Result<Throttle<InspectBody<S>, C>, ConfigError>
+    where
+        C: Classify,
+    {
+        let within = self.inspect.unwrap_or(Duration::ZERO);
+        let inspect =
+            InspectBodyLayer::for_classifier(self.retry.classifier()).time_limit(within)?;
+        let head = self.timeout;
+        self.assemble(inspect.layer(client), head)
     }
 }
 

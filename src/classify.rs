@@ -116,6 +116,17 @@ pub trait Classify: Clone {
         let _ = (status, headers, body, now);
         None
     }
+
+    /// Whether [`quota_reset`](Classify::quota_reset) may need the body of a response with
+    /// this status. A streaming body is read for it only where this says so, by an
+    /// [`InspectBodyLayer`](crate::retry::InspectBodyLayer) built with
+    /// [`for_classifier`](crate::retry::InspectBodyLayer::for_classifier) (as
+    /// [`ThrottleBuilder::inspect_bodies`](crate::ThrottleBuilder::inspect_bodies) does), so
+    /// a classifier that never reads bodies costs streaming responses nothing. The default:
+    /// 429s.
+    fn reads_body(&self, status: StatusCode) -> bool {
+        status == StatusCode::TOO_MANY_REQUESTS
+    }
 }
 
 /// The largest response body the retry policy hands to [`Classify::quota_reset`]: a
@@ -429,6 +440,12 @@ impl Classify for HttpClassifier {
                 self.inner.hubspot_utc_offset,
             )
         })
+    }
+
+    /// A 429 while [`hubspot_daily`](HttpClassifier::hubspot_daily) is on: the only body
+    /// [`quota_reset`](Classify::quota_reset) reads.
+    fn reads_body(&self, status: StatusCode) -> bool {
+        self.inner.hubspot_daily && status == StatusCode::TOO_MANY_REQUESTS
     }
 
     /// A transient response's `Retry-After`, capped like a rate limit's.

@@ -462,8 +462,8 @@ mod tests {
     use http::StatusCode;
 
     use super::*;
-    use crate::Aimd;
     use crate::classify::Outcome;
+    use crate::Aimd;
     use crate::Quota;
 
     fn hostile_429() -> Result<Response, Error> {

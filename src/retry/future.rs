@@ -10,6 +10,8 @@ use tokio::time::{Instant, Sleep};
 
 use super::defer::{self, Reacquire, Slot};
 
+pub use super::inspect::InspectFuture;
+
 pin_project! {
     /// Waits until the next attempt is due. When the request runs under a scheduler with a
     /// concurrency cap ([`run_bulk`](crate::bulk::run_bulk), a

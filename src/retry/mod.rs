@@ -13,7 +13,8 @@
 //!   RetryLayer        one logical request, several attempts
 //!     AdaptiveLayer   sees every attempt, moves the bucket's rate
 //!       RateLimitLayer  every attempt, first or retry, takes a slot from the shared bucket
-//!         client
+//!         InspectBodyLayer  (streaming clients) reads a 429's body for the policy, within bounds
+//!           client
 //! ```
 //!
 //! Retry above the gate is what makes a retry storm impossible: a retry is just another
@@ -60,13 +61,35 @@
 //! # Ok(()) }
 //! ```
 
+//!
+//! # A spent daily allowance (HubSpot)
+//!
+//! HubSpot refuses both its ten-secondly and its daily limit with a plain 429 and no
+//! `Retry-After`; only the body's `policyName` tells them apart (and, for private apps only,
+//! `X-HubSpot-RateLimit-Daily-Remaining: 0`). A daily refusal holds every caller until the
+//! daily reset ([`Classify::quota_reset`](crate::classify::Classify::quota_reset)) instead of
+//! burning retries on a server that will refuse them all day. What the policy needs is to see
+//! the body:
+//!
+//! | stack | the 429's body is read by |
+//! |---|---|
+//! | `Throttle::builder().timeout(..)` (buffered) | the policy itself (a `Full<Bytes>` body) |
+//! | `Throttle::builder().head_timeout(..)`, or no timeout (streaming) | nothing, unless `.inspect_bodies(within)` is added ([`ThrottleBuilder::inspect_bodies`](crate::ThrottleBuilder::inspect_bodies)) |
+//! | your own `ServiceBuilder` over a streaming client | an [`InspectBodyLayer`] below the [`RetryLayer`] |
+//! | the reqwest middleware | nothing: it decides from headers, so an OAuth app's daily 429 is a plain one |
+//!
+//! A body larger than [`MAX_BODY_INSPECTED`](crate::classify::MAX_BODY_INSPECTED), slower
+//! than the inspection's time bound, or failing is handed on whole and read as a plain 429.
+
 pub(crate) mod defer;
 pub mod future;
 mod hold;
+mod inspect;
 pub(crate) mod layer;
 pub(crate) mod policy;
 
 pub use crate::body::ReplayBody;
+pub use inspect::{InspectBody, InspectBodyLayer, InspectedBody, PrefixedBody};
 pub(crate) use layer::RetryLayer;
 pub use policy::Attempts;
 pub(crate) use policy::RetryPolicy;

@@ -12,6 +12,7 @@ use tower::BoxError;
 
 use super::future::RetryDelay;
 use super::hold::{Hold, KeyedHold};
+use super::inspect::InspectedBody;
 use crate::backoff::Backoff;
 use crate::body::ReplayBody;
 use crate::bucket::{Bucket, KeyedBucket};
@@ -65,9 +66,13 @@ struct RequestStart(Instant);
 /// there). The policy reads a body it can see without waiting: a buffered one (`Full<Bytes>`,
 /// as [`ThrottleBuilder::timeout`](crate::ThrottleBuilder::timeout) answers, `Bytes`,
 /// `String`, `Vec<u8>`) of at most [`MAX_BODY_INSPECTED`](crate::classify::MAX_BODY_INSPECTED)
-/// bytes, and hands it on untouched. Below a streaming client, put a
-/// [`BodyTimeoutLayer`](crate::timeout::BodyTimeoutLayer) under the retry layer so 429 bodies
-/// arrive buffered within a time bound; without it the classifier has the headers only.
+/// bytes, and hands it on untouched, or the bytes an
+/// [`InspectBodyLayer`](super::InspectBodyLayer) below it read from a streaming body (its
+/// [`InspectedBody`](super::InspectedBody) extension, looked at first). Below a streaming
+/// client, put an `InspectBodyLayer` under the retry layer (it reads 429 bodies within a size
+/// and time bound and keeps every body streaming), or a
+/// [`BodyTimeoutLayer`](crate::timeout::BodyTimeoutLayer) to buffer every body; without
+/// either the classifier has the headers only.
 ///
 /// Under a scheduler with a concurrency cap ([`run_bulk`](crate::bulk::run_bulk), a
 /// [`QueueLayer`](crate::QueueLayer) above this layer), the wait gives the request's
@@ -639,7 +644,7 @@ where
             Ok(res) => self.observe_response(
                 res.status(),
                 res.headers(),
-                || buffered_body(res.body()),
+                || seen_body(res),
                 SystemTime::now(),
             ),
             Err(err) => self.observe_error(&**err),
@@ -704,6 +709,15 @@ where
         *copy.extensions_mut() = req.extensions().clone();
         copy.extensions_mut().insert(start);
         Some(copy)
+    }
+}
+
+/// The body the classifier may read: what [`InspectBody`](super::InspectBody) read below
+/// (the one way a streaming body is seen), else a buffered body.
+fn seen_body<R: 'static>(res: &http::Response<R>) -> Option<bytes::Bytes> {
+    match res.extensions().get::<InspectedBody>() {
+        Some(InspectedBody(bytes)) => Some(bytes.clone()),
+        None => buffered_body(res.body()),
     }
 }
 

@@ -330,6 +330,7 @@ where
 /// The second parameter says what the timeout covers: [`Streamed`] (the default, and after
 /// [`head_timeout`](ThrottleBuilder::head_timeout)) or [`Buffered`] (after
 /// [`timeout`](ThrottleBuilder::timeout)), because it changes the response body type.
+#[derive(Debug)]
 #[must_use = "call .build(client) to get the service"]
 pub struct ThrottleBuilder<C = HttpClassifier, T = Streamed> {
     limits: Option<Limits>,
@@ -356,9 +357,17 @@ impl<C, T> ThrottleBuilder<C, T> {
     /// The retry policy (default [`RetryPolicy::default`]). Its bucket is replaced by the
     /// gate's, so a 429 holds the bucket every request goes through.
     pub fn retry<C2>(self, policy: RetryPolicy<C2>) -> ThrottleBuilder<C2, T> {
+        self.rebuild(|_| policy)
+    }
+
+    /// The builder with another classifier or body state, the rest kept.
+    fn rebuild<C2, T2>(
+        self,
+        retry: impl FnOnce(RetryPolicy<C>) -> RetryPolicy<C2>,
+    ) -> ThrottleBuilder<C2, T2> {
         ThrottleBuilder {
             limits: self.limits,
-            retry: policy,
+            retry: retry(self.retry),
             timeout: self.timeout,
             max_wait: self.max_wait,
             adaptive: self.adaptive,
@@ -381,18 +390,9 @@ impl<C, T> ThrottleBuilder<C, T> {
     /// policy there: [`Classify::quota_reset`]).
     /// To stream bodies instead, use [`head_timeout`](ThrottleBuilder::head_timeout).
     pub fn timeout(self, timeout: Duration) -> ThrottleBuilder<C, Buffered> {
-        ThrottleBuilder {
-            limits: self.limits,
-            retry: self.retry,
-            timeout: Some(timeout),
-            max_wait: self.max_wait,
-            adaptive: self.adaptive,
-            dead_letters: self.dead_letters,
-            stats: self.stats,
-            keyed: self.keyed,
-            inspect: self.inspect,
-            body: PhantomData,
-        }
+        let mut buffered = self.rebuild(|retry| retry);
+        buffered.timeout = Some(timeout);
+        buffered
     }
 
     /// Refuses at once, with [`ThrottleError::WaitTooLong`](crate::ThrottleError::WaitTooLong),
@@ -622,18 +622,9 @@ impl<C> ThrottleBuilder<C, Streamed> {
     /// # Ok(()) }
     /// ```
     pub fn inspect_bodies(self, within: Duration) -> ThrottleBuilder<C, Inspected> {
-        ThrottleBuilder {
-            limits: self.limits,
-            retry: self.retry,
-            timeout: self.timeout,
-            max_wait: self.max_wait,
-            adaptive: self.adaptive,
-            dead_letters: self.dead_letters,
-            stats: self.stats,
-            keyed: self.keyed,
-            inspect: Some(within),
-            body: PhantomData,
-        }
+        let mut inspected = self.rebuild(|retry| retry);
+        inspected.inspect = Some(within);
+        inspected
     }
 }
 
@@ -676,21 +667,6 @@ impl<C> ThrottleBuilder<C, Buffered> {
         // `assemble` refuses a zero timeout before anything runs.
         let timeout = self.timeout.unwrap_or(Duration::ZERO);
         self.assemble(BodyTimeout::new(client, timeout), None)
-    }
-}
-
-impl<C: fmt::Debug, T> fmt::Debug for ThrottleBuilder<C, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ThrottleBuilder")
-            .field("limits", &self.limits)
-            .field("retry", &self.retry)
-            .field("timeout", &self.timeout)
-            .field("max_wait", &self.max_wait)
-            .field("adaptive", &self.adaptive)
-            .field("dead_letters", &self.dead_letters)
-            .field("stats", &self.stats.is_some())
-            .field("keyed", &self.keyed)
-            .finish()
     }
 }
 

@@ -289,42 +289,44 @@ impl HttpClassifier {
 
     /// Classifies `status` as `outcome`, before the built-in table. Setting the same status
     /// twice keeps the last.
-    pub fn status(mut self, status: StatusCode, outcome: Outcome) -> Self {
-        let statuses = &mut Arc::make_mut(&mut self.inner).statuses;
-        match statuses.iter_mut().find(|(s, _)| *s == status) {
-            Some(entry) => entry.1 = outcome,
-            None => statuses.push((status, outcome)),
-        }
+    pub fn status(self, status: StatusCode, outcome: Outcome) -> Self {
+        self.with(
+            |c| match c.statuses.iter_mut().find(|(s, _)| *s == status) {
+                Some(entry) => entry.1 = outcome,
+                None => c.statuses.push((status, outcome)),
+            },
+        )
+    }
+
+    /// Changes the shared configuration, copying it first if another clone holds it.
+    fn with(mut self, change: impl FnOnce(&mut Inner)) -> Self {
+        change(Arc::make_mut(&mut self.inner));
         self
     }
 
     /// Adds a rule consulted before status overrides and the built-in table; `None` passes the
     /// response on. Rules run in the order they were added.
-    pub fn custom<F>(mut self, rule: F) -> Self
+    pub fn custom<F>(self, rule: F) -> Self
     where
         F: Fn(StatusCode, &HeaderMap) -> Option<Outcome> + Send + Sync + 'static,
     {
-        Arc::make_mut(&mut self.inner).custom.push(Arc::new(rule));
-        self
+        self.with(|c| c.custom.push(Arc::new(rule)))
     }
 
     /// The longest `Retry-After` reported (default 60 s); longer or hostile values are capped.
-    pub fn retry_after_cap(mut self, cap: Duration) -> Self {
-        Arc::make_mut(&mut self.inner).retry_after_cap = cap;
-        self
+    pub fn retry_after_cap(self, cap: Duration) -> Self {
+        self.with(|c| c.retry_after_cap = cap)
     }
 
     /// The outcome for errors no rule recognises (default [`Outcome::Permanent`]).
-    pub fn unknown_errors(mut self, outcome: Outcome) -> Self {
-        Arc::make_mut(&mut self.inner).unknown_errors = outcome;
-        self
+    pub fn unknown_errors(self, outcome: Outcome) -> Self {
+        self.with(|c| c.unknown_errors = outcome)
     }
 
     /// Whether a 403 whose headers say the quota is spent counts as a rate limit (default
     /// `true`; see the table above for exactly which headers).
-    pub fn rate_limited_403(mut self, enabled: bool) -> Self {
-        Arc::make_mut(&mut self.inner).rate_limited_403 = enabled;
-        self
+    pub fn rate_limited_403(self, enabled: bool) -> Self {
+        self.with(|c| c.rate_limited_403 = enabled)
     }
 
     /// Whether a HubSpot 429 for the *daily* allowance holds until the daily reset (default
@@ -333,9 +335,8 @@ impl HttpClassifier {
     /// otherwise by `X-HubSpot-RateLimit-Daily-Remaining: 0` (sent to private apps only). A
     /// body naming another policy (`SECONDLY`, `TEN_SECONDLY_ROLLING`) is an ordinary 429.
     /// Other APIs do not send that body or header, so leaving it on costs them nothing.
-    pub fn hubspot_daily(mut self, enabled: bool) -> Self {
-        Arc::make_mut(&mut self.inner).hubspot_daily = enabled;
-        self
+    pub fn hubspot_daily(self, enabled: bool) -> Self {
+        self.with(|c| c.hubspot_daily = enabled)
     }
 
     /// The HubSpot account's time zone, as seconds ahead of UTC (negative behind it), for
@@ -353,9 +354,8 @@ impl HttpClassifier {
     /// let wait = classifier.quota_reset(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), Some(body), now);
     /// assert_eq!(wait, Some(Duration::from_secs(7 * 3600)));
     /// ```
-    pub fn hubspot_utc_offset(mut self, utc_offset_secs: i32) -> Self {
-        Arc::make_mut(&mut self.inner).hubspot_utc_offset = Some(utc_offset_secs);
-        self
+    pub fn hubspot_utc_offset(self, utc_offset_secs: i32) -> Self {
+        self.with(|c| c.hubspot_utc_offset = Some(utc_offset_secs))
     }
 
     /// The current `Retry-After` cap.

@@ -69,10 +69,10 @@ impl BatchFormat for CustomerIoBatch {
     }
 
     fn encode_item(&self, _id: u64, _head: &Parts, body: &Bytes) -> Result<Bytes, BoxError> {
-        if body.is_empty() {
-            return Err("Customer.io batch: an item needs an entity payload as its body".into());
-        }
-        Ok(body.clone())
+        format::as_is(
+            body,
+            "Customer.io batch: an item needs an entity payload as its body",
+        )
     }
 
     fn decode(

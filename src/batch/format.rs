@@ -180,6 +180,14 @@ pub trait BatchFormat: Send + Sync + 'static {
 }
 
 /// Parses a body as JSON, naming the format in the error.
+/// An item that goes into the batch as written; `empty` is the error for one with no body.
+pub(crate) fn as_is(body: &Bytes, empty: &'static str) -> Result<Bytes, BoxError> {
+    if body.is_empty() {
+        return Err(empty.into());
+    }
+    Ok(body.clone())
+}
+
 pub(crate) fn json(what: &'static str, body: &[u8]) -> Result<serde_json::Value, BoxError> {
     serde_json::from_slice(body).map_err(|e| format!("{what}: response is not JSON: {e}").into())
 }

@@ -225,6 +225,6 @@ where
     type Service = Batch<F>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Batch::new::<S, B, RB>(inner, self.config.clone())
+        Batch::new::<S, B>(inner, self.config.clone())
     }
 }

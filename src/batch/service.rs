@@ -12,7 +12,7 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::layer::Config;
-use super::worker::{Item, Origin, Worker};
+use super::worker::{Client, Item, Origin, Worker};
 use super::{BatchError, BatchFormat};
 use crate::ReplayBody;
 
@@ -48,16 +48,7 @@ pub struct Batch<F> {
 }
 
 impl<F: BatchFormat> Batch<F> {
-    pub(crate) fn new<S, B, RB>(inner: S, config: Config<F>) -> Self
-    where
-        B: ReplayBody,
-        S: Service<http::Request<B>, Response = http::Response<RB>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        RB: http_body::Body + Send + 'static,
-        RB::Data: Send,
-        RB::Error: Into<BoxError>,
-    {
+    pub(crate) fn new<S: Client<B>, B: ReplayBody>(inner: S, config: Config<F>) -> Self {
         let config = Arc::new(config);
         let (tx, rx) = mpsc::unbounded_channel();
         let worker: WorkerFuture = Box::pin(Worker::<S, F, B>::new(inner, config.clone(), rx));

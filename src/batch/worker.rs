@@ -101,6 +101,35 @@ enum Plan {
     SendNow,
 }
 
+/// What the worker needs of the client under the batch layer: the bounds of
+/// [`BatchLayer`](crate::BatchLayer)'s `Layer` impl, said once in a form the worker's impls can
+/// name (its response body is an associated type, so it needs no parameter of its own).
+pub(crate) trait Client<B>:
+    Service<http::Request<B>, Response: Send, Future: Send + 'static, Error: Into<BoxError>>
+    + Send
+    + 'static
+{
+    /// The response body.
+    type Body: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+
+    /// The response as `http::Response` (it already is one; this names its body type).
+    fn response(res: Self::Response) -> http::Response<Self::Body>;
+}
+
+impl<S, B, RB> Client<B> for S
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    RB: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+{
+    type Body = RB;
+
+    fn response(res: http::Response<RB>) -> http::Response<RB> {
+        res
+    }
+}
+
 pub(crate) struct Worker<S, F, B> {
     inner: S,
     config: Arc<Config<F>>,
@@ -112,17 +141,7 @@ pub(crate) struct Worker<S, F, B> {
     _body: std::marker::PhantomData<fn() -> B>,
 }
 
-impl<S, F, B, RB> Worker<S, F, B>
-where
-    F: BatchFormat,
-    B: ReplayBody,
-    S: Service<http::Request<B>, Response = http::Response<RB>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    RB: http_body::Body + Send + 'static,
-    RB::Data: Send,
-    RB::Error: Into<BoxError>,
-{
+impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
     pub(crate) fn new(inner: S, config: Arc<Config<F>>, rx: mpsc::UnboundedReceiver<Item>) -> Self {
         Worker {
             inner,
@@ -257,7 +276,7 @@ where
         self.in_flight.push(Box::pin(async move {
             let answer = match call.await.map_err(Into::into) {
                 Ok(res) => {
-                    let (parts, body) = res.into_parts();
+                    let (parts, body) = S::response(res).into_parts();
                     match body.collect().await {
                         Ok(body) => Ok((
                             parts.status,
@@ -353,17 +372,7 @@ where
     }
 }
 
-impl<S, F, B, RB> Future for Worker<S, F, B>
-where
-    F: BatchFormat,
-    B: ReplayBody,
-    S: Service<http::Request<B>, Response = http::Response<RB>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    RB: http_body::Body + Send + 'static,
-    RB::Data: Send,
-    RB::Error: Into<BoxError>,
-{
+impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Future for Worker<S, F, B> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {

@@ -76,6 +76,7 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 /// Defaults: capacity [`DEFAULT_CAPACITY`] waiting requests, no concurrency cap, no interval
 /// cap, every request priority 0 ([`NoPriority`]), no [`Stats`]. Setters chain; values are
 /// checked by [`build`](QueueBuilder::build).
+#[derive(Debug)]
 pub struct QueueBuilder<P = NoPriority> {
     capacity: usize,
     concurrency: usize,
@@ -169,16 +170,5 @@ impl<P> QueueBuilder<P> {
             shared: Shared::new(config, self.stats),
             priority: self.priority,
         })
-    }
-}
-
-impl<P> fmt::Debug for QueueBuilder<P> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueueBuilder")
-            .field("capacity", &self.capacity)
-            .field("concurrency", &self.concurrency)
-            .field("interval", &self.interval)
-            .field("defer_retries", &self.defer_retries)
-            .finish_non_exhaustive()
     }
 }

@@ -20,9 +20,9 @@ use crate::{ConfigError, Limits};
 /// handle. See the [module docs](crate::rate_limit) for an example.
 #[derive(Clone)]
 pub struct RateLimitLayer<B = LocalBucket> {
-    bucket: B,
-    max_wait: Option<Duration>,
-    concurrency: Option<Arc<Semaphore>>,
+    pub(super) bucket: B,
+    pub(super) max_wait: Option<Duration>,
+    pub(super) concurrency: Option<Arc<Semaphore>>,
     stats: Option<Stats>,
 }
 

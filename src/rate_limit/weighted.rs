@@ -21,7 +21,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::bucket::{Bucket, LocalBucket, Reservation, Reserve, ReserveFuture};
-use crate::Limits;
+use crate::{Limits, RateLimitLayer};
 
 /// What one request takes from the limit, as a request extension; read by
 /// [`WeightedRateLimitLayer`]. A request without it costs 1.
@@ -62,17 +62,18 @@ pub struct Cost(pub u32);
 /// assert_eq!(start.elapsed(), Duration::from_secs(2));
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct WeightedRateLimitLayer<B = LocalBucket> {
-    bucket: B,
-    max_wait: Option<Duration>,
-    concurrency: Option<Arc<Semaphore>>,
+    // The shared gate's configuration; only what is admitted per request differs.
+    gate: RateLimitLayer<B>,
 }
 
 impl WeightedRateLimitLayer<LocalBucket> {
     /// A layer with an in-process bucket enforcing `limits` (and their concurrency cap).
     pub fn new(limits: impl Into<Limits>) -> Self {
-        WeightedRateLimitLayer::with_bucket(LocalBucket::new(limits))
+        WeightedRateLimitLayer {
+            gate: RateLimitLayer::new(limits),
+        }
     }
 }
 
@@ -81,31 +82,20 @@ impl<B: Bucket + Clone> WeightedRateLimitLayer<B> {
     /// bucket's limits comes with it.
     pub fn with_bucket(bucket: B) -> Self {
         WeightedRateLimitLayer {
-            concurrency: bucket.concurrency().cloned(),
-            bucket,
-            max_wait: None,
+            gate: RateLimitLayer::with_bucket(bucket),
         }
     }
 
     /// Refuses a request whose slot is more than `max_wait` away (nothing is reserved).
-    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
-        self.max_wait = Some(max_wait);
-        self
+    pub fn with_max_wait(self, max_wait: Duration) -> Self {
+        WeightedRateLimitLayer {
+            gate: self.gate.with_max_wait(max_wait),
+        }
     }
 
     /// The shared bucket.
     pub fn bucket(&self) -> &B {
-        &self.bucket
-    }
-}
-
-impl<B: fmt::Debug> fmt::Debug for WeightedRateLimitLayer<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WeightedRateLimitLayer")
-            .field("bucket", &self.bucket)
-            .field("max_wait", &self.max_wait)
-            .field("concurrency_cap", &self.concurrency.is_some())
-            .finish()
+        self.gate.bucket()
     }
 }
 
@@ -115,9 +105,9 @@ impl<S, B: Bucket + Clone> Layer<S> for WeightedRateLimitLayer<B> {
     fn layer(&self, inner: S) -> Self::Service {
         WeightedRateLimit {
             inner,
-            bucket: self.bucket.clone(),
-            max_wait: self.max_wait,
-            concurrency: self.concurrency.clone(),
+            bucket: self.gate.bucket.clone(),
+            max_wait: self.gate.max_wait,
+            concurrency: self.gate.concurrency.clone(),
         }
     }
 }

@@ -655,7 +655,10 @@ mod tests {
     fn the_policy_reads_an_inspected_body_before_the_body_itself() {
         use tower::retry::Policy;
         // No retries: only a spent quota (which spends no attempt) is retried at all.
-        let backoff = crate::backoff::Backoff::builder().max_retries(0).build().unwrap();
+        let backoff = crate::backoff::Backoff::builder()
+            .max_retries(0)
+            .build()
+            .unwrap();
         let mut policy = crate::RetryPolicy::default().with_backoff(backoff);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()

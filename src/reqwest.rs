@@ -16,10 +16,18 @@
 //! bucket, a policy's [keyed bucket](RetryPolicy::with_keyed_bucket) is held for the refused
 //! request's key, a spent daily quota holds until it is back (or ends at once with
 //! [`ThrottleError::QuotaExhausted`] past the deadline), the policy's stats are recorded, and
-//! under a scheduler with a concurrency cap a waiting retry gives its slot back. One
-//! difference: a reqwest body is a stream that cannot be read and handed back, so the
-//! classifier tells a spent quota from headers alone (for HubSpot, the daily pair that
-//! private apps receive).
+//! under a scheduler with a concurrency cap a waiting retry gives its slot back.
+//!
+//! A refusal whose body the classifier reads ([`Classify::reads_body`]: HubSpot's 429, whose
+//! `policyName` tells a spent daily allowance from a secondly one) is read first, within the
+//! bounds of an [`InspectBodyLayer`] (at most
+//! [`MAX_BODY_INSPECTED`](crate::classify::MAX_BODY_INSPECTED) bytes, within 2 s by default:
+//! [`with_inspect_time_limit`](ThrottleMiddleware::with_inspect_time_limit)), so an OAuth
+//! app's daily 429, which lacks the private apps' daily header, holds until the reset here
+//! too. The caller gets the same status, headers, url, extensions and body bytes (a body
+//! read whole is also in the extensions as [`InspectedBody`]); a body larger or slower than
+//! the bounds is handed on as the bytes read followed by the rest of the stream, and read as
+//! a plain 429. Other responses are not waited for.
 //!
 //! Unlike `reqwest-retry`, the retry decision sees the whole response, including
 //! `Retry-After` as seconds or an HTTP-date (reqwest-middleware#146), and the gate paces every
@@ -50,9 +58,9 @@
 
 use std::fmt;
 use std::future::poll_fn;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use ::reqwest::{Request, Response};
+use ::reqwest::{Request, Response, ResponseBuilderExt};
 use bytes::Bytes;
 use http::Extensions;
 use reqwest_middleware::{Error, Middleware, Next};
@@ -65,7 +73,7 @@ use crate::dead_letter::layer::Config as DeadLetterConfig;
 use crate::dead_letter::service::{Captured, CapturedUri};
 use crate::dead_letter::{error_text, DeadLetterLayer, DeadLetterStore, DeadLettered};
 use crate::retry::future::RetryDelay;
-use crate::retry::{Attempts, Observed, RetryPolicy, Step};
+use crate::retry::{Attempts, InspectBodyLayer, InspectedBody, Observed, RetryPolicy, Step};
 use crate::{ConfigError, Limits, RateLimitLayer, ThrottleError};
 
 /// A [`Middleware`] applying a shared rate limit and a 429-aware retry policy to a `reqwest`
@@ -81,6 +89,8 @@ pub struct ThrottleMiddleware<B: Bucket + Clone = LocalBucket, C = HttpClassifie
     classifier: C,
     adaptive: Option<AdaptiveLayer<B, C>>,
     dead_letters: Option<DeadLetterConfig>,
+    /// The bounds of a refusal's body read; which bodies are read is the classifier's call.
+    inspect: InspectBodyLayer,
 }
 
 impl ThrottleMiddleware<LocalBucket, HttpClassifier> {
@@ -103,6 +113,7 @@ impl<B: Bucket + Clone> ThrottleMiddleware<B, HttpClassifier> {
             policy: Some(policy),
             adaptive: None,
             dead_letters: None,
+            inspect: InspectBodyLayer::new(),
         }
     }
 }
@@ -118,6 +129,7 @@ impl<B: Bucket + Clone, C> ThrottleMiddleware<B, C> {
             policy: Some(policy),
             adaptive,
             dead_letters: self.dead_letters,
+            inspect: self.inspect,
         }
     }
 
@@ -203,6 +215,34 @@ impl<B: Bucket + Clone, C> ThrottleMiddleware<B, C> {
         }
     }
 
+    /// Waits at most `limit` after the head for the body of a refusal the classifier reads
+    /// ([`Classify::reads_body`]), as [`InspectBodyLayer::time_limit`] does below a tower
+    /// retry layer (default 2 s); a slower body is handed on as it streams, and the refusal
+    /// is read from its headers.
+    ///
+    /// # Errors
+    /// [`ConfigError::Zero`] for zero, which would never read a body.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_throttle::{presets, reqwest::ThrottleMiddleware};
+    ///
+    /// # fn main() -> Result<(), tower_throttle::ConfigError> {
+    /// let throttle = ThrottleMiddleware::new(presets::hubspot())
+    ///     .with_inspect_time_limit(Duration::from_millis(500))?;
+    /// assert!(ThrottleMiddleware::new(presets::hubspot())
+    ///     .with_inspect_time_limit(Duration::ZERO)
+    ///     .is_err());
+    /// # let _ = throttle;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_inspect_time_limit(self, limit: Duration) -> Result<Self, ConfigError> {
+        Ok(ThrottleMiddleware {
+            inspect: self.inspect.time_limit(limit)?,
+            ..self
+        })
+    }
+
     /// The shared bucket.
     pub fn bucket(&self) -> &B {
         self.gate.bucket()
@@ -228,6 +268,7 @@ impl<B: Bucket + Clone, C: Clone> Clone for ThrottleMiddleware<B, C> {
             classifier: self.classifier.clone(),
             adaptive: self.adaptive.clone(),
             dead_letters: self.dead_letters.clone(),
+            inspect: self.inspect,
         }
     }
 }
@@ -239,6 +280,7 @@ impl<B: Bucket + Clone, C: fmt::Debug> fmt::Debug for ThrottleMiddleware<B, C> {
             .field("policy", &self.policy)
             .field("adaptive", &self.adaptive)
             .field("dead_letters", &self.dead_letters.is_some())
+            .field("inspect", &self.inspect)
             .finish()
     }
 }
@@ -275,13 +317,41 @@ fn inner_error(err: &Error) -> &(dyn std::error::Error + 'static) {
     }
 }
 
-/// The policy's reading of one attempt, as the tower `Policy` reads it. A reqwest body is a
-/// stream that cannot be read and handed back, so a spent quota is told from headers only.
+/// The policy's reading of one attempt, as the tower `Policy` reads it: the body it may see
+/// is the one [`read_body`] recorded, as below a tower retry layer.
 fn observe<C: Classify>(policy: &RetryPolicy<C>, result: &Result<Response, Error>) -> Observed {
     match result {
-        Ok(res) => policy.observe_response(res.status(), res.headers(), || None, SystemTime::now()),
+        Ok(res) => policy.observe_response(
+            res.status(),
+            res.headers(),
+            || res.extensions().get::<InspectedBody>().map(|b| b.0.clone()),
+            SystemTime::now(),
+        ),
         Err(e) => policy.observe_error(inner_error(e)),
     }
+}
+
+/// `res` with its body read within `bounds` by the inspect layer's own code: a whole body is
+/// recorded as [`InspectedBody`] and handed on as those bytes; a larger, slower or failing
+/// one as the bytes read followed by the rest of the stream (or its error). Status, version,
+/// headers, extensions and url are kept.
+async fn read_body(bounds: &InspectBodyLayer, res: Response) -> Response {
+    let url = res.url().clone();
+    let res = match bounds.read(http::Response::from(res)).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    };
+    let (mut parts, body) = res.into_parts();
+    let body = match parts.extensions.get::<InspectedBody>() {
+        // Buffered, so `bytes()` and `content_length()` answer as for the original.
+        Some(InspectedBody(bytes)) => ::reqwest::Body::from(bytes.clone()),
+        None => ::reqwest::Body::wrap(body),
+    };
+    // The conversion back takes the url from an extension only reqwest's builder can set.
+    if let Some(with_url) = http::response::Builder::new().url(url).extensions_ref() {
+        parts.extensions.extend(with_url.clone());
+    }
+    Response::from(http::Response::from_parts(parts, body))
 }
 
 /// The request without its body, for the keyed hold's key function.
@@ -409,6 +479,17 @@ where
                 .filter(|p| p.holds_keys())
                 .map(|_| head_of(&req, extensions));
             let mut result = next.clone().run(req, extensions).await;
+            // Only with a policy to read it: without one the body is the caller's alone.
+            let reads_body = policy
+                .as_deref()
+                .zip(result.as_ref().ok())
+                .is_some_and(|(p, res)| p.classifier().reads_body(res.status()));
+            if reads_body {
+                result = match result {
+                    Ok(res) => Ok(read_body(&self.inspect, res).await),
+                    err => err,
+                };
+            }
             drop(permit);
             self.observe(&result);
 

@@ -384,7 +384,7 @@ async fn reqwest_429_holds_the_refused_key_of_a_keyed_bucket() {
 
 #[tokio::test(start_paused = true)]
 async fn reqwest_daily_quota_past_the_deadline_is_a_typed_error_at_once() {
-    // A reqwest body is a stream, so the daily refusal is told by HubSpot's daily pair at 0
+    // A body that names no policy: the daily refusal is told by HubSpot's daily pair at 0
     // (private apps); the server's `Date` puts the reset ten minutes away.
     let mut headers = http::HeaderMap::new();
     headers.insert("date", "Wed, 02 Dec 2026 23:50:00 GMT".parse().unwrap());
@@ -420,4 +420,277 @@ async fn reqwest_daily_quota_past_the_deadline_is_a_typed_error_at_once() {
     assert!(held.is_some_and(|until| until >= start + Duration::from_secs(599)));
     assert_eq!(server.stats().rate_limited, 1);
     server.shutdown().await;
+}
+
+// HubSpot's daily refusal told from its body (issue 17, the reqwest gap).
+
+const DAILY: &str = r#"{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","correlationId":"c033cdaa","policyName":"DAILY","requestId":"3d3e35b7"}"#;
+const SECONDLY: &str = r#"{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT","policyName":"TEN_SECONDLY_ROLLING"}"#;
+
+/// Ten minutes before midnight UTC on every refusal, so the daily reset is 600 s away.
+const TEN_TO_MIDNIGHT: &str = "Wed, 02 Dec 2026 23:50:00 GMT";
+const TO_RESET: Duration = Duration::from_secs(600);
+
+/// A HubSpot-like portal of an OAuth app: `allowance` requests per ten minutes, refused with
+/// `body`, a `Date` and an `x-trace` header, and neither `Retry-After` nor the private-app
+/// daily header.
+async fn portal(allowance: u32, body: impl Into<Bytes>) -> MockServer {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::DATE, TEN_TO_MIDNIGHT.parse().unwrap());
+    headers.insert("x-trace", "refusal-1".parse().unwrap());
+    MockServer::builder()
+        .limit(ServerLimit::sliding_window(allowance, TO_RESET).unwrap())
+        .retry_after(RetryAfterFormat::Omit)
+        .limited_answer(body, headers)
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn reqwest_daily_429_without_the_daily_header_holds_until_the_daily_reset() {
+    // Before: the middleware handed the classifier no body, so without the private-app
+    // header the daily 429 was a secondly one: backed off, refused again each time, and
+    // handed back as a 429 within seconds while the allowance was still spent.
+    let server = portal(1, DAILY).await;
+    let mw = ThrottleMiddleware::new(tower_throttle::presets::hubspot())
+        .with_retry(RetryPolicy::default().with_seed(7));
+    let client = client(mw.clone());
+    let url = server.url("/crm/v3/objects/contacts");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+
+    let start = tokio::time::Instant::now();
+    let call = tokio::spawn(async move { client.get(url).send().await.unwrap() });
+    received(&server, 2).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Every caller of the client is held until the reset, not only the refused one.
+    let held = mw.bucket().held_until(tokio::time::Instant::now());
+    assert!(
+        held.is_some_and(|until| until >= start + TO_RESET),
+        "{held:?}"
+    );
+    let res = call.await.unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(2)));
+    assert!(
+        elapsed >= TO_RESET && elapsed < TO_RESET + Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    let stats = server.stats();
+    assert_eq!((stats.accepted, stats.rate_limited), (2, 1), "{stats:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reqwest_daily_429_told_by_its_body_past_the_deadline_is_quota_exhausted_at_once() {
+    let server = portal(1, DAILY).await;
+    let policy = RetryPolicy::default().with_deadline(Duration::from_secs(60));
+    let mw = ThrottleMiddleware::new(tower_throttle::presets::hubspot()).with_retry(policy);
+    let client = client(mw.clone());
+    let url = server.url("/crm/v3/objects/contacts");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+
+    let start = tokio::time::Instant::now();
+    let err = client.get(&url).send().await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(
+        matches!(
+            throttle_error(&err),
+            Some(ThrottleError::QuotaExhausted { wait, status: 429 }) if *wait == TO_RESET
+        ),
+        "{err}"
+    );
+    let held = mw.bucket().held_until(tokio::time::Instant::now());
+    assert!(held.is_some_and(|until| until >= start + TO_RESET - Duration::from_secs(1)));
+    assert_eq!(server.stats().rate_limited, 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reqwest_final_429_hands_the_caller_its_status_headers_url_and_body_unchanged() {
+    let server = portal(1, SECONDLY).await;
+    let mw =
+        ThrottleMiddleware::new(tower_throttle::presets::hubspot()).with_retry(quick_retries(0));
+    let client = client(mw);
+    let url = server.url("/crm/v3/objects/contacts?limit=10");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+
+    let res = client.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.url().as_str(), url);
+    assert_eq!(res.headers()["x-trace"], "refusal-1");
+    assert_eq!(res.headers()["date"], TEN_TO_MIDNIGHT);
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(1)));
+    assert!(
+        res.remote_addr().is_some(),
+        "the connection's extensions are kept"
+    );
+    assert_eq!(res.content_length(), Some(SECONDLY.len() as u64));
+    assert_eq!(res.bytes().await.unwrap(), SECONDLY);
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reqwest_daily_429_body_larger_than_the_bound_is_handed_on_whole_as_a_plain_429() {
+    let mut large = DAILY.trim_end_matches('}').to_owned();
+    large.push_str(&format!(r#","padding":"{}"}}"#, "x".repeat(40 * 1024)));
+    let server = portal(1, large.clone()).await;
+    let mw =
+        ThrottleMiddleware::new(tower_throttle::presets::hubspot()).with_retry(quick_retries(0));
+    let portal_client = client(mw.clone());
+    let url = server.url("/crm/v3/objects/contacts");
+    assert_eq!(portal_client.get(&url).send().await.unwrap().status(), 200);
+
+    let start = tokio::time::Instant::now();
+    let res = portal_client.get(&url).send().await.unwrap();
+    // Not read as daily (too large to parse): no hold to the reset, back at once.
+    assert_eq!(res.status(), 429);
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(mw
+        .bucket()
+        .held_until(start + TO_RESET - Duration::from_secs(1))
+        .is_none());
+    assert_eq!(res.text().await.unwrap(), large);
+    server.shutdown().await;
+
+    // Chunked, so no length says in advance that it is too large: the bound is found while
+    // reading, and the caller gets the bytes read followed by the rest of the stream.
+    let pieces: Vec<_> = large
+        .as_bytes()
+        .chunks(4096)
+        .map(|piece| (Duration::ZERO, piece))
+        .collect();
+    let url = scripted(chunked("429 Too Many Requests", &pieces)).await;
+    let mw =
+        ThrottleMiddleware::new(tower_throttle::presets::hubspot()).with_retry(quick_retries(0));
+    let start = tokio::time::Instant::now();
+    let res = client(mw).get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(1)));
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert_eq!(res.text().await.unwrap(), large);
+}
+
+/// One step of a scripted server's answer: wait (in tokio's clock), then write.
+type Script = Vec<(Duration, Vec<u8>)>;
+
+/// A server that answers every request by playing `script`, then closing the connection;
+/// for bodies that arrive late, which the mock server does not send.
+async fn scripted(script: Script) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let script = script.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                for (wait, bytes) in script {
+                    tokio::time::sleep(wait).await;
+                    if conn.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}/crm/v3/objects/contacts")
+}
+
+/// A chunked answer: the head, then `pieces` each after its wait, then the last chunk.
+fn chunked(status: &str, pieces: &[(Duration, &[u8])]) -> Script {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ndate: {TEN_TO_MIDNIGHT}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    let mut script = vec![(Duration::ZERO, head.into_bytes())];
+    for (wait, data) in pieces {
+        let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
+        chunk.extend_from_slice(data);
+        chunk.extend_from_slice(b"\r\n");
+        script.push((*wait, chunk));
+    }
+    script.push((Duration::ZERO, b"0\r\n\r\n".to_vec()));
+    script
+}
+
+#[tokio::test(start_paused = true)]
+async fn reqwest_daily_429_body_slower_than_the_time_bound_is_handed_on_whole_at_the_bound() {
+    let (first, second) = DAILY.as_bytes().split_at(40);
+    let url = scripted(chunked(
+        "429 Too Many Requests",
+        &[(Duration::ZERO, first), (Duration::from_secs(5), second)],
+    ))
+    .await;
+    let mw = ThrottleMiddleware::new(tower_throttle::presets::hubspot())
+        .with_retry(quick_retries(0))
+        .with_inspect_time_limit(Duration::from_secs(1))
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let res = client(mw).get(&url).send().await.unwrap();
+    // Handed on at the 1 s bound, not at 5 s (when the body ends), nor held to the reset.
+    assert_eq!(res.status(), 429);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert_eq!(res.url().as_str(), url);
+    assert_eq!(res.bytes().await.unwrap(), DAILY);
+    assert!(start.elapsed() >= Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reqwest_200_is_handed_on_at_once_without_waiting_for_its_body() {
+    let url = scripted(chunked(
+        "200 OK",
+        &[
+            (Duration::ZERO, b"{\"id\":"),
+            (Duration::from_secs(60), b"\"42\"}"),
+        ],
+    ))
+    .await;
+    let mw = ThrottleMiddleware::new(tower_throttle::presets::hubspot())
+        .with_inspect_time_limit(Duration::from_secs(30))
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let res = client(mw).get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(res.text().await.unwrap(), "{\"id\":\"42\"}");
+    assert!(start.elapsed() >= Duration::from_secs(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reqwest_429_body_that_fails_mid_way_passes_its_error_to_the_caller() {
+    // Promises 500 bytes, sends 40 and hangs up.
+    let head = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ndate: {TEN_TO_MIDNIGHT}\r\ncontent-length: 500\r\n\r\n"
+    );
+    let url = scripted(vec![
+        (Duration::ZERO, head.into_bytes()),
+        (Duration::ZERO, DAILY.as_bytes()[..40].to_vec()),
+    ])
+    .await;
+    let mw =
+        ThrottleMiddleware::new(tower_throttle::presets::hubspot()).with_retry(quick_retries(0));
+    let res = client(mw).get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(1)));
+    let err = res
+        .bytes()
+        .await
+        .expect_err("the body's error reaches the caller");
+    assert!(err.is_body() || err.is_decode(), "{err:?}");
 }

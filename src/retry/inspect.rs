@@ -2,6 +2,7 @@
 //! apart by what it says (HubSpot's daily refusal names its policy only there).
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -196,6 +197,25 @@ impl InspectBodyLayer {
     /// Whether bodies of `status` are read.
     pub fn inspects(&self, status: StatusCode) -> bool {
         self.statuses.contains(status)
+    }
+
+    /// Reads `res`'s body within these bounds whatever its status, for a caller that has
+    /// already asked the classifier (the reqwest middleware, which has no service below it
+    /// to wrap).
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    pub(crate) fn read<B: Body>(
+        &self,
+        res: http::Response<B>,
+    ) -> InspectFuture<std::future::Ready<Result<http::Response<B>, Infallible>>, B> {
+        let mut config = *self;
+        config.statuses = StatusSet::EMPTY;
+        config.statuses.insert(res.status());
+        InspectFuture {
+            config,
+            state: State::Head {
+                fut: std::future::ready(Ok(res)),
+            },
+        }
     }
 }
 

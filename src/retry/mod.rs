@@ -76,7 +76,7 @@
 //! | `Throttle::builder().timeout(..)` (buffered) | the policy itself (a `Full<Bytes>` body) |
 //! | `Throttle::builder().head_timeout(..)`, or no timeout (streaming) | nothing, unless `.inspect_bodies(within)` is added ([`ThrottleBuilder::inspect_bodies`](crate::ThrottleBuilder::inspect_bodies)) |
 //! | your own `ServiceBuilder` over a streaming client | an [`InspectBodyLayer`] below the [`RetryLayer`] |
-//! | the reqwest middleware | nothing: it decides from headers, so an OAuth app's daily 429 is a plain one |
+//! | the reqwest middleware ([`ThrottleMiddleware`](crate::reqwest::ThrottleMiddleware)) | the middleware itself, within an [`InspectBodyLayer`]'s bounds ([`with_inspect_time_limit`](crate::reqwest::ThrottleMiddleware::with_inspect_time_limit)); the caller gets the same bytes |
 //!
 //! A body larger than [`MAX_BODY_INSPECTED`](crate::classify::MAX_BODY_INSPECTED), slower
 //! than the inspection's time bound, or failing is handed on whole and read as a plain 429.

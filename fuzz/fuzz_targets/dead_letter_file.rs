@@ -9,7 +9,10 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tower_throttle::{dead_letter::{DeadLetter, DeadLetterStore}, FileStore};
+use tower_throttle::{
+    dead_letter::{DeadLetter, DeadLetterStore},
+    FileStore,
+};
 
 fn path() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();

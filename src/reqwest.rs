@@ -303,7 +303,8 @@ impl<B: Bucket + Clone, C: Classify> ThrottleMiddleware<B, C> {
             return;
         };
         match result {
-            Ok(res) => adaptive.observe_parts(res.status(), res.headers()),
+            // The body is a stream here: a spent quota is read from the headers.
+            Ok(res) => adaptive.observe_parts(res.status(), res.headers(), || None),
             Err(e) => adaptive.observe_error(inner_error(e)),
         }
     }

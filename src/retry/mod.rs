@@ -68,6 +68,7 @@ mod policy;
 
 pub use crate::body::ReplayBody;
 pub use layer::RetryLayer;
+pub(crate) use policy::{buffered_body, MIN_QUOTA_WAIT};
 pub use policy::{Attempts, RetryPolicy};
 #[cfg(feature = "reqwest")]
 pub(crate) use policy::{Observed, Step};

@@ -378,8 +378,9 @@ impl<C> RetryPolicy<C> {
     }
 }
 
-/// The shortest wait treated as a spent quota rather than an ordinary rate limit.
-const MIN_QUOTA_WAIT: Duration = Duration::from_secs(1);
+/// The shortest wait treated as a spent quota rather than an ordinary rate limit (also by
+/// the adaptive layer, which must not read a spent quota as a rate cut).
+pub(crate) const MIN_QUOTA_WAIT: Duration = Duration::from_secs(1);
 
 /// The longest a spent quota holds the bucket at a time (a daily allowance's longest wait);
 /// a longer claim is probed again after it.
@@ -712,7 +713,7 @@ where
 /// answers with, `Bytes`, `String`, `Vec<u8>`). The policy is generic over the client's body
 /// and cannot require more of it without refusing streaming clients, so it looks for these
 /// by type; a streaming body is not read (the classifier still has the headers).
-fn buffered_body<R: 'static>(body: &R) -> Option<bytes::Bytes> {
+pub(crate) fn buffered_body<R: 'static>(body: &R) -> Option<bytes::Bytes> {
     let body = body as &dyn std::any::Any;
     if let Some(full) = body.downcast_ref::<http_body_util::Full<bytes::Bytes>>() {
         return full.to_bytes();

@@ -481,6 +481,39 @@ impl Window {
         Some(f64::from(count) / observed.as_secs_f64())
     }
 
+    /// Events per second over the whole span since `since`, unless they were still ramping
+    /// up (the later half of the span more than 25% above the earlier), else `None`. A server
+    /// that accepted a rate this steady for a whole span and then refused was saturated: the
+    /// rate is its limit (a window's) or its sustained rate plus what was left of its burst
+    /// (a bucket's, whose burst makes the earlier half the larger). An accepted rate that was
+    /// still ramping up says only that the limit is above it.
+    pub(super) fn steady_rate_since(
+        &mut self,
+        now: Instant,
+        since: Option<Instant>,
+    ) -> Option<f64> {
+        self.expire(now);
+        let from = match (self.first, since) {
+            (Some(f), Some(s)) => f.max(s),
+            (Some(f), None) => f,
+            (None, _) => return None,
+        };
+        if now.saturating_duration_since(from) < self.span {
+            return None;
+        }
+        let half = now.checked_sub(self.span / 2)?;
+        let (mut early, mut late) = (0u32, 0u32);
+        for (t, n) in &self.buckets {
+            if *t < half {
+                early += n;
+            } else {
+                late += n;
+            }
+        }
+        (late > 0 && f64::from(late) <= 1.25 * f64::from(early))
+            .then(|| f64::from(early + late) / self.span.as_secs_f64())
+    }
+
     /// Events per second over the span (or since the first event, if that is shorter).
     pub(super) fn rate(&mut self, now: Instant) -> f64 {
         self.expire(now);

@@ -30,8 +30,8 @@ use crate::ConfigError;
 ///   `t = burst / (l - limit)`, so `l x t = burst + limit x t`, and two readings give both
 ///   unknowns; a window gives `l x t = limit` both times. The level becomes the fitted limit
 ///   (a window's less `margin / 2`: the readings carry a response's latency), and the next
-///   climb waits `max_cruise`. Against a leaky bucket of 37/s this takes three 429s and about
-///   6 s from a start of 20/s or 60/s.
+///   climb waits `max_cruise`. Against a leaky bucket of 37/s from a start of 60/s this takes
+///   three 429s and about 6 s (from 20/s, slow start ends on a steady reading: one 429).
 /// * **A cut that does not make refusals rarer is undone.** Storms (another tenant emptying a
 ///   shared quota every few seconds, a server shedding load on a schedule) refuse any rate
 ///   after the same time. Cutting there only loses goodput, so when a cut did not lengthen the

@@ -41,7 +41,8 @@ pub enum Signal {
     /// but they stop growing (a climb in progress returns to the level it started from), and
     /// the pause is not growth time. The layer holds the shared bucket for the wait.
     Overloaded {
-        /// The server's wait, already parsed and capped like a 429's `Retry-After`.
+        /// The server's wait, already parsed and capped like a 429's `Retry-After`; for a
+        /// spent allowance, the time until it is back (uncapped, as the retry policy holds).
         retry_after: Duration,
     },
 }

@@ -174,7 +174,7 @@
 //! Over loopback against the mock server configured the same way (`examples/goodput.rs`,
 //! `Throttle::builder()` with the retry layer; BENCHMARKS.md has the runs), the leaky-bucket
 //! rows give 92.9-93.2% of the limit accepted within the 40 s from 20/s when slow start ends
-//! on a steady reading (four runs in five), 93.4% from 60/s, with 0.14-0.21% 429s. When the
+//! on a steady reading (six runs in seven), 93.4% from 60/s, with 0.14-0.21% 429s. When the
 //! last second before the first 429 was still ramping up, slow start ends as before and the
 //! run takes the three holds and the fit of the old path (90.4%).
 

@@ -8,6 +8,8 @@
 //! workers and 20 ms latency, so the whole table takes a few seconds and is the same on every
 //! machine.
 
+use std::time::Duration;
+
 use tower_throttle::adaptive::sim::{self, secs, Report, Scenario};
 use tower_throttle::{adaptive::RateController, Aimd, Cubic, HeaderDriven, Probe};
 
@@ -66,6 +68,17 @@ fn scenarios(headers: bool) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
         all.push((
             format!("{}, from {start}/s", leaky.name),
             leaky.clone(),
+            start,
+            1.0,
+            200.0,
+        ));
+    }
+    // Loopback has no latency: the same bucket with answers at once.
+    let instant = leaky.clone().with_server(|b| b.latency(Duration::ZERO));
+    for start in [20.0, 60.0] {
+        all.push((
+            format!("{}, from {start}/s, 0 ms", leaky.name),
+            instant.clone(),
             start,
             1.0,
             200.0,

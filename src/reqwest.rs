@@ -373,7 +373,11 @@ impl<B: Bucket + Clone, C: Classify> ThrottleMiddleware<B, C> {
             return;
         };
         match result {
-            Ok(res) => adaptive.observe_parts(res.status(), res.headers()),
+            // A refusal's body was read (within bounds) before this, when the retry policy
+            // needs it: the controller reads the same bytes.
+            Ok(res) => adaptive.observe_parts(res.status(), res.headers(), || {
+                res.extensions().get::<InspectedBody>().map(|b| b.0.clone())
+            }),
             Err(e) => adaptive.observe_error(inner_error(e)),
         }
     }

@@ -482,6 +482,31 @@ async fn reqwest_daily_429_without_the_daily_header_holds_until_the_daily_reset(
     server.shutdown().await;
 }
 
+/// The adaptive controller reads the body the middleware read for the retry policy: a spent
+/// daily allowance says nothing about the short-window rate, so it is no cut (AIMD would
+/// halve on an ordinary 429).
+#[tokio::test(start_paused = true)]
+async fn reqwest_daily_429_told_by_its_body_is_not_an_adaptive_rate_cut() {
+    let server = portal(1, DAILY).await;
+    let mw = ThrottleMiddleware::new(Quota::per_second(50).unwrap())
+        .with_retry(RetryPolicy::default().with_seed(7))
+        .with_adaptive(Aimd::new(20.0, 1.0, 50.0).unwrap())
+        .unwrap();
+    let client = client(mw.clone());
+    let url = server.url("/crm/v3/objects/contacts");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let before = mw.bucket().rate();
+    let res = client.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(server.stats().rate_limited, 1);
+    assert!(
+        mw.bucket().rate() >= before,
+        "cut from {before} to {}",
+        mw.bucket().rate()
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn reqwest_daily_429_told_by_its_body_past_the_deadline_is_quota_exhausted_at_once() {
     let server = portal(1, DAILY).await;

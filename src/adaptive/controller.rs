@@ -33,12 +33,16 @@ pub enum Signal {
     /// connection. Controllers must not cut the rate for it.
     Transient,
     /// The server asked for a pause without refusing our rate: a 503 (or another transient
-    /// status) with `Retry-After` ([`Classify::transient_wait`](crate::classify::Classify::transient_wait)).
+    /// status) with `Retry-After` ([`Classify::transient_wait`](crate::classify::Classify::transient_wait)),
+    /// or a 429 for a spent long allowance such as HubSpot's daily one
+    /// ([`Classify::quota_reset`](crate::classify::Classify::quota_reset)), which says nothing about the
+    /// short-window rate.
     /// It is congestion, not a reading of the limit: controllers do not cut the rate for it,
     /// but they stop growing (a climb in progress returns to the level it started from), and
     /// the pause is not growth time. The layer holds the shared bucket for the wait.
     Overloaded {
-        /// The server's wait, already parsed and capped like a 429's `Retry-After`.
+        /// The server's wait, already parsed and capped like a 429's `Retry-After`; for a
+        /// spent allowance, the time until it is back (uncapped, as the retry policy holds).
         retry_after: Duration,
     },
 }
@@ -476,6 +480,39 @@ impl Window {
             .map(|(_, n)| n)
             .sum();
         Some(f64::from(count) / observed.as_secs_f64())
+    }
+
+    /// Events per second over the whole span since `since`, unless they were still ramping
+    /// up (the later half of the span more than 25% above the earlier), else `None`. A server
+    /// that accepted a rate this steady for a whole span and then refused was saturated: the
+    /// rate is its limit (a window's) or its sustained rate plus what was left of its burst
+    /// (a bucket's, whose burst makes the earlier half the larger). An accepted rate that was
+    /// still ramping up says only that the limit is above it.
+    pub(super) fn steady_rate_since(
+        &mut self,
+        now: Instant,
+        since: Option<Instant>,
+    ) -> Option<f64> {
+        self.expire(now);
+        let from = match (self.first, since) {
+            (Some(f), Some(s)) => f.max(s),
+            (Some(f), None) => f,
+            (None, _) => return None,
+        };
+        if now.saturating_duration_since(from) < self.span {
+            return None;
+        }
+        let half = now.checked_sub(self.span / 2)?;
+        let (mut early, mut late) = (0u32, 0u32);
+        for (t, n) in &self.buckets {
+            if *t < half {
+                early += n;
+            } else {
+                late += n;
+            }
+        }
+        (late > 0 && f64::from(late) <= 1.25 * f64::from(early))
+            .then(|| f64::from(early + late) / self.span.as_secs_f64())
     }
 
     /// Events per second over the span (or since the first event, if that is shorter).

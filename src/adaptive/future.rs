@@ -33,6 +33,7 @@ where
     E: Into<tower::BoxError>,
     B: Bucket + Clone,
     C: Classify,
+    T: 'static,
 {
     type Output = Result<Response<T>, tower::BoxError>;
 

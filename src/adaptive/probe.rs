@@ -30,8 +30,8 @@ use crate::ConfigError;
 ///   `t = burst / (l - limit)`, so `l x t = burst + limit x t`, and two readings give both
 ///   unknowns; a window gives `l x t = limit` both times. The level becomes the fitted limit
 ///   (a window's less `margin / 2`: the readings carry a response's latency), and the next
-///   climb waits `max_cruise`. Against a leaky bucket of 37/s this takes three 429s and about
-///   6 s from a start of 20/s or 60/s.
+///   climb waits `max_cruise`. Against a leaky bucket of 37/s from a start of 60/s this takes
+///   three 429s and about 6 s (from 20/s, slow start ends on a steady reading: one 429).
 /// * **A cut that does not make refusals rarer is undone.** Storms (another tenant emptying a
 ///   shared quota every few seconds, a server shedding load on a schedule) refuse any rate
 ///   after the same time. Cutting there only loses goodput, so when a cut did not lengthen the
@@ -43,7 +43,9 @@ use crate::ConfigError;
 ///   it is the bucket's own — is only just over the limit. The level becomes `(1 - margin) x`
 ///   that rate (5% under) but never less than the level the climb started from, and the rate
 ///   returns to it straight after the hold: the hold has already drained the server, so there
-///   is no need to dip below it. A climb that finds the same limit again (within 10%) keeps
+///   is no need to dip below it; nor, when the server took a steady rate over the last
+///   second, above a quarter of `margin` under that (a climb overshoots a small burst by more
+///   than `margin`: 7% at 37/s with a burst of 5). A climb that finds the same limit again (within 10%) keeps
 ///   the level that worked, and the next cruise is twice as long, up to `max_cruise` (30 s), so
 ///   a stable limit costs fewer and fewer holds.
 /// * **A refused level that worked means the limit moved.** A 429 at a level held for `prove`
@@ -65,15 +67,17 @@ use crate::ConfigError;
 /// let mut probe = Probe::new(20.0, 0.5, 500.0)?;
 /// let t0 = Instant::now();
 /// let ok = Signal::Success { headers: None };
+/// // The server takes 40/s, one every 25 ms, while the rate doubles past it.
 /// for ms in (0..2000).step_by(25) {
 ///     probe.on_outcome(t0 + Duration::from_millis(ms), &ok);
 /// }
-/// let sending = probe.rate();
+/// assert!(probe.rate() > 60.0);
 /// let throttled = Signal::Throttled { retry_after: Some(Duration::from_secs(1)), headers: None };
 /// probe.on_outcome(t0 + Duration::from_secs(2), &throttled);
-/// // The first 429 ends slow start at beta x the rate it was sending at (the accepted rate,
-/// // 40/s, is lower here).
-/// assert!((probe.rate() - 0.7 * sending).abs() < 1e-9);
+/// // A steady 40/s accepted, then a 429: the server was saturated at about 40/s, and slow
+/// // start ends just under the reading (which counts whole tenths of the last second, so it
+/// // can be a tenth low: 36 here), not at beta x the rate it had doubled to.
+/// assert!((35.0..40.0).contains(&probe.rate()), "{}", probe.rate());
 /// # Ok::<(), tower_throttle::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -164,6 +168,14 @@ impl Probe {
     /// has ended.
     pub fn level(&self) -> Option<f64> {
         (!matches!(self.phase, Phase::SlowStart { .. })).then_some(self.level)
+    }
+
+    /// Just under a measured limit: a quarter of `margin` (1.25% by default). The reading is
+    /// a count, not a climb's top (which needs all of `margin`), and it counts whole tenths
+    /// of the window, so it runs up to a tenth low, which covers what was left of a token
+    /// bucket's burst in it.
+    fn settle_under(&self, measured: f64) -> f64 {
+        (1.0 - self.cfg.margin / 4.0) * measured
     }
 
     fn cruise_at(&mut self, level: f64) {
@@ -409,21 +421,50 @@ impl Prober for Probe {
             }
         }
         let before = self.level;
+        // What the server took since sending resumed, if it was steady for a whole window:
+        // then this 429 says the server was saturated at that rate.
+        let saturated = self
+            .p
+            .accepted
+            .steady_rate_since(now, self.p.event.resumed_at);
         match self.phase {
             Phase::SlowStart { .. } => {
-                // The limit lies between what was accepted over the last second (which lags
-                // the doubling) and what was being sent (which overshoots it). Cruise at the
-                // higher of the accepted rate and beta x sent: if that is still too high, how
-                // soon it is refused says by how much.
-                let beta_cut = self.cfg.beta * sending;
-                let accepted = self.p.accepted.rate_since(now, self.p.event.resumed_at);
                 self.cruise = self.cfg.cruise;
-                self.cruise_at(accepted.map_or(beta_cut, |a| a.min(sending).max(beta_cut)));
+                let level = match saturated {
+                    // The limit itself, measured rather than bracketed: settle just under it
+                    // and, as after a fit, climb again only after `max_cruise`. The slots the
+                    // gate handed out before a rise keep their times, so after a fast doubling
+                    // the rate the bucket is set to can be twice what is really sent (20
+                    // callers at 20/s hold a second of slots): beta x that rate can be far
+                    // over the limit, three holds to come down instead of none.
+                    Some(a) => {
+                        self.ceiling = Some(a);
+                        self.cruise = self.cfg.max_cruise;
+                        self.settle_under(a.min(sending))
+                    }
+                    // Still ramping up: the limit lies between what was accepted over the
+                    // last second (which lags the doubling) and what was being sent (which
+                    // overshoots it). Cruise at the higher of the accepted rate and beta x
+                    // sent: if that is still too high, how soon it is refused says by how
+                    // much.
+                    None => {
+                        let beta_cut = self.cfg.beta * sending;
+                        let accepted = self.p.accepted.rate_since(now, self.p.event.resumed_at);
+                        accepted.map_or(beta_cut, |a| a.min(sending).max(beta_cut))
+                    }
+                };
+                self.cruise_at(level);
             }
             Phase::Climb { from, .. } => {
                 // The rate being sent is the bucket's own and the climb is slow, so it is only
                 // just over the limit (by the server's burst, at most).
-                let candidate = (1.0 - self.cfg.margin) * sending;
+                let mut candidate = (1.0 - self.cfg.margin) * sending;
+                if let Some(a) = saturated {
+                    // Against a small burst the climb overshoots by more than `margin` before
+                    // the 429 (by `sqrt(2 x burst x climb x limit)`: 7% at 37/s with a burst
+                    // of 5); what the server took is the better reading then.
+                    candidate = candidate.min(self.settle_under(a));
+                }
                 let stable = self.ceiling.is_some_and(|c| (sending - c).abs() <= 0.1 * c);
                 self.ceiling = Some(sending);
                 let level = if stable {
@@ -600,6 +641,56 @@ mod tests {
         let t = succeed(&mut c, t + Duration::from_secs(1), step, step);
         c.on_outcome(t, &throttled());
         assert!((c.rate() - 0.49 * level).abs() < 1e-9);
+    }
+
+    /// Regression (issue 15, leaky bucket from 20/s over loopback): 20 callers hold a second
+    /// of slots at 20/s, so slow start doubled the bucket's rate to 74/s while 37-48/s was
+    /// really sent, and ended at 0.7 x 74 = 51.8/s, so far over a limit of 37/s that it took
+    /// two more holds to come down. The server had been taking a steady 37/s: that is the
+    /// reading to settle under.
+    #[test]
+    fn a_steady_accepted_rate_ends_slow_start_under_it_not_at_beta_times_an_unsent_rate() {
+        let mut c = Probe::new(20.0, 1.0, 500.0).unwrap();
+        let step = Duration::from_millis(25);
+        let t = succeed(&mut c, Instant::now(), Duration::from_secs(2), step);
+        let sending = c.rate();
+        assert!(0.7 * sending > 42.0, "{sending}");
+        c.on_outcome(t, &throttled());
+        let level = c.rate();
+        assert!(
+            (0.9 * 0.9875 * 40.0..=0.9875 * 40.0).contains(&level),
+            "{level}"
+        );
+        // A measured limit waits `max_cruise` (30 s) for its first climb, as after a fit.
+        let t = after_hold(&mut c, t, Duration::from_secs(28), step);
+        assert_eq!(c.rate(), level);
+        succeed(&mut c, t, Duration::from_secs(3), step);
+        assert!(c.rate() > level);
+    }
+
+    #[test]
+    fn a_ramp_still_ends_slow_start_at_beta_times_the_rate_sent() {
+        // Accepted 10/s, then 100/s: the limit is above what the last second shows.
+        let mut c = Probe::new(100.0, 1.0, 500.0).unwrap();
+        let t = succeed(
+            &mut c,
+            Instant::now(),
+            Duration::from_millis(500),
+            Duration::from_millis(100),
+        );
+        let t = succeed(
+            &mut c,
+            t,
+            Duration::from_millis(500),
+            Duration::from_millis(10),
+        );
+        let sending = c.rate();
+        c.on_outcome(t, &throttled());
+        assert!(
+            (c.rate() - 0.7 * sending).abs() < 1e-9,
+            "{} of {sending}",
+            c.rate()
+        );
     }
 
     #[test]

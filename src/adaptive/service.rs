@@ -1,6 +1,7 @@
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
 use tower_service::Service;
@@ -9,8 +10,9 @@ use super::controller::{HeaderInfo, Signal};
 use super::future::ResponseFuture;
 use super::layer::{lock, AdaptiveLayer};
 use crate::bucket::Bucket;
-use crate::classify::{Classify, HttpClassifier, Outcome};
+use crate::classify::{Classify, HttpClassifier, Outcome, MAX_BODY_INSPECTED};
 use crate::headers::rate_limit_info;
+use crate::retry::{seen_body, MIN_QUOTA_WAIT};
 
 /// A service whose every response (or error) feeds a shared rate controller that sets the
 /// shared bucket's rate; built by [`AdaptiveLayer`].
@@ -40,38 +42,65 @@ impl<S, B: Bucket + Clone, C> Adaptive<S, B, C> {
 }
 
 impl<B: Bucket + Clone, C: Classify> AdaptiveLayer<B, C> {
-    pub(crate) fn observe_response<T>(&self, response: &Response<T>) {
-        self.observe_parts(response.status(), response.headers());
+    pub(crate) fn observe_response<T: 'static>(&self, response: &Response<T>) {
+        self.observe_parts(response.status(), response.headers(), || {
+            seen_body(response)
+        });
     }
 
-    /// Feeds one response, seen as its status and headers, to the controller and the bucket;
-    /// shared with clients whose responses are not `http::Response` (the reqwest adapter).
-    pub(crate) fn observe_parts(&self, status: StatusCode, headers_in: &HeaderMap) {
+    /// Feeds one response, seen as its status, headers and (when buffered or inspected) body,
+    /// to the controller and the bucket; shared with clients whose responses are not
+    /// `http::Response` (the reqwest adapter).
+    pub(crate) fn observe_parts(
+        &self,
+        status: StatusCode,
+        headers_in: &HeaderMap,
+        body: impl FnOnce() -> Option<Bytes>,
+    ) {
         let wall = SystemTime::now();
         let outcome = self.classifier.classify_response(status, headers_in, wall);
         let headers = rate_limit_info(headers_in, wall).map(|i| HeaderInfo::from(&i));
-        let signal = match outcome {
-            Outcome::Success => Signal::Success { headers },
-            Outcome::RateLimited { retry_after } => Signal::Throttled {
-                retry_after: retry_after.map(|wait| self.cap_hold(wait)),
-                headers,
-            },
+        let (signal, hold) = match outcome {
+            Outcome::Success => (Signal::Success { headers }, None),
+            Outcome::RateLimited { retry_after } => {
+                let retry_after = retry_after.map(|wait| self.cap_hold(wait));
+                let body = body().filter(|b| b.len() <= MAX_BODY_INSPECTED);
+                let spent = self
+                    .classifier
+                    .quota_reset(status, headers_in, body.as_deref(), wall)
+                    .filter(|reset| *reset >= MIN_QUOTA_WAIT);
+                match spent {
+                    // A spent daily allowance says nothing about the short-window rate: a
+                    // cut would only slow every caller once it is back. It is a pause (the
+                    // retry policy holds the bucket until the reset), and the pause must not
+                    // count as growth time either.
+                    Some(reset) => (Signal::Overloaded { retry_after: reset }, retry_after),
+                    None => (
+                        Signal::Throttled {
+                            retry_after,
+                            headers,
+                        },
+                        retry_after,
+                    ),
+                }
+            }
             // A 503 with `Retry-After`: the server asked every caller for a pause.
             Outcome::Transient => match self.classifier.transient_wait(status, headers_in, wall) {
-                Some(wait) if !wait.is_zero() => Signal::Overloaded {
-                    retry_after: self.cap_hold(wait),
-                },
-                _ => Signal::Transient,
+                Some(wait) if !wait.is_zero() => {
+                    let wait = self.cap_hold(wait);
+                    (Signal::Overloaded { retry_after: wait }, Some(wait))
+                }
+                _ => (Signal::Transient, None),
             },
             // A 400 or 404 says nothing about the rate.
             Outcome::Permanent => return,
         };
-        self.feed(&signal);
+        self.feed(&signal, hold);
     }
 
     pub(crate) fn observe_error(&self, err: &(dyn std::error::Error + 'static)) {
         if self.classifier.classify_error(err) == Outcome::Transient {
-            self.feed(&Signal::Transient);
+            self.feed(&Signal::Transient, None);
         }
     }
 
@@ -80,7 +109,9 @@ impl<B: Bucket + Clone, C: Classify> AdaptiveLayer<B, C> {
         self.max_hold.map_or(wait, |cap| wait.min(cap))
     }
 
-    fn feed(&self, signal: &Signal) {
+    /// Feeds `signal` to the controller and holds the bucket for `hold`, the server's capped
+    /// wait (a spent quota's pause is longer than its hold: the retry policy holds for that).
+    fn feed(&self, signal: &Signal, hold: Option<Duration>) {
         let now = Instant::now();
         let new_rate = lock(&self.controller).on_outcome(now, signal);
         if let Some(rate) = new_rate {
@@ -90,15 +121,7 @@ impl<B: Bucket + Clone, C: Classify> AdaptiveLayer<B, C> {
                 tracing::warn!(rate, error = %e, "adaptive controller returned an invalid rate");
             }
         }
-        let wait = match signal {
-            Signal::Throttled {
-                retry_after: Some(wait),
-                ..
-            }
-            | Signal::Overloaded { retry_after: wait } => Some(*wait),
-            _ => None,
-        };
-        if let Some(wait) = wait {
+        if let Some(wait) = hold {
             if self.hold_on_retry_after && !wait.is_zero() {
                 if let Some(until) = now.checked_add(wait) {
                     self.bucket.hold_until(until);
@@ -114,6 +137,7 @@ where
     S::Error: Into<tower::BoxError>,
     B: Bucket + Clone,
     C: Classify,
+    T: 'static,
 {
     type Response = Response<T>;
     type Error = tower::BoxError;

@@ -93,5 +93,6 @@ pub use inspect::{InspectBody, InspectBodyLayer, InspectedBody, PrefixedBody};
 pub(crate) use layer::RetryLayer;
 pub use policy::Attempts;
 pub(crate) use policy::RetryPolicy;
+pub(crate) use policy::{seen_body, MIN_QUOTA_WAIT};
 #[cfg(feature = "reqwest")]
 pub(crate) use policy::{Observed, Step};

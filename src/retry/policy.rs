@@ -383,8 +383,9 @@ impl<C> RetryPolicy<C> {
     }
 }
 
-/// The shortest wait treated as a spent quota rather than an ordinary rate limit.
-const MIN_QUOTA_WAIT: Duration = Duration::from_secs(1);
+/// The shortest wait treated as a spent quota rather than an ordinary rate limit (also by
+/// the adaptive layer, which must not read a spent quota as a rate cut).
+pub(crate) const MIN_QUOTA_WAIT: Duration = Duration::from_secs(1);
 
 /// The longest a spent quota holds the bucket at a time (a daily allowance's longest wait);
 /// a longer claim is probed again after it.
@@ -714,7 +715,7 @@ where
 
 /// The body the classifier may read: what [`InspectBody`](super::InspectBody) read below
 /// (the one way a streaming body is seen), else a buffered body.
-fn seen_body<R: 'static>(res: &http::Response<R>) -> Option<bytes::Bytes> {
+pub(crate) fn seen_body<R: 'static>(res: &http::Response<R>) -> Option<bytes::Bytes> {
     match res.extensions().get::<InspectedBody>() {
         Some(InspectedBody(bytes)) => Some(bytes.clone()),
         None => buffered_body(res.body()),

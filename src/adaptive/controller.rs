@@ -272,9 +272,8 @@ enum Observed {
 }
 
 /// A controller built on [`Probing`]: its phases and its reading of a 429 are its own, the
-/// rest is shared, and its [`RateController`] methods are [`prober_outcome`],
-/// [`prober_reset`] and [`prober_limit_max`]. (Not a blanket implementation: it would
-/// overlap the one for `Box<C>`.)
+/// rest is shared, and its [`RateController`] implementation is the one
+/// [`prober_rate_controller!`] writes.
 pub(super) trait Prober: Send + fmt::Debug {
     fn probing(&self) -> &Probing;
     fn probing_mut(&mut self) -> &mut Probing;
@@ -291,6 +290,39 @@ pub(super) trait Prober: Send + fmt::Debug {
     /// The bounds were lowered to a ceiling ([`RateController::limit_max`]).
     fn bounds_lowered(&mut self) {}
 }
+
+/// The [`RateController`] implementation of every [`Prober`], written once. (A macro, not a
+/// blanket implementation: that would overlap the one for `Box<C>`.)
+macro_rules! prober_rate_controller {
+    ($t:ty) => {
+        impl $crate::adaptive::RateController for $t {
+            fn on_outcome(
+                &mut self,
+                now: ::tokio::time::Instant,
+                signal: &$crate::adaptive::Signal,
+            ) -> Option<f64> {
+                $crate::adaptive::controller::prober_outcome(self, now, signal)
+            }
+
+            fn rate(&self) -> f64 {
+                $crate::adaptive::controller::Prober::probing(self).rate
+            }
+
+            fn bounds(&self) -> (f64, f64) {
+                $crate::adaptive::controller::Prober::probing(self).bounds()
+            }
+
+            fn reset(&mut self, _now: ::tokio::time::Instant, rate: f64) {
+                $crate::adaptive::controller::prober_reset(self, rate);
+            }
+
+            fn limit_max(&mut self, max: f64) {
+                $crate::adaptive::controller::prober_limit_max(self, max);
+            }
+        }
+    };
+}
+pub(super) use prober_rate_controller;
 
 /// [`RateController::on_outcome`] for every [`Prober`]: the bookkeeping is shared, the
 /// phases are the controller's.

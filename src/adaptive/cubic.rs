@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use super::controller::{
     check_bounds, check_cruise, check_duration, check_margin, check_open, clamp, doubled,
-    prober_limit_max, prober_outcome, prober_reset, Prober, Probing, RateController, Signal,
+    prober_rate_controller, Prober, Probing,
 };
 use crate::ConfigError;
 
@@ -191,27 +191,7 @@ impl CubicBuilder {
     }
 }
 
-impl RateController for Cubic {
-    fn on_outcome(&mut self, now: Instant, signal: &Signal) -> Option<f64> {
-        prober_outcome(self, now, signal)
-    }
-
-    fn rate(&self) -> f64 {
-        self.p.rate
-    }
-
-    fn bounds(&self) -> (f64, f64) {
-        self.p.bounds()
-    }
-
-    fn reset(&mut self, _now: Instant, rate: f64) {
-        prober_reset(self, rate);
-    }
-
-    fn limit_max(&mut self, max: f64) {
-        prober_limit_max(self, max);
-    }
-}
+prober_rate_controller!(Cubic);
 
 impl Prober for Cubic {
     fn probing(&self) -> &Probing {
@@ -333,6 +313,7 @@ impl Prober for Cubic {
 mod tests {
     use super::*;
     use crate::adaptive::controller::test_signals::{ok, throttled};
+    use crate::adaptive::RateController;
 
     #[test]
     fn cubic_groups_a_burst_of_429s_into_one_event() {

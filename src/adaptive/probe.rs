@@ -5,8 +5,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::controller::{
-    check_bounds, check_cruise, check_duration, check_open, clamp, doubled, prober_limit_max,
-    prober_outcome, prober_reset, Prober, Probing, RateController, Signal,
+    check_bounds, check_cruise, check_duration, check_open, clamp, doubled, prober_rate_controller,
+    Prober, Probing,
 };
 use crate::ConfigError;
 
@@ -56,7 +56,8 @@ use crate::ConfigError;
 /// * **One event per hold.** 429s within `event_hold` (1 s) or the server's `Retry-After` of a
 ///   cut are the requests that were already in flight: one event.
 /// * Growth time only advances while successes arrive and the rate never grows past twice what
-///   is actually sent, so an outage of 503s ([`Signal::Transient`]) neither cuts the rate nor
+///   is actually sent, so an outage of 503s
+///   ([`Signal::Transient`](crate::adaptive::Signal::Transient)) neither cuts the rate nor
 ///   lets a climb run away.
 ///
 /// ```
@@ -323,27 +324,7 @@ impl ProbeBuilder {
     }
 }
 
-impl RateController for Probe {
-    fn on_outcome(&mut self, now: Instant, signal: &Signal) -> Option<f64> {
-        prober_outcome(self, now, signal)
-    }
-
-    fn rate(&self) -> f64 {
-        self.p.rate
-    }
-
-    fn bounds(&self) -> (f64, f64) {
-        self.p.bounds()
-    }
-
-    fn reset(&mut self, _now: Instant, rate: f64) {
-        prober_reset(self, rate);
-    }
-
-    fn limit_max(&mut self, max: f64) {
-        prober_limit_max(self, max);
-    }
-}
+prober_rate_controller!(Probe);
 
 impl Prober for Probe {
     fn probing(&self) -> &Probing {
@@ -572,6 +553,7 @@ mod tests {
     use super::*;
 
     use crate::adaptive::controller::test_signals::{ok, throttled_for};
+    use crate::adaptive::{RateController, Signal};
 
     /// A 429 with the whole-second `Retry-After` servers send.
     fn throttled() -> Signal {

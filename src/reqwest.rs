@@ -367,7 +367,8 @@ fn head_of(req: &Request, extensions: &Extensions) -> http::Request<()> {
     head
 }
 
-impl<B: Bucket + Clone, C: Classify> ThrottleMiddleware<B, C> {
+// Called from `Middleware::handle` only, so with its bounds.
+impl<B: Bucket + Clone, C: Classify + Send + Sync + 'static> ThrottleMiddleware<B, C> {
     fn observe(&self, result: &Result<Response, Error>) {
         let Some(adaptive) = &self.adaptive else {
             return;
@@ -409,54 +410,7 @@ impl<B: Bucket + Clone, C: Classify> ThrottleMiddleware<B, C> {
             Err(e) => tracing::warn!(id, error = %e, "request failed; stored as a dead letter"),
         }
     }
-}
 
-#[async_trait::async_trait]
-impl<B, C> Middleware for ThrottleMiddleware<B, C>
-where
-    B: Bucket + Clone,
-    C: Classify + Send + Sync + 'static,
-{
-    async fn handle(
-        &self,
-        req: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        // A per-request copy, as tower does: its own attempt count, deadline and jitter draws.
-        let mut policy = self.policy.clone();
-        if let Some(p) = &mut policy {
-            p.start(Instant::now());
-        }
-        let captured = self.dead_letters.as_ref().map(|_| capture(&req));
-        let mut result = self.attempts(req, extensions, next, policy.as_mut()).await;
-        let attempts = policy.as_ref().map(RetryPolicy::attempts);
-        self.dead_letter(captured, attempts, &mut result).await;
-        result
-    }
-}
-
-/// The request as a dead letter would keep it (body bytes only when buffered).
-fn capture(req: &Request) -> Captured {
-    let body = req
-        .body()
-        .and_then(|b| b.as_bytes())
-        .map(Bytes::copy_from_slice)
-        .unwrap_or_default();
-    Captured::new(
-        req.method().clone(),
-        CapturedUri::Text(req.url().as_str().to_owned()),
-        req.headers().clone(),
-        body,
-        None,
-    )
-}
-
-impl<B, C> ThrottleMiddleware<B, C>
-where
-    B: Bucket + Clone,
-    C: Classify + Send + Sync + 'static,
-{
     /// The gate and retry loop: every attempt until the policy is done.
     async fn attempts(
         &self,
@@ -538,6 +492,47 @@ where
             req = copy.expect("a retry is only decided for a replayable request");
         }
     }
+}
+
+#[async_trait::async_trait]
+impl<B, C> Middleware for ThrottleMiddleware<B, C>
+where
+    B: Bucket + Clone,
+    C: Classify + Send + Sync + 'static,
+{
+    async fn handle(
+        &self,
+        req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        // A per-request copy, as tower does: its own attempt count, deadline and jitter draws.
+        let mut policy = self.policy.clone();
+        if let Some(p) = &mut policy {
+            p.start(Instant::now());
+        }
+        let captured = self.dead_letters.as_ref().map(|_| capture(&req));
+        let mut result = self.attempts(req, extensions, next, policy.as_mut()).await;
+        let attempts = policy.as_ref().map(RetryPolicy::attempts);
+        self.dead_letter(captured, attempts, &mut result).await;
+        result
+    }
+}
+
+/// The request as a dead letter would keep it (body bytes only when buffered).
+fn capture(req: &Request) -> Captured {
+    let body = req
+        .body()
+        .and_then(|b| b.as_bytes())
+        .map(Bytes::copy_from_slice)
+        .unwrap_or_default();
+    Captured::new(
+        req.method().clone(),
+        CapturedUri::Text(req.url().as_str().to_owned()),
+        req.headers().clone(),
+        body,
+        None,
+    )
 }
 
 #[cfg(test)]

@@ -12,12 +12,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_throttle::mock::{MockServer, RateHeaders, RetryAfterFormat, ServerLimit};
+use tower_throttle::mock::{MockServer, RateHeaders, ServerLimit};
 use tower_throttle::retry::InspectBody;
 use tower_throttle::timeout::BodyTimeout;
 use tower_throttle::{
     bucket::Bucket, AdaptiveLayer, LocalBucket, Probe, Quota, RateLimitLayer, Throttle,
 };
+
+mod common;
+
+use common::hubspot::{self, DAILY, SECONDLY, TO_RESET};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_driven_finds_the_mock_servers_limit_over_loopback() {
@@ -80,24 +84,6 @@ async fn header_driven_finds_the_mock_servers_limit_over_loopback() {
     server.shutdown().await;
 }
 
-/// A HubSpot portal whose `allowance` requests per `window` are refused with `body` (no
-/// `Retry-After`, as HubSpot sends none), its clock ten minutes before midnight UTC so a
-/// daily reset is 600 s away.
-async fn hubspot_portal(allowance: u32, window: Duration, body: &'static str) -> MockServer {
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        http::header::DATE,
-        "Wed, 02 Dec 2026 23:50:00 GMT".parse().unwrap(),
-    );
-    MockServer::builder()
-        .limit(ServerLimit::sliding_window(allowance, window).unwrap())
-        .retry_after(RetryAfterFormat::Omit)
-        .limited_answer(body, headers)
-        .start()
-        .await
-        .unwrap()
-}
-
 /// Sends `n` requests one after another through `client`; the shared bucket's rate after
 /// the `n - 1`th and after the last.
 async fn rate_before_and_after_the_last<T, RB>(
@@ -144,22 +130,27 @@ fn streaming_hubspot_client() -> Throttle<InspectBody<Client<HttpConnector, Full
         .unwrap()
 }
 
-const DAILY: &str = r#"{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","policyName":"DAILY"}"#;
-const SECONDLY: &str = r#"{"status":"error","message":"You have reached your secondly limit.","errorType":"RATE_LIMIT","policyName":"SECONDLY"}"#;
-
 /// Before: the adaptive layer read HubSpot's daily 429 as an ordinary one and cut the rate
 /// (to 0.7x in slow start), although a spent daily allowance says nothing about the
 /// short-window rate and the retry policy already holds the bucket until the reset.
 #[tokio::test(start_paused = true)]
 async fn a_daily_quota_429_is_not_a_rate_cut() {
-    let server = hubspot_portal(5, Duration::from_secs(600), DAILY).await;
-    let start = Instant::now();
     let client = hubspot_client();
-    let bucket = client.bucket().unwrap().clone();
+    daily_429_is_no_cut(client.bucket().unwrap().clone(), client).await;
+}
+
+/// Five requests, then a sixth the portal refuses with the daily body: it is held until the
+/// reset and then accepted, and the controller's rate is not cut.
+async fn daily_429_is_no_cut<T, RB>(bucket: LocalBucket, client: T)
+where
+    T: tower::Service<Request<Full<Bytes>>, Response = http::Response<RB>> + Clone,
+    T::Error: std::fmt::Debug,
+{
+    let server = hubspot::portal(5, TO_RESET, DAILY, http::HeaderMap::new()).await;
+    let start = Instant::now();
     let (before, after) = rate_before_and_after_the_last(bucket, client, &server, 6).await;
-    // The sixth was refused, held until the reset and then accepted.
     assert_eq!(server.stats().rate_limited, 1);
-    assert!(start.elapsed() >= Duration::from_secs(599));
+    assert!(start.elapsed() >= TO_RESET - Duration::from_secs(1));
     assert!(after >= before - 1e-9, "cut from {before} to {after}");
     server.shutdown().await;
 }
@@ -168,21 +159,14 @@ async fn a_daily_quota_429_is_not_a_rate_cut() {
 /// the retry policy, so a daily 429 is no cut there either.
 #[tokio::test(start_paused = true)]
 async fn a_daily_quota_429_on_a_streaming_stack_is_not_a_rate_cut() {
-    let server = hubspot_portal(5, Duration::from_secs(600), DAILY).await;
-    let start = Instant::now();
     let client = streaming_hubspot_client();
-    let bucket = client.bucket().unwrap().clone();
-    let (before, after) = rate_before_and_after_the_last(bucket, client, &server, 6).await;
-    assert_eq!(server.stats().rate_limited, 1);
-    assert!(start.elapsed() >= Duration::from_secs(599));
-    assert!(after >= before - 1e-9, "cut from {before} to {after}");
-    server.shutdown().await;
+    daily_429_is_no_cut(client.bucket().unwrap().clone(), client).await;
 }
 
 /// The same stack still cuts for a short-window 429: the test above could fail.
 #[tokio::test(start_paused = true)]
 async fn a_secondly_429_through_the_same_stack_is_a_rate_cut() {
-    let server = hubspot_portal(5, Duration::from_secs(2), SECONDLY).await;
+    let server = hubspot::portal(5, Duration::from_secs(2), SECONDLY, http::HeaderMap::new()).await;
     let client = hubspot_client();
     let bucket = client.bucket().unwrap().clone();
     let (before, after) = rate_before_and_after_the_last(bucket, client, &server, 6).await;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 mod common;
 
+use common::hubspot::{self, chunk, head, Script, DAILY, SECONDLY, TEN_TO_MIDNIGHT, TO_RESET};
+
 use bytes::Bytes;
 use http_body_util::Full;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
@@ -424,27 +426,12 @@ async fn reqwest_daily_quota_past_the_deadline_is_a_typed_error_at_once() {
 
 // HubSpot's daily refusal told from its body (issue 17, the reqwest gap).
 
-const DAILY: &str = r#"{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","correlationId":"c033cdaa","policyName":"DAILY","requestId":"3d3e35b7"}"#;
-const SECONDLY: &str = r#"{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT","policyName":"TEN_SECONDLY_ROLLING"}"#;
-
-/// Ten minutes before midnight UTC on every refusal, so the daily reset is 600 s away.
-const TEN_TO_MIDNIGHT: &str = "Wed, 02 Dec 2026 23:50:00 GMT";
-const TO_RESET: Duration = Duration::from_secs(600);
-
-/// A HubSpot-like portal of an OAuth app: `allowance` requests per ten minutes, refused with
-/// `body`, a `Date` and an `x-trace` header, and neither `Retry-After` nor the private-app
-/// daily header.
+/// A portal of an OAuth app: `allowance` requests per ten minutes, refused with `body`, a
+/// `Date` and an `x-trace` header.
 async fn portal(allowance: u32, body: impl Into<Bytes>) -> MockServer {
     let mut headers = http::HeaderMap::new();
-    headers.insert(http::header::DATE, TEN_TO_MIDNIGHT.parse().unwrap());
     headers.insert("x-trace", "refusal-1".parse().unwrap());
-    MockServer::builder()
-        .limit(ServerLimit::sliding_window(allowance, TO_RESET).unwrap())
-        .retry_after(RetryAfterFormat::Omit)
-        .limited_answer(body, headers)
-        .start()
-        .await
-        .unwrap()
+    hubspot::portal(allowance, TO_RESET, body, headers).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -597,51 +584,17 @@ async fn reqwest_daily_429_body_larger_than_the_bound_is_handed_on_whole_as_a_pl
     assert_eq!(res.text().await.unwrap(), large);
 }
 
-/// One step of a scripted server's answer: wait (in tokio's clock), then write.
-type Script = Vec<(Duration, Vec<u8>)>;
-
-/// A server that answers every request by playing `script`, then closing the connection;
-/// for bodies that arrive late, which the mock server does not send.
+/// A scripted server (for bodies that arrive late, which the mock server does not send), as
+/// the URL the tests call.
 async fn scripted(script: Script) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let script = script.clone();
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                for (wait, bytes) in script {
-                    tokio::time::sleep(wait).await;
-                    if conn.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let addr = hubspot::scripted(script).await;
     format!("http://{addr}/crm/v3/objects/contacts")
 }
 
 /// A chunked answer: the head, then `pieces` each after its wait, then the last chunk.
 fn chunked(status: &str, pieces: &[(Duration, &[u8])]) -> Script {
-    let head = format!(
-        "HTTP/1.1 {status}\r\ndate: {TEN_TO_MIDNIGHT}\r\ntransfer-encoding: chunked\r\n\r\n"
-    );
-    let mut script = vec![(Duration::ZERO, head.into_bytes())];
-    for (wait, data) in pieces {
-        let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
-        chunk.extend_from_slice(data);
-        chunk.extend_from_slice(b"\r\n");
-        script.push((*wait, chunk));
-    }
+    let mut script = vec![(Duration::ZERO, head(status, "transfer-encoding: chunked"))];
+    script.extend(pieces.iter().map(|(wait, data)| (*wait, chunk(data))));
     script.push((Duration::ZERO, b"0\r\n\r\n".to_vec()));
     script
 }
@@ -700,11 +653,11 @@ async fn reqwest_200_is_handed_on_at_once_without_waiting_for_its_body() {
 #[tokio::test(start_paused = true)]
 async fn reqwest_429_body_that_fails_mid_way_passes_its_error_to_the_caller() {
     // Promises 500 bytes, sends 40 and hangs up.
-    let head = format!(
-        "HTTP/1.1 429 Too Many Requests\r\ndate: {TEN_TO_MIDNIGHT}\r\ncontent-length: 500\r\n\r\n"
-    );
     let url = scripted(vec![
-        (Duration::ZERO, head.into_bytes()),
+        (
+            Duration::ZERO,
+            head("429 Too Many Requests", "content-length: 500"),
+        ),
         (Duration::ZERO, DAILY.as_bytes()[..40].to_vec()),
     ])
     .await;

@@ -12,32 +12,16 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{service_fn, BoxError, ServiceExt};
 use tower_throttle::dead_letter::{DeadLetterStore, DeadLetteredError, MemoryStore};
-use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
+use tower_throttle::mock::MockServer;
 use tower_throttle::retry::Attempts;
 use tower_throttle::{backoff::Backoff, presets, RetryPolicy, Throttle, ThrottleError};
 
 mod common;
 
-const DAILY: &str = r#"{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","correlationId":"c033cdaa","policyName":"DAILY","requestId":"3d3e35b7"}"#;
-const SECONDLY: &str = r#"{"status":"error","message":"You have reached your secondly limit.","errorType":"RATE_LIMIT","policyName":"TEN_SECONDLY_ROLLING"}"#;
+use common::hubspot::{self, DAILY, SECONDLY, TO_RESET};
 
-/// The server's clock on every 429: ten minutes before midnight UTC, so the reset is 600 s
-/// away whatever the account's zone is assumed to be (quarter-hour probing agrees).
-const TEN_TO_MIDNIGHT: &str = "Wed, 02 Dec 2026 23:50:00 GMT";
-const TO_RESET: Duration = Duration::from_secs(600);
-
-/// A HubSpot-like portal: `allowance` requests per `window`, refused with `body` (and no
-/// `Retry-After`, as HubSpot's daily refusal gives none) once spent.
 async fn portal(allowance: u32, window: Duration, body: impl Into<Bytes>) -> MockServer {
-    let mut headers = HeaderMap::new();
-    headers.insert(http::header::DATE, TEN_TO_MIDNIGHT.parse().unwrap());
-    MockServer::builder()
-        .limit(ServerLimit::sliding_window(allowance, window).unwrap())
-        .retry_after(RetryAfterFormat::Omit)
-        .limited_answer(body, headers)
-        .start()
-        .await
-        .unwrap()
+    hubspot::portal(allowance, window, body, HeaderMap::new()).await
 }
 
 fn post(server: &MockServer, i: usize) -> http::Request<Full<Bytes>> {

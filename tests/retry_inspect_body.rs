@@ -14,34 +14,19 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
+use tower_throttle::mock::MockServer;
 use tower_throttle::retry::{Attempts, InspectBody, InspectBodyLayer, InspectedBody};
 use tower_throttle::{backoff::Backoff, classify::HttpClassifier, presets, RetryPolicy, Throttle};
 
 mod common;
 
-const DAILY: &str = r#"{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","correlationId":"c033cdaa","policyName":"DAILY","requestId":"3d3e35b7"}"#;
+use common::hubspot::{self, chunk, head, scripted, Script, DAILY, TO_RESET};
 
-/// Ten minutes before midnight UTC on every refusal, so the daily reset is 600 s away.
-const TEN_TO_MIDNIGHT: &str = "Wed, 02 Dec 2026 23:50:00 GMT";
-const TO_RESET: Duration = Duration::from_secs(600);
-
-/// A HubSpot-like portal of an OAuth app: `allowance` requests per `window`, refused with the
-/// daily body and neither `Retry-After` nor the private-app daily header.
+/// The portal of an OAuth app, refusing with the daily body once `allowance` is spent.
 async fn portal(allowance: u32, window: Duration) -> MockServer {
-    let mut headers = HeaderMap::new();
-    headers.insert(http::header::DATE, TEN_TO_MIDNIGHT.parse().unwrap());
-    MockServer::builder()
-        .limit(ServerLimit::sliding_window(allowance, window).unwrap())
-        .retry_after(RetryAfterFormat::Omit)
-        .limited_answer(DAILY, headers)
-        .start()
-        .await
-        .unwrap()
+    hubspot::portal(allowance, window, DAILY, HeaderMap::new()).await
 }
 
 fn post(uri: http::Uri, i: usize) -> http::Request<Full<Bytes>> {
@@ -155,49 +140,6 @@ async fn a_users_own_service_builder_stack_reads_the_daily_body_through_the_laye
         "{err}"
     );
     server.shutdown().await;
-}
-
-/// One step of a scripted server's answer: wait, then write.
-type Script = Vec<(Duration, Vec<u8>)>;
-
-/// A server that answers each request by playing `script` (in tokio's clock, so paused time
-/// drives it) and then closing the connection.
-async fn scripted(script: Script) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let script = script.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                for (wait, bytes) in script {
-                    tokio::time::sleep(wait).await;
-                    if conn.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-fn head(status: &str, framing: &str) -> Vec<u8> {
-    format!("HTTP/1.1 {status}\r\ndate: {TEN_TO_MIDNIGHT}\r\n{framing}\r\n\r\n").into_bytes()
-}
-
-fn chunk(data: &[u8]) -> Vec<u8> {
-    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 const CHUNKED: &str = "transfer-encoding: chunked";

@@ -1,6 +1,8 @@
 //! Helpers shared by the loopback integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "mock")]
+pub mod hubspot;
 #[cfg(feature = "redis")]
 pub mod redis;
 

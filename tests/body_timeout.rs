@@ -19,6 +19,8 @@ use tower_throttle::{
     Quota, RetryPolicy, Throttle,
 };
 
+mod common;
+
 type Drip = StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, BoxError>>>;
 
 /// A body of `n` bytes, one every `every`.
@@ -131,39 +133,13 @@ mod loopback {
     use super::*;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
-    /// Answers every connection's requests with headers at once, then `len` bytes one every
-    /// `every` (real time).
+    /// Answers every request with its head at once, then `len` bytes one every `every`.
     async fn dripping_server(len: usize, every: Duration) -> std::net::SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let mut seen = Vec::new();
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
-                    if conn.write_all(head.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    for _ in 0..len {
-                        tokio::time::sleep(every).await;
-                        if conn.write_all(b"x").await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        addr
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+        let mut script = vec![(Duration::ZERO, head.into_bytes())];
+        script.extend((0..len).map(|_| (every, b"x".to_vec())));
+        common::scripted::scripted(script).await
     }
 
     fn request(addr: std::net::SocketAddr) -> http::Request<Full<Bytes>> {

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 mod common;
 
-use common::hubspot::{self, chunk, head, Script, DAILY, SECONDLY, TEN_TO_MIDNIGHT, TO_RESET};
+use common::hubspot::{self, head, DAILY, SECONDLY, TEN_TO_MIDNIGHT, TO_RESET};
+use common::scripted::{self, chunk, Script};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -587,7 +588,7 @@ async fn reqwest_daily_429_body_larger_than_the_bound_is_handed_on_whole_as_a_pl
 /// A scripted server (for bodies that arrive late, which the mock server does not send), as
 /// the URL the tests call.
 async fn scripted(script: Script) -> String {
-    let addr = hubspot::scripted(script).await;
+    let addr = scripted::scripted(script).await;
     format!("http://{addr}/crm/v3/objects/contacts")
 }
 

@@ -22,7 +22,8 @@ use tower_throttle::{backoff::Backoff, classify::HttpClassifier, presets, RetryP
 
 mod common;
 
-use common::hubspot::{self, chunk, head, scripted, Script, DAILY, TO_RESET};
+use common::hubspot::{self, head, DAILY, TO_RESET};
+use common::scripted::{chunk, scripted, Script};
 
 /// The portal of an OAuth app, refusing with the daily body once `allowance` is spent.
 async fn portal(allowance: u32, window: Duration) -> MockServer {

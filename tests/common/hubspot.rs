@@ -1,14 +1,10 @@
-//! A HubSpot-like portal for the daily-quota tests: the refusal bodies HubSpot sends, a mock
-//! server whose clock stands ten minutes before midnight UTC, and a scripted server for the
-//! bodies the mock does not send (chunked, late, cut off).
+//! A HubSpot-like portal for the daily-quota tests: the refusal bodies HubSpot sends, and a
+//! mock server whose clock stands ten minutes before midnight UTC.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
 
 /// HubSpot's refusal of a spent daily allowance.
@@ -40,47 +36,7 @@ pub async fn portal(
         .unwrap()
 }
 
-/// One step of a scripted server's answer: wait (in tokio's clock, so paused time drives
-/// it), then write.
-pub type Script = Vec<(Duration, Vec<u8>)>;
-
-/// A server that answers every request by playing `script`, then closing the connection.
-pub async fn scripted(script: Script) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let script = script.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                for (wait, bytes) in script {
-                    tokio::time::sleep(wait).await;
-                    if conn.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A response head dated [`TEN_TO_MIDNIGHT`], with `framing` (a length or chunked).
 pub fn head(status: &str, framing: &str) -> Vec<u8> {
     format!("HTTP/1.1 {status}\r\ndate: {TEN_TO_MIDNIGHT}\r\n{framing}\r\n\r\n").into_bytes()
-}
-
-/// `data` as one HTTP/1.1 chunk.
-pub fn chunk(data: &[u8]) -> Vec<u8> {
-    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out
 }

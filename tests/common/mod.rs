@@ -5,6 +5,7 @@
 pub mod hubspot;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod scripted;
 
 use bytes::Bytes;
 use http_body_util::Full;

@@ -19,7 +19,10 @@ use tower_throttle::{
     Quota, RetryPolicy, Throttle,
 };
 
-mod common;
+// Only the scripted server: the rest of `common` needs the `mock` feature.
+#[path = "common/scripted.rs"]
+#[allow(dead_code)]
+mod scripted;
 
 type Drip = StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, BoxError>>>;
 
@@ -139,7 +142,7 @@ mod loopback {
         let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
         let mut script = vec![(Duration::ZERO, head.into_bytes())];
         script.extend((0..len).map(|_| (every, b"x".to_vec())));
-        common::scripted::scripted(script).await
+        crate::scripted::scripted(script).await
     }
 
     fn request(addr: std::net::SocketAddr) -> http::Request<Full<Bytes>> {

@@ -324,11 +324,16 @@ fn observe<C: Classify>(policy: &RetryPolicy<C>, result: &Result<Response, Error
         Ok(res) => policy.observe_response(
             res.status(),
             res.headers(),
-            || res.extensions().get::<InspectedBody>().map(|b| b.0.clone()),
+            || inspected(res),
             SystemTime::now(),
         ),
         Err(e) => policy.observe_error(inner_error(e)),
     }
+}
+
+/// The body [`read_body`] recorded, for the policy and the controller alike.
+fn inspected(res: &Response) -> Option<Bytes> {
+    res.extensions().get::<InspectedBody>().map(|b| b.0.clone())
 }
 
 /// `res` with its body read within `bounds` by the inspect layer's own code: a whole body is
@@ -376,9 +381,7 @@ impl<B: Bucket + Clone, C: Classify + Send + Sync + 'static> ThrottleMiddleware<
         match result {
             // A refusal's body was read (within bounds) before this, when the retry policy
             // needs it: the controller reads the same bytes.
-            Ok(res) => adaptive.observe_parts(res.status(), res.headers(), || {
-                res.extensions().get::<InspectedBody>().map(|b| b.0.clone())
-            }),
+            Ok(res) => adaptive.observe_parts(res.status(), res.headers(), || inspected(res)),
             Err(e) => adaptive.observe_error(inner_error(e)),
         }
     }

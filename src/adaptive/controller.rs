@@ -33,10 +33,11 @@ pub enum Signal {
     /// connection. Controllers must not cut the rate for it.
     Transient,
     /// The server asked for a pause without refusing our rate: a 503 (or another transient
-    /// status) with `Retry-After` ([`Classify::transient_wait`](crate::classify::Classify::transient_wait)),
-    /// or a 429 for a spent long allowance such as HubSpot's daily one
-    /// ([`Classify::quota_reset`](crate::classify::Classify::quota_reset)), which says nothing about the
-    /// short-window rate.
+    /// status) with `Retry-After`
+    /// ([`Classify::transient_wait`](crate::classify::Classify::transient_wait)), or a 429
+    /// for a spent long allowance such as HubSpot's daily one
+    /// ([`Classify::quota_reset`](crate::classify::Classify::quota_reset)), which says
+    /// nothing about the short-window rate.
     /// It is congestion, not a reading of the limit: controllers do not cut the rate for it,
     /// but they stop growing (a climb in progress returns to the level it started from), and
     /// the pause is not growth time. The layer holds the shared bucket for the wait.

@@ -46,10 +46,20 @@ impl StatusSet {
         self.0[code / 64] & (1 << (code % 64)) != 0
     }
 
+    /// Every status code `http` accepts, in order.
+    fn all() -> impl Iterator<Item = StatusCode> {
+        (100..1000u16).filter_map(|c| StatusCode::from_u16(c).ok())
+    }
+
+    /// Every status code for which `pred` holds.
+    fn matching(pred: impl Fn(StatusCode) -> bool) -> StatusSet {
+        let mut set = StatusSet::EMPTY;
+        Self::all().filter(|s| pred(*s)).for_each(|s| set.insert(s));
+        set
+    }
+
     fn iter(&self) -> impl Iterator<Item = StatusCode> + '_ {
-        (100..1000u16)
-            .filter_map(|c| StatusCode::from_u16(c).ok())
-            .filter(|s| self.contains(*s))
+        Self::all().filter(|s| self.contains(*s))
     }
 }
 
@@ -158,11 +168,10 @@ impl InspectBodyLayer {
     /// ([`Classify::reads_body`]); none, for a classifier that reads no body (the layer
     /// then only wraps bodies).
     pub fn for_classifier<C: Classify>(classifier: &C) -> Self {
-        Self::new().statuses(
-            (100..1000u16)
-                .filter_map(|c| StatusCode::from_u16(c).ok())
-                .filter(|s| classifier.reads_body(*s)),
-        )
+        InspectBodyLayer {
+            statuses: StatusSet::matching(|s| classifier.reads_body(s)),
+            ..Self::new()
+        }
     }
 
     /// Reads the bodies of these statuses (replacing the default 429).
@@ -189,13 +198,8 @@ impl InspectBodyLayer {
         Ok(self)
     }
 
-    /// The time bound.
-    pub fn get_time_limit(&self) -> Duration {
-        self.time_limit
-    }
-
     /// Whether bodies of `status` are read.
-    pub fn inspects(&self, status: StatusCode) -> bool {
+    pub(crate) fn inspects(&self, status: StatusCode) -> bool {
         self.statuses.contains(status)
     }
 

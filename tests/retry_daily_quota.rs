@@ -18,52 +18,10 @@ use tower_throttle::{backoff::Backoff, presets, RetryPolicy, Throttle, ThrottleE
 
 mod common;
 
-use common::hubspot::{self, DAILY, SECONDLY, TO_RESET};
+use common::hubspot::{self, post, send, DAILY, SECONDLY, TO_RESET};
 
 async fn portal(allowance: u32, window: Duration, body: impl Into<Bytes>) -> MockServer {
     hubspot::portal(allowance, window, body, HeaderMap::new()).await
-}
-
-fn post(server: &MockServer, i: usize) -> http::Request<Full<Bytes>> {
-    http::Request::post(server.uri("/crm/v3/objects/contacts"))
-        .header("x-request-id", format!("contact-{i}"))
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .unwrap()
-}
-
-type Outcome = (Result<(u16, u32), String>, Duration);
-
-/// Sends `n` requests at once through `client`; each one's status and attempts (or error
-/// text), and when it ended.
-async fn send<S>(client: S, server: &MockServer, n: usize) -> Vec<Outcome>
-where
-    S: tower::Service<
-            http::Request<Full<Bytes>>,
-            Response = http::Response<Full<Bytes>>,
-            Error = BoxError,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let req = post(server, i);
-            let client = client.clone();
-            tokio::spawn(async move {
-                let result = client.oneshot(req).await;
-                let result =
-                    result.map(|res| (res.status().as_u16(), common::attempts(res.extensions())));
-                (result.map_err(|e| e.to_string()), start.elapsed())
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
 }
 
 #[tokio::test(start_paused = true)]
@@ -123,11 +81,19 @@ async fn a_daily_429_past_the_deadline_ends_at_once_as_a_typed_error_and_a_dead_
         .timeout(Duration::from_secs(10))
         .build(common::client())
         .unwrap();
-    let ok = client.clone().oneshot(post(&server, 0)).await.unwrap();
+    let ok = client
+        .clone()
+        .oneshot(post(server.uri("/crm/v3/objects/contacts"), 0))
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
 
     let start = Instant::now();
-    let err = client.clone().oneshot(post(&server, 1)).await.unwrap_err();
+    let err = client
+        .clone()
+        .oneshot(post(server.uri("/crm/v3/objects/contacts"), 1))
+        .await
+        .unwrap_err();
     assert!(
         start.elapsed() < Duration::from_secs(1),
         "{:?}",
@@ -149,7 +115,10 @@ async fn a_daily_429_past_the_deadline_ends_at_once_as_a_typed_error_and_a_dead_
     assert_eq!(store.list().await.unwrap().len(), 1);
     // The shared bucket is held all the same: the next caller waits for the reset rather
     // than spending a request on a refusal.
-    let res = client.oneshot(post(&server, 2)).await.unwrap();
+    let res = client
+        .oneshot(post(server.uri("/crm/v3/objects/contacts"), 2))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert!(start.elapsed() >= TO_RESET - Duration::from_secs(1));
     assert_eq!(server.stats().rate_limited, 1);
@@ -207,8 +176,15 @@ async fn uninspected_is_a_plain_429(body: Bytes) {
         .timeout(Duration::from_secs(10))
         .build(common::client())
         .unwrap();
-    let _ = no_retries.clone().oneshot(post(&server, 10)).await.unwrap();
-    let res = no_retries.oneshot(post(&server, 11)).await.unwrap();
+    let _ = no_retries
+        .clone()
+        .oneshot(post(server.uri("/crm/v3/objects/contacts"), 10))
+        .await
+        .unwrap();
+    let res = no_retries
+        .oneshot(post(server.uri("/crm/v3/objects/contacts"), 11))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 429);
     assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(1)));
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), body);

@@ -22,19 +22,12 @@ use tower_throttle::{backoff::Backoff, classify::HttpClassifier, presets, RetryP
 
 mod common;
 
-use common::hubspot::{self, head, DAILY, TO_RESET};
+use common::hubspot::{self, head, post, DAILY, TO_RESET};
 use common::scripted::{chunk, scripted, Script};
 
 /// The portal of an OAuth app, refusing with the daily body once `allowance` is spent.
 async fn portal(allowance: u32, window: Duration) -> MockServer {
     hubspot::portal(allowance, window, DAILY, HeaderMap::new()).await
-}
-
-fn post(uri: http::Uri, i: usize) -> http::Request<Full<Bytes>> {
-    http::Request::post(uri)
-        .header("x-request-id", format!("contact-{i}"))
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .unwrap()
 }
 
 /// Sends `n` requests at once; each one's final status and attempts, and when it ended.
@@ -47,23 +40,8 @@ where
     S::Future: Send,
     R: Send + 'static,
 {
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let req = post(server.uri("/crm/v3/objects/contacts"), i);
-            let client = client.clone();
-            tokio::spawn(async move {
-                let res = client.oneshot(req).await.unwrap();
-                let attempts = common::attempts(res.extensions());
-                ((res.status().as_u16(), attempts), start.elapsed())
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
+    let ends = hubspot::send(client, server, n).await;
+    ends.into_iter().map(|(r, at)| (r.unwrap(), at)).collect()
 }
 
 #[tokio::test(start_paused = true)]

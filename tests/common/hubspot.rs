@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
+use http_body_util::Full;
+use tokio::time::Instant;
+use tower::{BoxError, ServiceExt};
 use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
 
 /// HubSpot's refusal of a spent daily allowance.
@@ -39,4 +42,45 @@ pub async fn portal(
 /// A response head dated [`TEN_TO_MIDNIGHT`], with `framing` (a length or chunked).
 pub fn head(status: &str, framing: &str) -> Vec<u8> {
     format!("HTTP/1.1 {status}\r\ndate: {TEN_TO_MIDNIGHT}\r\n{framing}\r\n\r\n").into_bytes()
+}
+
+/// Contact `i`'s create request to `uri`, with its own `x-request-id`.
+pub fn post(uri: http::Uri, i: usize) -> http::Request<Full<Bytes>> {
+    http::Request::post(uri)
+        .header("x-request-id", format!("contact-{i}"))
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap()
+}
+
+/// One request's end: its status and attempts (or its error's text), and when it ended.
+pub type Outcome = (Result<(u16, u32), String>, Duration);
+
+/// Sends `n` contact requests to `server` at once through `client`.
+pub async fn send<S, R>(client: S, server: &MockServer, n: usize) -> Vec<Outcome>
+where
+    S: tower::Service<http::Request<Full<Bytes>>, Response = http::Response<R>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    R: Send + 'static,
+{
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let req = post(server.uri("/crm/v3/objects/contacts"), i);
+            let client = client.clone();
+            tokio::spawn(async move {
+                let result = client.oneshot(req).await;
+                let result =
+                    result.map(|res| (res.status().as_u16(), super::attempts(res.extensions())));
+                (result.map_err(|e| e.to_string()), start.elapsed())
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
 }

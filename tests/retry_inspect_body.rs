@@ -92,6 +92,51 @@ async fn a_daily_429_on_a_streaming_stack_holds_until_the_daily_reset() {
     server.shutdown().await;
 }
 
+/// A keyed gate (a bucket per destination) with refusals' bodies inspected: one portal's
+/// daily refusal holds that portal's callers until the reset, and only them.
+#[tokio::test(start_paused = true)]
+async fn a_daily_429_on_a_keyed_streaming_stack_holds_only_its_destination() {
+    let refusing = portal(1, TO_RESET).await;
+    let other = MockServer::builder().start().await.unwrap();
+    let client = Throttle::builder()
+        .limits(presets::hubspot())
+        .per_authority()
+        .retry(RetryPolicy::default().with_seed(7))
+        .head_timeout(Duration::from_secs(10))
+        .inspect_bodies(Duration::from_secs(2))
+        .build(common::client())
+        .unwrap();
+    let uri = refusing.uri("/crm/v3/objects/contacts");
+    let ok = client.clone().oneshot(post(uri.clone(), 0)).await.unwrap();
+    assert_eq!(ok.status(), 200);
+
+    let start = Instant::now();
+    let held = tokio::spawn({
+        let client = client.clone();
+        async move { client.oneshot(post(uri, 1)).await.unwrap() }
+    });
+    while refusing.stats().rate_limited == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elsewhere = client
+        .oneshot(post(other.uri("/crm/v3/objects/contacts"), 2))
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "the other destination waited for the refusing one's reset: {:?}",
+        start.elapsed()
+    );
+    let res = held.await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(start.elapsed() >= TO_RESET - Duration::from_secs(1));
+    assert_eq!(refusing.stats().rate_limited, 1);
+    assert_eq!(other.stats().accepted, 1);
+    refusing.shutdown().await;
+    other.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_users_own_service_builder_stack_reads_the_daily_body_through_the_layer() {
     let server = portal(1, TO_RESET).await;

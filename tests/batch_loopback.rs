@@ -111,9 +111,13 @@ async fn customerio_batches_stay_under_the_byte_limit() {
         .start()
         .await
         .unwrap();
+    // A linger far above the time the 600 jobs take to queue, even on a loaded machine:
+    // batches then go out because they are full, which is what the count below checks
+    // (the default 20 ms let a slow scheduler send part-filled ones).
     let batching = BatchLayer::new(CustomerIoBatch)
         .with_max_bytes(MAX_BYTES)
-        .unwrap();
+        .unwrap()
+        .with_linger(Duration::from_secs(1));
     let batch_stats = batching.stats();
     let client = ServiceBuilder::new()
         .layer(batching)

@@ -4,8 +4,9 @@
 //! docs promise.
 //!
 //! A driven caller reserves, sleeps until its slot and, on waking, asks the bucket whether its
-//! reservation still stands (`is_current`): if a hold or a rate cut voided it, it reserves
-//! again, exactly as `rate_limit::Gate` does. The admitted log then holds each caller's final
+//! reservation still stands (`is_current`): if a hold or a rate change voided it, it reserves
+//! again, exactly as `rate_limit::Gate` does. When a rate raise signals waiters early
+//! (`Bucket::reslots`), every waiter asks at once, as the gate's early wake-up does. The admitted log then holds each caller's final
 //! slot, and the checks are:
 //!
 //! * never more than any window allows in any interval: for a window of interval `I` and burst
@@ -21,9 +22,11 @@
 //! The same driver runs against `LocalBucket`, `KeyedBucket` (per key) and, on a real
 //! `redis-server`, `RedisBucket` (whose slots are read on the server's own clock).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower_throttle::bucket::{KeyedBucket, Reservation};
 use tower_throttle::{bucket::Bucket, Limits, LocalBucket, Quota};
@@ -134,6 +137,10 @@ trait Subject {
     fn last_fresh(&self) -> bool {
         true
     }
+    /// The bucket's signal that waiting callers should check their slots early.
+    fn reslots(&self) -> Option<Arc<Notify>> {
+        None
+    }
 }
 
 /// The paced-time subjects: explicit instants from a base, on tokio's (paused) clock, so that
@@ -189,6 +196,9 @@ impl Subject for Local {
     }
     fn next_free(&self, _: u8, now: u64) -> Option<u64> {
         Some(self.t.since(self.bucket.snapshot(self.t.at(now)).next_free))
+    }
+    fn reslots(&self) -> Option<Arc<Notify>> {
+        self.bucket.reslots().cloned()
     }
 }
 
@@ -432,13 +442,44 @@ async fn drive<S: Subject>(
                 }
             }
             Op::SetRate(percent) => {
-                let rate = (subject.rate() * f64::from(*percent) / 100.0).clamp(0.05, 1e6);
+                let before = subject.rate();
+                let rate = (before * f64::from(*percent) / 100.0).clamp(0.05, 1e6);
+                let mut signal = subject
+                    .reslots()
+                    .map(|n| tokio_test::task::spawn(n.notified_owned()));
                 subject.set_rate(rate);
+                let woken = signal.as_mut().is_some_and(|s| s.poll().is_ready());
                 log.stretches.push(Stretch {
                     from: now,
                     interval: interval_of(subject.rate()),
                 });
                 log.fresh.push(None);
+                if woken {
+                    prop_assert!(subject.rate() > before, "woken early by a cut");
+                    // As the gate does on an early wake: a caller whose slot was voided hands
+                    // it back and reserves again now; one whose slot stands sleeps on.
+                    for w in std::mem::take(&mut waiting) {
+                        if subject.is_current(w.key, &w.r, now) {
+                            waiting.push(w);
+                            continue;
+                        }
+                        let cost = w.r.cost();
+                        subject.cancel(w.key, w.r, now);
+                        let r = subject.reserve(w.key, now, cost, None).ok_or_else(|| {
+                            TestCaseError::fail("a re-slot without max_wait is refused")
+                        })?;
+                        let slot = subject.slot(&r);
+                        if subject.last_fresh() {
+                            log.note_fresh(slot);
+                        }
+                        prop_assert!(slot + subject.late() >= now, "a re-slot in the past");
+                        waiting.push(Waiter {
+                            key: w.key,
+                            r,
+                            slot,
+                        });
+                    }
+                }
             }
         }
     }

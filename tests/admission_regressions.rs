@@ -111,6 +111,120 @@ async fn a_rate_cut_reaches_callers_already_waiting() {
     }
 }
 
+/// A rate raise did not reach callers already waiting (issue 15): 200 callers at 10/s, then
+/// `set_rate(100.0)`, and they still went 100 ms apart for 20 s, so a controller's slow start
+/// saw its sent rate lag the bucket's.
+#[tokio::test(start_paused = true)]
+async fn a_rate_raise_reaches_callers_already_waiting() {
+    let start = Instant::now();
+    let (log, elapsed) = recorder(start);
+    let layer = RateLimitLayer::new(Quota::per_second(10).unwrap());
+    let bucket = layer.bucket().clone();
+    let svc = ServiceBuilder::new().layer(layer).service(service_fn({
+        let log = log.clone();
+        move |_: u32| {
+            log.lock().unwrap().push(elapsed());
+            async { Ok::<_, Infallible>(()) }
+        }
+    }));
+    let tasks: Vec<_> = (0..200)
+        .map(|i| tokio::spawn(svc.clone().oneshot(i)))
+        .collect();
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    bucket.set_rate(100.0).unwrap();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let mut sent = log.lock().unwrap().clone();
+    sent.sort();
+    // The first went at once; the other 199 at the new pace from the raise: 10 ms apart, the
+    // last about 2 s in, not 20 s.
+    assert_eq!(sent.len(), 200);
+    assert_eq!(sent[0], Duration::ZERO);
+    assert_eq!(*sent.last().unwrap(), Duration::from_millis(1 + 10 * 199));
+    // Never faster than the new rate.
+    for pair in sent[1..].windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(10), "{pair:?}");
+    }
+}
+
+/// A raise of an eighth or less leaves the waiters' slots as they were: waking every waiter on
+/// each small step of a climbing controller would cost more than the step gives.
+#[tokio::test(start_paused = true)]
+async fn a_small_rate_raise_keeps_the_slots_of_callers_already_waiting() {
+    let start = Instant::now();
+    let (log, elapsed) = recorder(start);
+    let layer = RateLimitLayer::new(Quota::per_second(10).unwrap());
+    let bucket = layer.bucket().clone();
+    let svc = ServiceBuilder::new().layer(layer).service(service_fn({
+        let log = log.clone();
+        move |_: u32| {
+            log.lock().unwrap().push(elapsed());
+            async { Ok::<_, Infallible>(()) }
+        }
+    }));
+    let tasks: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(svc.clone().oneshot(i)))
+        .collect();
+    tokio::task::yield_now().await;
+    bucket.set_rate(11.0).unwrap();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let mut sent = log.lock().unwrap().clone();
+    sent.sort();
+    let expected: Vec<Duration> = (0..20).map(|i| Duration::from_millis(100 * i)).collect();
+    assert_eq!(sent, expected);
+    // Two such steps add up to more than an eighth: the second re-slots the queue.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(svc.clone().oneshot(i)))
+        .collect();
+    tokio::task::yield_now().await;
+    let from = start.elapsed();
+    bucket.set_rate(12.0).unwrap();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let last = *log.lock().unwrap().iter().max().unwrap();
+    let interval = Duration::from_nanos((1e9_f64 / 12.0).ceil() as u64);
+    // The first of them was one interval away; all twenty now go at the new pace (1.667 s),
+    // not the old one (1.818 s).
+    assert!(
+        (last - from).abs_diff(interval * 20) < Duration::from_millis(1),
+        "{:?}",
+        last - from
+    );
+}
+
+/// The weighted gate takes a raise at once too.
+#[tokio::test(start_paused = true)]
+async fn a_rate_raise_reaches_weighted_callers_already_waiting() {
+    use tower_throttle::rate_limit::{Cost, WeightedRateLimitLayer};
+    let layer = WeightedRateLimitLayer::new(Quota::per_second(10).unwrap().with_burst(10).unwrap());
+    let bucket = layer.bucket().clone();
+    let start = Instant::now();
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer)
+            .service(service_fn(|_req: http::Request<()>| async {
+                Ok::<_, Infallible>(())
+            }));
+    let weighted = |n: u32| {
+        let mut req = http::Request::new(());
+        req.extensions_mut().insert(Cost(n));
+        req
+    };
+    svc.clone().oneshot(weighted(10)).await.unwrap();
+    // Ten more units: a second away at 10/s.
+    let waiting = tokio::spawn(svc.clone().oneshot(weighted(10)));
+    tokio::task::yield_now().await;
+    bucket.set_rate(100.0).unwrap();
+    waiting.await.unwrap().unwrap();
+    // A full burst went at 0, so the next ten need the burst's length at the new rate.
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+}
+
 /// 3. A keyed limiter could not be held: a hold of one destination must pause that
 /// destination's callers, including those already waiting, and leave the others flowing.
 #[tokio::test(start_paused = true)]

@@ -20,7 +20,8 @@ use crate::ConfigError;
 /// * **Slow start.** Until the first 429 the rate doubles every `slow_start` (1 s). The first
 ///   429 brackets the limit: it lies between the accepted rate over the last second (which
 ///   lags the doubling) and the rate being sent (which overshoots it). The level is
-///   `max(accepted, beta x sending)`.
+///   `max(accepted, beta x sending)`, and since that is only a lower bound the first climb
+///   comes after a fifth of `cruise`, not all of it.
 /// * **A fresh level that is refused steps down by how far over it is**, read from how long it
 ///   survived once sending resumed (the hold drained the server): a one-second window accepts
 ///   `level` for `limit / level` seconds, a token bucket for `burst / excess` seconds. The step
@@ -427,11 +428,22 @@ impl Prober for Probe {
                     // last second (which lags the doubling) and what was being sent (which
                     // overshoots it). Cruise at the higher of the accepted rate and beta x
                     // sent: if that is still too high, how soon it is refused says by how
-                    // much.
+                    // much. A second of readings that lagged the doubling is a lower
+                    // bound (a gate that re-slots on every raise ramps the sent rate with
+                    // the bucket's, so the server saw a second of a true doubling: 0.7 of
+                    // the limit on average), so the climb comes soon. Without one, the 429
+                    // came within half a second of the start and beta x sent is already
+                    // the fit's first reading.
                     None => {
                         let beta_cut = self.cfg.beta * sending;
                         let accepted = self.p.accepted.rate_since(now, self.p.event.resumed_at);
-                        accepted.map_or(beta_cut, |a| a.min(sending).max(beta_cut))
+                        match accepted {
+                            Some(a) => {
+                                self.cruise = self.cfg.cruise / 5;
+                                a.min(sending).max(beta_cut)
+                            }
+                            None => beta_cut,
+                        }
                     }
                 };
                 self.cruise_at(level);
@@ -673,6 +685,35 @@ mod tests {
             "{} of {sending}",
             c.rate()
         );
+    }
+
+    /// Regression (issue 15, the limit that halves, once the gate re-slots waiters on a
+    /// raise): slow start ended at 0.7 x the rate sent, 92/s under a limit of 100/s, and
+    /// cruised there for the whole 15 s before its first climb.
+    #[test]
+    fn slow_start_ending_on_a_ramp_reading_climbs_after_a_fifth_of_the_cruise() {
+        let mut c = Probe::new(100.0, 1.0, 500.0).unwrap();
+        let t = succeed(
+            &mut c,
+            Instant::now(),
+            Duration::from_millis(500),
+            Duration::from_millis(100),
+        );
+        let t = succeed(
+            &mut c,
+            t,
+            Duration::from_millis(500),
+            Duration::from_millis(10),
+        );
+        c.on_outcome(t, &throttled());
+        let level = c.rate();
+        // Three seconds of cruise (15 s / 5, in growth time, which the hold's second counts
+        // towards), then the climb.
+        let step = Duration::from_millis(10);
+        let t = after_hold(&mut c, t, Duration::from_millis(1_900), step);
+        assert_eq!(c.rate(), level);
+        succeed(&mut c, t, Duration::from_millis(300), step);
+        assert!(c.rate() > level, "{} after {level}", c.rate());
     }
 
     #[test]

@@ -29,13 +29,16 @@ use std::time::Duration;
 
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_service::Service;
 
 use super::controller::RateController;
 use super::AdaptiveLayer;
+use crate::bucket::core;
 use crate::bucket::{interval_for_rate, Bucket, Reservation, Reserve, Snapshot};
+use crate::clock::duration_nanos;
 use crate::server_limit::{Decision, Kind, ServerLimit, ServerLimiter};
 use crate::ConfigError;
 
@@ -438,7 +441,7 @@ pub async fn run(
         tasks.spawn(async move {
             while Instant::now() < end {
                 let (at, epoch) = gate.slot(Instant::now());
-                tokio::time::sleep_until(at).await;
+                gate.wait(at, epoch).await;
                 if Instant::now() >= end {
                     break;
                 }
@@ -472,24 +475,28 @@ pub async fn run(
     Ok(report(scenario, &server, rate_samples))
 }
 
-/// The client's gate in the simulation: evenly paced slots (no burst), FIFO, as the crate's
-/// bucket will behave once a rate cut reaches callers already waiting.
+/// The client's gate in the simulation: evenly paced slots (no burst), FIFO, re-slotted on a
+/// rate change as the crate's bucket re-slots callers already waiting.
 ///
-/// A cut or a hold starts a new epoch: a caller whose slot was handed out under an older one
-/// takes a new slot when it wakes, at the new pace and after the hold, so a cut reaches the
-/// backlog within one new interval. A rise keeps the slots already handed out (the callers
-/// go no later than promised) and paces the next ones at the new rate.
+/// A hold, a cut, or a raise of more than an eighth (the bucket's own rule) starts a new
+/// epoch: a caller whose slot was handed out under an older one takes a new slot, at the new
+/// pace and after the hold. After a cut or a hold it finds out when it wakes, so a cut reaches
+/// the backlog within one new interval; a raise wakes it at once ([`SimGate::reslots`]). A
+/// smaller raise keeps the slots already handed out and paces the next ones at the new rate.
 ///
 /// It implements [`Bucket`] so that an [`AdaptiveLayer`] drives it; the simulation's
 /// workers take slots with its own methods.
 #[derive(Clone, Debug)]
 pub struct SimGate {
     inner: Arc<Mutex<GateState>>,
+    reslots: Arc<Notify>,
 }
 
 #[derive(Debug)]
 struct GateState {
     interval: Duration,
+    /// The interval at the last re-slot.
+    paced: Duration,
     /// The next free slot.
     next: Instant,
     hold: Option<Instant>,
@@ -503,8 +510,10 @@ impl SimGate {
     /// the controller's own bounds apply.
     pub fn new() -> SimGate {
         SimGate {
+            reslots: Arc::new(Notify::new()),
             inner: Arc::new(Mutex::new(GateState {
                 interval: Duration::from_nanos(1),
+                paced: Duration::from_nanos(1),
                 next: Instant::now(),
                 hold: None,
                 epoch: 0,
@@ -527,6 +536,23 @@ impl SimGate {
         }
         s.next = at + s.interval;
         (at, s.epoch)
+    }
+
+    /// Sleeps until `at`, or until a raise voids the slot from `epoch` (then
+    /// [`SimGate::start`] says to take a new one), as the crate's gate waits.
+    pub async fn wait(&self, at: Instant, epoch: u64) {
+        let mut sleep = std::pin::pin!(tokio::time::sleep_until(at));
+        loop {
+            let mut raised = std::pin::pin!(Arc::clone(&self.reslots).notified_owned());
+            let early = std::future::poll_fn(|cx| match raised.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(true),
+                Poll::Pending => sleep.as_mut().poll(cx).map(|()| false),
+            })
+            .await;
+            if !early || self.lock().epoch != epoch {
+                return;
+            }
+        }
     }
 
     /// Starts the caller holding the slot `at` from `epoch`; `false` (take a new slot) when
@@ -593,14 +619,22 @@ impl Bucket for SimGate {
     }
 
     fn set_rate(&self, per_second: f64) -> Result<(), ConfigError> {
-        let interval = Duration::from_nanos(interval_for_rate(per_second)?);
+        let interval = interval_for_rate(per_second)?;
         let mut s = self.lock();
-        let cut = interval > s.interval;
-        s.interval = interval;
-        if cut {
+        let (old, paced) = (duration_nanos(s.interval), duration_nanos(s.paced));
+        s.interval = Duration::from_nanos(interval);
+        if interval != old && core::reslots(paced, old, interval) {
+            s.paced = s.interval;
             s.reslot();
+            if interval < old {
+                self.reslots.notify_waiters();
+            }
         }
         Ok(())
+    }
+
+    fn reslots(&self) -> Option<&Arc<Notify>> {
+        Some(&self.reslots)
     }
 
     fn rate(&self) -> f64 {

@@ -24,12 +24,16 @@
 //!   `presets::salesforce`, whose burst of 50,000 is released within the hold's length again),
 //!   while a window of 100 per 10 s resumes one request per 100 ms, not as a burst into a
 //!   server that has just refused us.
-//! * **A rate change is a rebase** of the shortest window. On a cut, the part of its TAT that
-//!   stands for requests already gone (at most one burst and the request that emptied it) is
-//!   rescaled to the new interval, and callers reserved ahead are told to reserve again (the
-//!   rate epoch of [`Epochs`]), so the slower pace reaches them within one new interval. On a
-//!   raise TAT stands: the same units under a shorter interval never need more, and waiters keep
-//!   their slots, which are already further apart than the new pace asks.
+//! * **A rate change is a rebase** of the shortest window. The part of its TAT that stands for
+//!   requests already gone (at most one burst and the request that emptied it) is rescaled to
+//!   the new interval, and callers reserved ahead are told to reserve again (the re-slot epoch
+//!   of [`Epochs`]). On a cut they find out when they wake at their old slot, which comes
+//!   sooner than any new one, so the slower pace reaches them within one new interval and they
+//!   re-slot in their old order. On a raise their old slots come later than the new pace asks,
+//!   so the bucket also wakes them early (the notify behind
+//!   [`Bucket::reslots`](crate::bucket::Bucket::reslots)); a raise of an eighth or less
+//!   ([`reslots`]) keeps TAT and the slots instead, since a controller that climbs a little on
+//!   every response would otherwise wake every waiter on every response.
 //! * **Cancel** is exact for the latest reservation (TAT still equals what it produced, and no
 //!   rate change since); anything else is forgotten, never handed out twice.
 //!
@@ -130,10 +134,10 @@ impl Cell {
 
     /// The TAT under the interval of `to` after a rate change at `now`.
     ///
-    /// On a cut (`keep_ahead` false) the callers reserved ahead re-slot, so only what one burst
-    /// and the unit that emptied it account for is kept, rescaled to the new interval (rounded
-    /// up): the slower pace applies from the change on. On a raise TAT stays as it is: the
-    /// same units under a shorter interval never need a later TAT, so the state is
+    /// When the callers reserved ahead re-slot (`keep_ahead` false), only what one burst and
+    /// the unit that emptied it account for is kept, rescaled to the new interval (rounded
+    /// up): the new pace applies from the change on. Otherwise (a small raise) TAT stays as it
+    /// is: the same units under a shorter interval never need a later TAT, so the state is
     /// conservative whatever delayed them (a hold, another window), and the reserved slots
     /// stand; the new pace applies from the next free instant.
     pub(crate) fn rebase(&self, to: &Cell, tat: u64, now: u64, keep_ahead: bool) -> u64 {
@@ -294,10 +298,22 @@ pub(crate) fn next_free(cells: &[Cell], tats: &[u64], now: u64, floor: u64) -> u
         .fold(now.max(floor), u64::max)
 }
 
+/// Whether a change of the shortest window's interval from `from` to `to` voids the slots of
+/// callers already waiting. `paced` is the interval at the last re-slot: since then only
+/// raises that did not re-slot happened (a cut always re-slots), so every waiting slot was
+/// paced at an interval between `from` and `paced`.
+///
+/// A cut re-slots: slots paced at `from` are closer than `to` allows. A raise re-slots when it
+/// is more than an eighth above the pace the waiters were slotted at: below that, waking them
+/// all costs more than the at most one eighth of one queue's length they lose.
+pub(crate) fn reslots(paced: u64, from: u64, to: u64) -> bool {
+    to > from || u128::from(to) * 9 < u128::from(paced) * 8
+}
+
 /// A bucket's change counters, carried by every reservation it hands out.
 ///
 /// `change` moves on every rate change: a cancel is exact only for a reservation made since
-/// the last one. `reslot` takes `change`'s value on a rate cut: a waiter whose
+/// the last one. `reslot` takes `change`'s value on a rate change that [`reslots`]: a waiter whose
 /// reservation is older must reserve again when it wakes. (Holds need no epoch: a waiter
 /// compares its slot with the hold itself.)
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -307,10 +323,10 @@ pub(crate) struct Epochs {
 }
 
 impl Epochs {
-    /// After a hold or a rate change; `cut` when waiters must re-slot.
-    pub(crate) fn bump(&mut self, cut: bool) {
+    /// After a hold or a rate change; `reslot` when waiters must reserve again.
+    pub(crate) fn bump(&mut self, reslot: bool) {
         self.change = self.change.wrapping_add(1);
-        if cut {
+        if reslot {
             self.reslot = self.change;
         }
     }
@@ -491,6 +507,41 @@ mod tests {
     }
 
     #[test]
+    fn a_raise_that_reslots_paces_the_waiters_at_the_new_interval() {
+        let old = Cell::new(10 * MS, 1);
+        let mut tat = 0;
+        for _ in 0..200 {
+            tat = old.after(tat, old.earliest(tat, 0, 1), 1);
+        }
+        // Ten times faster: the 199 reserved ahead re-slot one new interval apart from now,
+        // behind the one that has gone, not behind the old schedule two seconds out.
+        let faster = old.with_interval(MS);
+        let rebased = old.rebase(&faster, tat, 5 * MS, false);
+        let mut slots = Vec::new();
+        let mut t = rebased;
+        for _ in 0..3 {
+            let slot = faster.earliest(t, 5 * MS, 1);
+            slots.push(slot);
+            t = faster.after(t, slot, 1);
+        }
+        assert_eq!(slots, [6 * MS, 7 * MS, 8 * MS]);
+    }
+
+    #[test]
+    fn a_cut_or_a_raise_above_an_eighth_of_the_pace_reslots() {
+        let paced = 90 * MS;
+        // Any cut, however small.
+        assert!(reslots(paced, 80 * MS, 80 * MS + 1));
+        // Raises measured against the pace the waiters were slotted at, not the last step.
+        assert!(!reslots(paced, 90 * MS, 80 * MS));
+        assert!(reslots(paced, 81 * MS, 79 * MS));
+        assert!(reslots(paced, 90 * MS, 45 * MS));
+        // Extreme intervals do not overflow.
+        assert!(reslots(u64::MAX, u64::MAX, 1));
+        assert!(!reslots(u64::MAX, u64::MAX, u64::MAX));
+    }
+
+    #[test]
     fn a_rebase_keeps_the_burst_in_units() {
         let old = Cell::new(100 * MS, 4);
         let new = old.with_interval(1_000 * MS);
@@ -512,7 +563,7 @@ mod tests {
         let mut e = Epochs::default();
         let before = e.change;
         e.bump(false);
-        assert!(!e.is_stale(before), "a raise or hold keeps slots");
+        assert!(!e.is_stale(before), "a small raise or a hold keeps slots");
         let mid = e.change;
         e.bump(true);
         assert!(e.is_stale(before) && e.is_stale(mid));

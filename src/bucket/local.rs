@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::core::{self, Cell, Epochs, Release};
@@ -49,6 +49,11 @@ struct Inner {
     release_at: AtomicU64,
     /// [`Epochs`] packed as `reslot << 32 | change`.
     epochs: AtomicU64,
+    /// The shortest window's interval at the last re-slot ([`core::reslots`]), behind the lock
+    /// that also orders concurrent rate changes.
+    paced: Mutex<u64>,
+    /// Wakes the waiters a raise re-slots.
+    reslots: Arc<Notify>,
     cells: Cells,
 }
 
@@ -123,6 +128,8 @@ impl LocalBucket {
                 release: Mutex::new(Release::default()),
                 release_at: AtomicU64::new(0),
                 epochs: AtomicU64::new(0),
+                paced: Mutex::new(primary.interval()),
+                reslots: Arc::new(Notify::new()),
                 limits,
                 cells,
             }),
@@ -459,11 +466,14 @@ impl Bucket for LocalBucket {
             return Ok(());
         };
         let new = configured.with_interval(interval);
+        // Held to the end: two changes racing must not rebase from each other's old cell.
+        let mut paced = lock(&inner.paced);
         let old = inner.primary();
         if new == old {
             return Ok(());
         }
-        let cut = new.interval() > old.interval();
+        let reslot = core::reslots(*paced, old.interval(), new.interval());
+        let raised = reslot && new.interval() < old.interval();
         let now_n = inner.now_nanos();
         // The new cell first: an admit racing the rebase then paces at the new rate behind the
         // old state, which is the conservative half of the race.
@@ -477,17 +487,32 @@ impl Bucket for LocalBucket {
             Cells::Unlimited => {}
             Cells::One(tat) => {
                 let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                    Some(old.rebase(&new, t, now_n, !cut))
+                    Some(old.rebase(&new, t, now_n, !reslot))
                 });
             }
             Cells::Many(windows) => {
                 let mut w = lock(windows);
-                w.tats[0] = old.rebase(&new, w.tats[0], now_n, !cut);
+                w.tats[0] = old.rebase(&new, w.tats[0], now_n, !reslot);
                 w.cells[0] = new;
             }
         }
-        inner.bump(cut);
+        inner.bump(reslot);
+        if reslot {
+            *paced = new.interval();
+        }
+        if raised {
+            // After the bump, so that a woken waiter finds its slot stale.
+            inner.reslots.notify_waiters();
+        }
         Ok(())
+    }
+
+    fn reslots(&self) -> Option<&Arc<Notify>> {
+        // Without a quota there is no rate to change.
+        self.inner
+            .configured
+            .is_some()
+            .then_some(&self.inner.reslots)
     }
 
     fn rate(&self) -> f64 {

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::{ConfigError, ThrottleError};
 
@@ -285,9 +285,20 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
         !matches!(self.held_until(now), Some(hold) if hold > reservation.at())
     }
 
-    /// Changes the rate of the shortest window at run time (requests per second). A cut
-    /// applies to callers already waiting too (see [`Bucket::is_current`]).
+    /// Changes the rate of the shortest window at run time (requests per second). The change
+    /// applies to callers already waiting too: after a cut they re-slot when they wake (see
+    /// [`Bucket::is_current`]); after a raise of more than an eighth they are woken at once
+    /// through [`Bucket::reslots`] and re-slot at the new pace.
     fn set_rate(&self, per_second: f64) -> Result<(), ConfigError>;
+
+    /// Notified when callers already waiting should ask [`Bucket::is_current`] before their
+    /// slot comes: a rate raise voided slots paced at the slower rate, and waiting for them
+    /// would leave the new rate unused for as long as the queue is. A gate waits on this and
+    /// on its timer; `None` (the default) means slots are never voided early, so the timer is
+    /// enough. A caller that misses a notification still re-slots at its old slot.
+    fn reslots(&self) -> Option<&Arc<Notify>> {
+        None
+    }
 
     /// The current rate of the shortest window, in requests per second.
     fn rate(&self) -> f64;

@@ -5,16 +5,15 @@
 //! a future slot of its own and wakes exactly then (no polling loop, no herd), and it gives
 //! the slot back when the handle is dropped before `call`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::PollSemaphore;
 
+use super::wait::{SlotWait, Woken};
 use crate::bucket::{Bucket, Reservation, Reserve, ReserveFuture};
 use crate::metrics::Stats;
 use crate::ThrottleError;
@@ -27,7 +26,7 @@ pub(crate) struct Gate<B: Bucket> {
     stats: Option<Stats>,
     state: State,
     // Allocated the first time this handle has to wait, then reset in place.
-    sleep: Option<Pin<Box<Sleep>>>,
+    wait: Option<SlotWait>,
 }
 
 enum State {
@@ -53,7 +52,7 @@ impl<B: Bucket + Clone> Gate<B> {
             stats,
             permit: None,
             state: State::Idle,
-            sleep: None,
+            wait: None,
         }
     }
 
@@ -92,13 +91,18 @@ impl<B: Bucket + Clone> Gate<B> {
                     self.admit(result)?;
                 }
                 State::Waiting(reservation) => {
-                    let sleep = self.sleep.as_mut().expect("waiting implies a timer");
-                    ready!(sleep.as_mut().poll(cx));
+                    let wait = self.wait.as_mut().expect("waiting implies a timer");
+                    let woken = ready!(wait.poll(cx));
                     let now = Instant::now();
                     let current = self.bucket.is_current(reservation, now);
+                    if current && woken == Woken::Early {
+                        // Another caller's slots were voided, or ours came after the change.
+                        wait.rearm(&self.bucket);
+                        continue;
+                    }
                     self.state = match std::mem::replace(&mut self.state, State::Idle) {
                         State::Waiting(r) if current => State::Ready(r),
-                        // A 429 hold or a rate cut came while we slept: our slot was taken
+                        // A 429 hold or a rate change came while we waited: our slot was taken
                         // under an older rate or before the hold, so we queue again. Handing
                         // it back first is exact when it is still the latest (then no window
                         // counts it twice), and a no-op otherwise.
@@ -129,9 +133,9 @@ impl<B: Bucket + Clone> Gate<B> {
             if let Some(stats) = &self.stats {
                 stats.record_gate_wait(reservation.at() - now);
             }
-            match &mut self.sleep {
-                Some(sleep) => sleep.as_mut().reset(reservation.at()),
-                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(reservation.at()))),
+            match &mut self.wait {
+                Some(wait) => wait.reset(&self.bucket, reservation.at()),
+                None => self.wait = Some(SlotWait::new(&self.bucket, reservation.at())),
             }
             self.state = State::Waiting(reservation);
         }

@@ -37,6 +37,7 @@ mod gate;
 mod keyed;
 pub(crate) mod layer;
 mod service;
+mod wait;
 mod weighted;
 
 pub(crate) use keyed::Destination;

@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower::util::Oneshot;
 use tower::BoxError;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::wait::{SlotWait, Woken};
 use crate::bucket::{Bucket, LocalBucket, Reservation, Reserve, ReserveFuture};
 use crate::{Limits, RateLimitLayer};
 
@@ -200,7 +201,7 @@ pin_project! {
     {
         Start,
         Reserve,
-        Waiting { #[pin] sleep: Sleep },
+        Waiting { wait: SlotWait },
         Calling { #[pin] fut: Oneshot<S, Req> },
         Done,
     }
@@ -268,16 +269,24 @@ where
                         }
                     },
                 },
-                StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
+                StateProj::Waiting { wait } => {
+                    let woken = ready!(wait.poll(cx));
+                    let current = {
+                        let r = this.slot.held.as_ref().expect("waiting implies a slot");
+                        this.slot.bucket.is_current(r, Instant::now())
+                    };
+                    if current && woken == Woken::Early {
+                        wait.rearm(&this.slot.bucket);
+                        continue;
+                    }
                     let r = this.slot.held.take().expect("waiting implies a slot");
-                    if this.slot.bucket.is_current(&r, Instant::now()) {
+                    if current {
                         let (svc, req) = this.call.take().expect("polled after completion");
                         this.state.set(State::Calling {
                             fut: Oneshot::new(svc, req),
                         });
                     } else {
-                        // A hold or a rate cut came while we slept: hand the slot back (exact
+                        // A hold or a rate change came while we waited: hand the slot back (exact
                         // when it is still the latest) and reserve again.
                         this.slot.bucket.cancel(r, Instant::now());
                         this.state.set(State::Reserve);
@@ -308,7 +317,7 @@ where
                     let at = r.at();
                     this.slot.held = Some(r);
                     this.state.set(State::Waiting {
-                        sleep: tokio::time::sleep_until(at),
+                        wait: SlotWait::new(&this.slot.bucket, at),
                     });
                 }
             }

@@ -117,13 +117,13 @@ async fn a_rate_cut_reaches_callers_already_waiting() {
 #[tokio::test(start_paused = true)]
 async fn a_rate_raise_reaches_callers_already_waiting() {
     let start = Instant::now();
-    let (log, elapsed) = recorder(start);
+    let order: Arc<Mutex<Vec<(Duration, u32)>>> = Arc::default();
     let layer = RateLimitLayer::new(Quota::per_second(10).unwrap());
     let bucket = layer.bucket().clone();
     let svc = ServiceBuilder::new().layer(layer).service(service_fn({
-        let log = log.clone();
-        move |_: u32| {
-            log.lock().unwrap().push(elapsed());
+        let order = order.clone();
+        move |i: u32| {
+            order.lock().unwrap().push((start.elapsed(), i));
             async { Ok::<_, Infallible>(()) }
         }
     }));
@@ -136,8 +136,8 @@ async fn a_rate_raise_reaches_callers_already_waiting() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let mut sent = log.lock().unwrap().clone();
-    sent.sort();
+    let order = order.lock().unwrap().clone();
+    let sent: Vec<Duration> = order.iter().map(|(t, _)| *t).collect();
     // The first went at once; the other 199 at the new pace from the raise: 10 ms apart, the
     // last about 2 s in, not 20 s.
     assert_eq!(sent.len(), 200);
@@ -146,6 +146,49 @@ async fn a_rate_raise_reaches_callers_already_waiting() {
     // Never faster than the new rate.
     for pair in sent[1..].windows(2) {
         assert!(pair[1] - pair[0] >= Duration::from_millis(10), "{pair:?}");
+    }
+    // Woken in the order they queued, they keep it: nobody's wait grew.
+    let callers: Vec<u32> = order.iter().map(|(_, i)| *i).collect();
+    assert_eq!(callers, (0..200).collect::<Vec<_>>());
+}
+
+/// A handle keeps its re-slot signal from one wait to the next: one that has waited before
+/// (and so reuses its timer) still wakes at once on a raise.
+#[tokio::test(start_paused = true)]
+async fn a_handle_that_waited_before_still_wakes_early_on_a_raise() {
+    let layer = RateLimitLayer::new(Quota::per_second(10).unwrap());
+    let bucket = layer.bucket().clone();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|_: u32| async { Ok::<_, Infallible>(()) }));
+    // Two calls: the second waits 100 ms on this handle's timer and signal.
+    for i in 0..2 {
+        svc.ready().await.unwrap().call(i).await.unwrap();
+    }
+    let others: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(svc.clone().oneshot(i)))
+        .collect();
+    tokio::task::yield_now().await;
+    // This handle now queues behind the twenty: 2.1 s away at 10/s.
+    let start = Instant::now();
+    let mut ready = tokio_test::task::spawn(svc.ready());
+    tokio_test::assert_pending!(ready.poll());
+    bucket.set_rate(1_000.0).unwrap();
+    assert!(
+        ready.is_woken(),
+        "the raise did not wake the waiting handle"
+    );
+    while ready.poll().is_pending() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(ready);
+    assert!(
+        start.elapsed() <= Duration::from_millis(25),
+        "{:?}",
+        start.elapsed()
+    );
+    for t in others {
+        t.await.unwrap().unwrap();
     }
 }
 

@@ -414,11 +414,9 @@ impl Prober for Probe {
                 self.cruise = self.cfg.cruise;
                 let level = match saturated {
                     // The limit itself, measured rather than bracketed: settle just under it
-                    // and, as after a fit, climb again only after `max_cruise`. The slots the
-                    // gate handed out before a rise keep their times, so after a fast doubling
-                    // the rate the bucket is set to can be twice what is really sent (20
-                    // callers at 20/s hold a second of slots): beta x that rate can be far
-                    // over the limit, three holds to come down instead of none.
+                    // and, as after a fit, climb again only after `max_cruise`. A doubling
+                    // overshoots a small limit within the second, so beta x the rate sent can
+                    // be far over it: three holds to come down instead of none.
                     Some(a) => {
                         self.ceiling = Some(a);
                         self.cruise = self.cfg.max_cruise;

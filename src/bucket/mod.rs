@@ -277,10 +277,11 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
     fn held_until(&self, now: Instant) -> Option<Instant>;
 
     /// Whether a caller that reserved `reservation` earlier may still go at its slot. False
-    /// when, since it was taken, a hold began that covers the slot, or the rate was cut (its
-    /// slot was paced at the old rate), or (Redis) the bucket switched between the server and
-    /// its fallback: the caller then hands nothing back and reserves again. The gate asks on
-    /// every wake-up, so a cut reaches callers already waiting within one new interval.
+    /// when, since it was taken, a hold began that covers the slot, or the rate changed enough
+    /// to re-slot (its slot was paced at the old rate; see [`Bucket::set_rate`]), or (Redis)
+    /// the bucket switched between the server and its fallback: the caller then hands nothing
+    /// back and reserves again. The gate asks on every wake-up, so a cut reaches callers
+    /// already waiting within one new interval, and on every [`Bucket::reslots`] signal.
     fn is_current(&self, reservation: &Reservation, now: Instant) -> bool {
         !matches!(self.held_until(now), Some(hold) if hold > reservation.at())
     }

@@ -30,21 +30,29 @@ pub(crate) enum Woken {
 pub(crate) struct SlotWait {
     sleep: Pin<Box<Sleep>>,
     reslot: Option<Pin<Box<OwnedNotified>>>,
+    /// The signal has not fired since it was armed. It then stays registered from one wait to
+    /// the next: a signal that fires after any of them wakes the caller to check its slot,
+    /// which is all a fresh one would do, and keeping it saves a registration per wait.
+    armed: bool,
 }
 
 impl SlotWait {
     /// Waits until `at`, or until `bucket` voids slots early.
     pub(crate) fn new<B: Bucket + ?Sized>(bucket: &B, at: Instant) -> SlotWait {
+        let reslot = bucket.reslots().map(|n| Box::pin(listen(n)));
         SlotWait {
             sleep: Box::pin(tokio::time::sleep_until(at)),
-            reslot: bucket.reslots().map(|n| Box::pin(listen(n))),
+            armed: reslot.is_some(),
+            reslot,
         }
     }
 
-    /// Waits for a new slot `at`, reusing the allocations.
+    /// Waits for a new slot `at`, reusing the allocations (and the signal, if still armed).
     pub(crate) fn reset<B: Bucket + ?Sized>(&mut self, bucket: &B, at: Instant) {
         self.sleep.as_mut().reset(at);
-        self.rearm(bucket);
+        if !self.armed {
+            self.rearm(bucket);
+        }
     }
 
     /// Listens for the next early wake-up after one that left the slot standing. A signal
@@ -57,11 +65,13 @@ impl SlotWait {
             (Some(n), slot @ None) => *slot = Some(Box::pin(listen(n))),
             (None, slot) => *slot = None,
         }
+        self.armed = self.reslot.is_some();
     }
 
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Woken> {
-        if let Some(fut) = &mut self.reslot {
+        if let (Some(fut), true) = (&mut self.reslot, self.armed) {
             if fut.as_mut().poll(cx).is_ready() {
+                self.armed = false;
                 return Poll::Ready(Woken::Early);
             }
         }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use tokio::time::Instant;
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower::util::BoxCloneService;
+use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_throttle::bucket::KeyedBucket;
 use tower_throttle::rate_limit::KeyedRateLimitLayer;
 use tower_throttle::{
@@ -23,6 +24,30 @@ type Arrivals = Arc<Mutex<Vec<Duration>>>;
 fn recorder(start: Instant) -> (Arrivals, impl Fn() -> Duration + Clone) {
     let log: Arrivals = Arc::default();
     (log, move || start.elapsed())
+}
+
+/// A gate of `quota` in front of a service that logs when each caller (by its number) reached
+/// it, from the instant this was built.
+fn logged_gate(quota: Quota) -> (Calls, LocalBucket, BoxCloneService<u32, (), BoxError>) {
+    let start = Instant::now();
+    let calls: Calls = Arc::default();
+    let layer = RateLimitLayer::new(quota);
+    let bucket = layer.bucket().clone();
+    let svc = ServiceBuilder::new().layer(layer).service(service_fn({
+        let calls = calls.clone();
+        move |i: u32| {
+            calls.lock().unwrap().push((start.elapsed(), i));
+            async { Ok::<_, Infallible>(()) }
+        }
+    }));
+    (calls, bucket, BoxCloneService::new(svc))
+}
+
+/// When each caller reached the inner service, in the order they did.
+type Calls = Arc<Mutex<Vec<(Duration, u32)>>>;
+
+fn times(calls: &Calls) -> Vec<Duration> {
+    calls.lock().unwrap().iter().map(|(t, _)| *t).collect()
 }
 
 /// 1. A 429 hold spent every window's allowance: 150 requests through the HubSpot preset, the
@@ -77,17 +102,7 @@ async fn a_429_hold_does_not_spend_the_daily_allowance() {
 /// `set_rate(10.0)`, and 100 calls still reached the inner service in the next second.
 #[tokio::test(start_paused = true)]
 async fn a_rate_cut_reaches_callers_already_waiting() {
-    let start = Instant::now();
-    let (log, elapsed) = recorder(start);
-    let layer = RateLimitLayer::new(Quota::per_second(100).unwrap());
-    let bucket = layer.bucket().clone();
-    let svc = ServiceBuilder::new().layer(layer).service(service_fn({
-        let log = log.clone();
-        move |_: u32| {
-            log.lock().unwrap().push(elapsed());
-            async { Ok::<_, Infallible>(()) }
-        }
-    }));
+    let (calls, bucket, svc) = logged_gate(Quota::per_second(100).unwrap());
     let tasks: Vec<_> = (0..200)
         .map(|i| tokio::spawn(svc.clone().oneshot(i)))
         .collect();
@@ -96,9 +111,7 @@ async fn a_rate_cut_reaches_callers_already_waiting() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     bucket.set_rate(10.0).unwrap();
     tokio::time::sleep(Duration::from_millis(1_001)).await;
-    let in_next_second = log
-        .lock()
-        .unwrap()
+    let in_next_second = times(&calls)
         .iter()
         .filter(|t| **t > Duration::from_millis(1) && **t <= Duration::from_millis(1_002))
         .count();
@@ -116,17 +129,7 @@ async fn a_rate_cut_reaches_callers_already_waiting() {
 /// saw its sent rate lag the bucket's.
 #[tokio::test(start_paused = true)]
 async fn a_rate_raise_reaches_callers_already_waiting() {
-    let start = Instant::now();
-    let order: Arc<Mutex<Vec<(Duration, u32)>>> = Arc::default();
-    let layer = RateLimitLayer::new(Quota::per_second(10).unwrap());
-    let bucket = layer.bucket().clone();
-    let svc = ServiceBuilder::new().layer(layer).service(service_fn({
-        let order = order.clone();
-        move |i: u32| {
-            order.lock().unwrap().push((start.elapsed(), i));
-            async { Ok::<_, Infallible>(()) }
-        }
-    }));
+    let (calls, bucket, svc) = logged_gate(Quota::per_second(10).unwrap());
     let tasks: Vec<_> = (0..200)
         .map(|i| tokio::spawn(svc.clone().oneshot(i)))
         .collect();
@@ -136,8 +139,7 @@ async fn a_rate_raise_reaches_callers_already_waiting() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let order = order.lock().unwrap().clone();
-    let sent: Vec<Duration> = order.iter().map(|(t, _)| *t).collect();
+    let sent = times(&calls);
     // The first went at once; the other 199 at the new pace from the raise: 10 ms apart, the
     // last about 2 s in, not 20 s.
     assert_eq!(sent.len(), 200);
@@ -148,7 +150,7 @@ async fn a_rate_raise_reaches_callers_already_waiting() {
         assert!(pair[1] - pair[0] >= Duration::from_millis(10), "{pair:?}");
     }
     // Woken in the order they queued, they keep it: nobody's wait grew.
-    let callers: Vec<u32> = order.iter().map(|(_, i)| *i).collect();
+    let callers: Vec<u32> = calls.lock().unwrap().iter().map(|(_, i)| *i).collect();
     assert_eq!(callers, (0..200).collect::<Vec<_>>());
 }
 
@@ -197,16 +199,7 @@ async fn a_handle_that_waited_before_still_wakes_early_on_a_raise() {
 #[tokio::test(start_paused = true)]
 async fn a_small_rate_raise_keeps_the_slots_of_callers_already_waiting() {
     let start = Instant::now();
-    let (log, elapsed) = recorder(start);
-    let layer = RateLimitLayer::new(Quota::per_second(10).unwrap());
-    let bucket = layer.bucket().clone();
-    let svc = ServiceBuilder::new().layer(layer).service(service_fn({
-        let log = log.clone();
-        move |_: u32| {
-            log.lock().unwrap().push(elapsed());
-            async { Ok::<_, Infallible>(()) }
-        }
-    }));
+    let (calls, bucket, svc) = logged_gate(Quota::per_second(10).unwrap());
     let tasks: Vec<_> = (0..20)
         .map(|i| tokio::spawn(svc.clone().oneshot(i)))
         .collect();
@@ -215,8 +208,7 @@ async fn a_small_rate_raise_keeps_the_slots_of_callers_already_waiting() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let mut sent = log.lock().unwrap().clone();
-    sent.sort();
+    let sent = times(&calls);
     let expected: Vec<Duration> = (0..20).map(|i| Duration::from_millis(100 * i)).collect();
     assert_eq!(sent, expected);
     // Two such steps add up to more than an eighth: the second re-slots the queue.
@@ -229,7 +221,7 @@ async fn a_small_rate_raise_keeps_the_slots_of_callers_already_waiting() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let last = *log.lock().unwrap().iter().max().unwrap();
+    let last = *times(&calls).iter().max().unwrap();
     let interval = Duration::from_nanos((1e9_f64 / 12.0).ceil() as u64);
     // The first of them was one interval away; all twenty now go at the new pace (1.667 s),
     // not the old one (1.818 s).

@@ -660,24 +660,25 @@ mod tests {
         assert!(c.rate() > level);
     }
 
-    #[test]
-    fn a_ramp_still_ends_slow_start_at_beta_times_the_rate_sent() {
-        // Accepted 10/s, then 100/s: the limit is above what the last second shows.
-        let mut c = Probe::new(100.0, 1.0, 500.0).unwrap();
+    /// Accepted 10/s for half a second, then 100/s for another (the limit is above what that
+    /// second shows), then a 429: returns its instant and the rate sent when it came.
+    fn ramp_then_refused(c: &mut Probe) -> (Instant, f64) {
         let t = succeed(
-            &mut c,
+            c,
             Instant::now(),
             Duration::from_millis(500),
             Duration::from_millis(100),
         );
-        let t = succeed(
-            &mut c,
-            t,
-            Duration::from_millis(500),
-            Duration::from_millis(10),
-        );
+        let t = succeed(c, t, Duration::from_millis(500), Duration::from_millis(10));
         let sending = c.rate();
         c.on_outcome(t, &throttled());
+        (t, sending)
+    }
+
+    #[test]
+    fn a_ramp_still_ends_slow_start_at_beta_times_the_rate_sent() {
+        let mut c = Probe::new(100.0, 1.0, 500.0).unwrap();
+        let (_, sending) = ramp_then_refused(&mut c);
         assert!(
             (c.rate() - 0.7 * sending).abs() < 1e-9,
             "{} of {sending}",
@@ -691,19 +692,7 @@ mod tests {
     #[test]
     fn slow_start_ending_on_a_ramp_reading_climbs_after_a_fifth_of_the_cruise() {
         let mut c = Probe::new(100.0, 1.0, 500.0).unwrap();
-        let t = succeed(
-            &mut c,
-            Instant::now(),
-            Duration::from_millis(500),
-            Duration::from_millis(100),
-        );
-        let t = succeed(
-            &mut c,
-            t,
-            Duration::from_millis(500),
-            Duration::from_millis(10),
-        );
-        c.on_outcome(t, &throttled());
+        let (t, _) = ramp_then_refused(&mut c);
         let level = c.rate();
         // Three seconds of cruise (15 s / 5, in growth time, which the hold's second counts
         // towards), then the climb.

@@ -6,7 +6,9 @@
 //! it back. Unlike [`tower::limit::RateLimit`], the state is not per instance: every clone
 //! and every service the layer builds share one bucket, so no `Buffer` is needed to make a
 //! limit global, and the limit is a bucket with burst and several windows rather than a
-//! fixed window.
+//! fixed window. A run-time rate change ([`Bucket::set_rate`](crate::bucket::Bucket::set_rate),
+//! which the adaptive layer drives) reaches callers already waiting: after a cut they re-slot
+//! when their slot comes, after a raise of more than an eighth they are woken at once.
 //!
 //! ```
 //! use std::time::Duration;

@@ -359,8 +359,8 @@ impl RedisBucketBuilder {
     ///
     /// Errors: [`ConfigError::NoQuota`] for limits without a quota (or a fail-open fallback
     /// without one), [`ConfigError::Invalid`] for an empty key, [`ConfigError::Zero`] for a
-    /// zero lease size, timeout, retry interval, idle TTL or watch interval, [`ConfigError::OutOfRange`] for a
-    /// lease size above 10,000.
+    /// zero lease size, timeout, retry interval, idle TTL or watch interval,
+    /// [`ConfigError::OutOfRange`] for a lease size above 10,000.
     pub fn build(self, conn: ConnectionManager) -> Result<RedisBucket, ConfigError> {
         self.check()?;
         let quotas = self.limits.quotas();
@@ -505,10 +505,10 @@ impl RedisBucketBuilder {
 /// own: once the fleet's rate has been changed at run time, while any waits more than
 /// [`watch_interval`](RedisBucketBuilder::watch_interval) ahead it asks the server that often
 /// (when no reservation has asked since), so a raise or a hold elsewhere reaches its waiters
-/// within about one watch interval. Until then they keep
-/// slots the server has already rebased away, so for that long the fleet may send up to one
-/// old-pace request per old interval above the new pace. A cut made here re-slots this
-/// worker's waiters at once, before the server answers.
+/// within about one watch interval. Until then they keep slots the server has already
+/// rebased away, so for that long the fleet may send up to one old-pace request per old
+/// interval above the new pace. A cut made here re-slots this worker's waiters at once,
+/// before the server answers.
 ///
 /// # Faults
 ///

@@ -599,6 +599,36 @@ async fn a_small_raise_keeps_the_fleets_slots() {
     assert_eq!(b.stats().reslots, followed + 1);
 }
 
+/// A hold set on one worker reached another's sleeping callers only with that worker's next
+/// round trip, which sleeping callers never make: they checked their slots against a hold
+/// they had not heard of and went inside it. In a fleet under a run-time rate the watch now
+/// brings the hold to them before their slots come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+async fn a_hold_on_one_worker_reaches_callers_asleep_on_another() {
+    let _turn = TIMED.lock().await;
+    let server = RedisServer::start("a_hold_on_one_worker_reaches_callers_asleep");
+    let a = bucket(&server, per_second(50, 1), "asleep", 1, FailMode::Closed).await;
+    let b = bucket(&server, per_second(50, 1), "asleep", 1, FailMode::Closed).await;
+    a.set_rate(4.0).unwrap();
+    reserve(&a, None).await.unwrap();
+    let mut waiting = Vec::new();
+    for _ in 0..8 {
+        waiting.push(reserve(&b, None).await.unwrap());
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    a.hold_until(until);
+    // Before B's last caller wakes (2 s out), B knows of the hold and the slot is void.
+    let last = waiting.last().unwrap();
+    eventually(Duration::from_secs(1), "the hold reaches B", || {
+        let b = &b;
+        async move { b.held_until(Instant::now()).is_some() && !b.is_current(last, Instant::now()) }
+    })
+    .await;
+    assert!(Instant::now() < last.at());
+    assert!(b.held_until(Instant::now()).unwrap() >= until);
+}
+
 /// While Redis was down, a raise re-slotted the fallback bucket, whose own epochs and signal
 /// no gate on the Redis bucket sees: callers waiting on fallback slots kept the old pace.
 /// The Redis bucket now re-slots them through its own, and wakes them.

@@ -486,7 +486,9 @@ impl RedisBucketBuilder {
 /// [`Bucket::hold_until`] voids this worker's leased slots before the hold and writes the hold
 /// to the server, where it is a floor under every slot (it spends no window's allowance);
 /// every worker's next round trip lands after it and brings the hold back, so [`Bucket::held_until`] (answered from that cached value) makes
-/// sleeping callers elsewhere in the fleet queue again. Slots a worker already leased before
+/// sleeping callers elsewhere in the fleet queue again. A worker whose callers all sleep
+/// makes no round trip until one wakes; under a run-time rate its watch (below) brings the
+/// hold before their slots come. Slots a worker already leased before
 /// the hold was set may still be used by that worker (at most `lease_size - 1`); use
 /// `lease_size(1)` where holds must take effect on the very next request. Until the server
 /// has acknowledged a hold, every reservation of this worker re-asserts it.

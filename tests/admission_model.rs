@@ -26,8 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_test::task::Spawn;
 use tower_throttle::bucket::{KeyedBucket, Reservation};
 use tower_throttle::{bucket::Bucket, Limits, LocalBucket, Quota};
 
@@ -140,6 +142,12 @@ trait Subject {
     /// The bucket's signal that waiting callers should check their slots early.
     fn reslots(&self) -> Option<Arc<Notify>> {
         None
+    }
+    /// Whether `signal` fired for the rate change just made. `expected` is the model's
+    /// verdict: a bucket whose signal comes back from a server waits for it, or long enough
+    /// that one would have come.
+    fn woken(&mut self, signal: &mut Spawn<OwnedNotified>, _expected: bool) -> bool {
+        signal.poll().is_ready()
     }
 }
 
@@ -327,6 +335,8 @@ async fn drive<S: Subject>(
     let mut waiting: Vec<Waiter> = Vec::new();
     let mut now = 0u64;
     let mut clock = 0u64;
+    // The shortest interval at the last re-slot, for the model's own copy of the rule.
+    let mut paced = interval_of(subject.rate());
     // Wakes every waiter whose slot is at or before `until`, earliest first, as its timer
     // would: admitted if its reservation stands, otherwise re-slotted at the wake-up instant.
     async fn wake<S: Subject>(
@@ -448,7 +458,30 @@ async fn drive<S: Subject>(
                     .reslots()
                     .map(|n| tokio_test::task::spawn(n.notified_owned()));
                 subject.set_rate(rate);
-                let woken = signal.as_mut().is_some_and(|s| s.poll().is_ready());
+                // The re-slot rule of `core::reslots` (which the Redis script repeats), kept
+                // here too so that every bucket is held to it: a cut, or a raise of more than
+                // an eighth over the pace at the last re-slot; only a raise wakes waiters.
+                let (from, to) = (interval_of(before), interval_of(subject.rate()));
+                let was = paced;
+                let reslot = from != to && (to > from || u128::from(to) * 9 < u128::from(was) * 8);
+                if reslot {
+                    paced = to;
+                }
+                let expected = reslot && to < from;
+                let woken = match signal.as_mut() {
+                    Some(s) => subject.woken(s, expected),
+                    None => false,
+                };
+                if signal.is_some() {
+                    prop_assert_eq!(
+                        woken,
+                        expected,
+                        "waiters woken (or not) against the rule: {} -> {} ns, paced at {}",
+                        from,
+                        to,
+                        was
+                    );
+                }
                 log.stretches.push(Stretch {
                     from: now,
                     interval: interval_of(subject.rate()),
@@ -757,6 +790,8 @@ mod redis {
 
     struct Redis {
         bucket: RedisBucket,
+        /// A plain connection, to see what the server stored.
+        raw: ::redis::aio::ConnectionManager,
         rt: tokio::runtime::Handle,
         /// Server microseconds of the run's start.
         origin_us: u64,
@@ -821,6 +856,43 @@ mod redis {
         fn last_fresh(&self) -> bool {
             self.fresh
         }
+        fn reslots(&self) -> Option<Arc<Notify>> {
+            self.bucket.reslots().cloned()
+        }
+        fn woken(&mut self, signal: &mut Spawn<OwnedNotified>, expected: bool) -> bool {
+            // The decision is the server's, in the reply to the push `set_rate` sent: wait
+            // until the server holds the new interval, then for the signal, or (when none is
+            // due) for about as long as taking the reply in takes, before looking.
+            let us = (1e6 / self.bucket.rate()).round() as u64;
+            let key = self.bucket.key().to_owned();
+            let mut raw = self.raw.clone();
+            tokio::task::block_in_place(|| {
+                self.rt.block_on(async {
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    loop {
+                        let stored: Option<u64> = ::redis::cmd("HGET")
+                            .arg(&key)
+                            .arg("iv")
+                            .query_async(&mut raw)
+                            .await
+                            .unwrap();
+                        if stored == Some(us) || Instant::now() > deadline {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    let wait = if expected { 2_000 } else { 20 };
+                    let deadline = Instant::now() + Duration::from_millis(wait);
+                    while !signal.poll().is_ready() {
+                        if Instant::now() > deadline {
+                            return false;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    true
+                })
+            })
+        }
     }
 
     fn redis_limits() -> impl Strategy<Value = Limits> {
@@ -865,13 +937,15 @@ mod redis {
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                let bucket = RedisBucket::builder(limits.clone(), "model").build(conn.expect("redis answers")).unwrap();
+                let conn = conn.expect("redis answers");
+                let bucket = RedisBucket::builder(limits.clone(), "model").build(conn.clone()).unwrap();
                 // The server's clock at the start: the first reservation's own slot.
                 let probe = match bucket.reserve(Instant::now(), None) {
                     Reserve::Pending(f) => f.await.unwrap(),
                     Reserve::Ready(r) => r.unwrap(),
                 };
                 let mut subject = Redis {
+                    raw: conn,
                     origin_us: probe.token(),
                     base: Instant::now(),
                     rt: tokio::runtime::Handle::current(),

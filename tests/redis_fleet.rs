@@ -460,6 +460,218 @@ async fn redis_killed_and_restarted_mid_run_falls_back_and_recovers() {
     assert!(open.stats().round_trips > before.0.round_trips);
 }
 
+/// The fleet's re-slot counter as the server keeps it (the `rs` field of the key's hash).
+async fn reslot_counter(server: &RedisServer, b: &RedisBucket) -> u64 {
+    let mut raw = RedisBucket::connection_manager(&server.url(), Duration::from_millis(300))
+        .await
+        .unwrap();
+    redis::cmd("HGET")
+        .arg(b.key())
+        .arg("rs")
+        .query_async(&mut raw)
+        .await
+        .unwrap()
+}
+
+/// The shortest window's interval (µs) as the server keeps it.
+async fn server_interval(server: &RedisServer, b: &RedisBucket) -> u64 {
+    let mut raw = RedisBucket::connection_manager(&server.url(), Duration::from_millis(300))
+        .await
+        .unwrap();
+    redis::cmd("HGET")
+        .arg(b.key())
+        .arg("iv")
+        .query_async(&mut raw)
+        .await
+        .unwrap()
+}
+
+/// Polls `done` every 10 ms until it holds; fails after `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Callers queued behind a gate on worker B make no round trips while they sleep, so B hears
+/// of a raise on worker A only from the server: the re-slot counter its watch brings back
+/// wakes them, and they finish at the new pace, not at the slots the old one gave them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+async fn a_rate_raise_on_one_worker_reaches_callers_waiting_on_another() {
+    use tower::{Layer, Service, ServiceExt};
+    use tower_throttle::RateLimitLayer;
+
+    let _turn = TIMED.lock().await;
+    let server = RedisServer::start("a_rate_raise_on_one_worker_reaches_callers_waiting");
+    let a = bucket(&server, per_second(50, 1), "raise", 1, FailMode::Closed).await;
+    let b = bucket(&server, per_second(50, 1), "raise", 1, FailMode::Closed).await;
+    // The fleet at 4/s; A's reservation carries the rate and spends the burst.
+    a.set_rate(4.0).unwrap();
+    reserve(&a, None).await.unwrap();
+    let svc = RateLimitLayer::with_bucket(b.clone()).layer(tower::service_fn(|()| async {
+        Ok::<_, std::convert::Infallible>(Instant::now())
+    }));
+    const CALLERS: u64 = 12;
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let mut svc = svc.clone();
+            tokio::spawn(async move { svc.ready().await.unwrap().call(()).await.unwrap() })
+        })
+        .collect();
+    // All queued on B: at 4/s the last slot is 3 s out.
+    eventually(Duration::from_secs(3), "B's callers reserve", || {
+        let b = b.clone();
+        async move { b.stats().reservations == CALLERS }
+    })
+    .await;
+    let raised = Instant::now();
+    a.set_rate(40.0).unwrap();
+    let mut last = raised;
+    for c in callers {
+        last = last.max(c.await.unwrap());
+    }
+    let took = last - raised;
+    eprintln!("12 callers after a 10x raise: {took:?}; {:?}", b.stats());
+    // At the new pace: one watch interval (250 ms) to hear of it, then 12 slots 25 ms apart.
+    // At the old one the last caller would go about 3 s after the raise.
+    assert!(took < Duration::from_millis(1_500), "took {took:?}");
+    assert_eq!(b.stats().reslots, 1, "{:?}", b.stats());
+}
+
+/// A raise of an eighth or less over the pace waiting callers were slotted at re-slots nobody,
+/// anywhere in the fleet: the server's counter stands and another worker's waiters keep their
+/// slots. Measured against that pace, not the last step, so small steps that add up to more
+/// than an eighth do re-slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+async fn a_small_raise_keeps_the_fleets_slots() {
+    let _turn = TIMED.lock().await;
+    let server = RedisServer::start("a_small_raise_keeps_the_fleets_slots");
+    let a = bucket(&server, per_second(50, 1), "small", 1, FailMode::Closed).await;
+    let b = bucket(&server, per_second(50, 1), "small", 1, FailMode::Closed).await;
+    a.set_rate(4.0).unwrap();
+    reserve(&a, None).await.unwrap();
+    // B's callers wait up to 2 s ahead, so its watch keeps asking the server meanwhile.
+    let mut waiting = Vec::new();
+    for _ in 0..8 {
+        waiting.push(reserve(&b, None).await.unwrap());
+    }
+    let counter = reslot_counter(&server, &b).await;
+    let followed = b.stats().reslots;
+
+    // 10% faster: under an eighth.
+    a.set_rate(4.4).unwrap();
+    eventually(
+        Duration::from_secs(2),
+        "the raise reaches the server",
+        || {
+            let (server, a) = (&server, &a);
+            async move { server_interval(server, a).await < 250_000 }
+        },
+    )
+    .await;
+    // Two of B's watch intervals.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(reslot_counter(&server, &b).await, counter);
+    assert_eq!(b.stats().reslots, followed);
+    assert!(waiting.iter().all(|r| b.is_current(r, Instant::now())));
+
+    // 4.6/s is under an eighth over 4.4/s, but 15% over the 4/s the waiters were slotted at.
+    a.set_rate(4.6).unwrap();
+    eventually(Duration::from_secs(2), "the server re-slots", || {
+        let (server, b) = (&server, &b);
+        async move { reslot_counter(server, b).await == counter + 1 }
+    })
+    .await;
+    let last = waiting.last().unwrap();
+    eventually(Duration::from_secs(1), "B's waiters re-slot", || {
+        let b = &b;
+        async move { !b.is_current(last, Instant::now()) }
+    })
+    .await;
+    assert_eq!(b.stats().reslots, followed + 1);
+}
+
+/// A hold set on one worker reached another's sleeping callers only with that worker's next
+/// round trip, which sleeping callers never make: they checked their slots against a hold
+/// they had not heard of and went inside it. In a fleet under a run-time rate the watch now
+/// brings the hold to them before their slots come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+async fn a_hold_on_one_worker_reaches_callers_asleep_on_another() {
+    let _turn = TIMED.lock().await;
+    let server = RedisServer::start("a_hold_on_one_worker_reaches_callers_asleep");
+    let a = bucket(&server, per_second(50, 1), "asleep", 1, FailMode::Closed).await;
+    let b = bucket(&server, per_second(50, 1), "asleep", 1, FailMode::Closed).await;
+    a.set_rate(4.0).unwrap();
+    reserve(&a, None).await.unwrap();
+    let mut waiting = Vec::new();
+    for _ in 0..8 {
+        waiting.push(reserve(&b, None).await.unwrap());
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    a.hold_until(until);
+    // Before B's last caller wakes (2 s out), B knows of the hold and the slot is void.
+    let last = waiting.last().unwrap();
+    eventually(Duration::from_secs(1), "the hold reaches B", || {
+        let b = &b;
+        async move { b.held_until(Instant::now()).is_some() && !b.is_current(last, Instant::now()) }
+    })
+    .await;
+    assert!(Instant::now() < last.at());
+    assert!(b.held_until(Instant::now()).unwrap() >= until);
+}
+
+/// While Redis was down, a raise re-slotted the fallback bucket, whose own epochs and signal
+/// no gate on the Redis bucket sees: callers waiting on fallback slots kept the old pace.
+/// The Redis bucket now re-slots them through its own, and wakes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+async fn a_raise_while_redis_is_down_wakes_callers_waiting_on_the_fallback() {
+    let mut server = RedisServer::start("a_raise_while_redis_is_down_wakes_callers");
+    let limits = Limits::new(per_second(50, 1));
+    let share = FailMode::open_share(&limits, 1).unwrap();
+    let b = bucket(&server, limits, "down-raise", 1, share).await;
+    b.set_rate(4.0).unwrap();
+    reserve(&b, None).await.unwrap();
+    server.kill();
+    let mut waiting = Vec::new();
+    for _ in 0..4 {
+        waiting.push(reserve(&b, None).await.unwrap());
+    }
+    assert!(
+        b.is_degraded() && b.stats().fallbacks >= 4,
+        "{:?}",
+        b.stats()
+    );
+    let now = Instant::now();
+    let last = waiting.last().unwrap().at();
+    assert!(last > now + Duration::from_millis(500), "{last:?}");
+    assert!(waiting.iter().all(|r| b.is_current(r, now)));
+
+    let mut woken =
+        tokio_test::task::spawn(b.reslots().expect("a signal").clone().notified_owned());
+    b.set_rate(40.0).unwrap();
+    assert!(woken.poll().is_ready(), "the waiters were not woken");
+    let now = Instant::now();
+    assert!(waiting.iter().all(|r| !b.is_current(r, now)));
+    // Re-slotted, they go at the fallback's new pace (40/s), not 250 ms apart.
+    let mut again = Vec::new();
+    for r in waiting {
+        b.cancel(r, now);
+        again.push(reserve(&b, None).await.unwrap().at());
+    }
+    let span = *again.last().unwrap() - now;
+    assert!(span < Duration::from_millis(300), "{span:?}");
+}
+
 mod dead_letters {
     use std::time::{Duration, UNIX_EPOCH};
 

@@ -187,6 +187,13 @@ impl LocalBucket {
         self.inner.epochs().change
     }
 
+    /// Whether reservations made at `epoch` ([`LocalBucket::epoch`]) must re-slot: the Redis
+    /// bucket re-slots its fallback's waiters through its own epochs.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn is_stale(&self, epoch: u32) -> bool {
+        self.inner.epochs().is_stale(epoch)
+    }
+
     /// [`Bucket::reserve`] without the `Reserve` wrapper: a local bucket never needs I/O.
     #[inline]
     pub fn try_reserve(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::Script;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::core::Epochs;
@@ -25,7 +26,15 @@ use crate::{ConfigError, Limits, Quota, ThrottleError};
 /// ARGV: want, cost, max_wait_us (-1: none), hold_rel_us (-1: none), set_iv_us (-1: none),
 /// idle_ttl_ms, not_before_rel_us (-1: none; this request's own lower bound), quota count,
 /// then per quota interval_us and burst (shortest window first).
-/// Returns {now, hold, interval of the shortest window, refused slot or 0, slots...}.
+/// Returns {now, hold, interval of the shortest window, refused slot or 0, re-slot counter,
+/// slots...}.
+///
+/// Besides the windows' TATs, the hash keeps `piv`, the shortest interval at the last re-slot,
+/// and `rs`, a counter moved by every rate change that voids waiting slots. The server decides
+/// the re-slot, so every worker follows the same decision: one whose reply shows a new `rs`
+/// re-slots its waiters. `rs` starts at the server's clock (microseconds) when the key is
+/// created, so a key forgotten (expired, or lost in a restart) and created again never shows
+/// a counter a worker has already seen: an older reply has a lower one.
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -38,13 +47,14 @@ local set_iv = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[6])
 local not_before = tonumber(ARGV[7])
 local nq = tonumber(ARGV[8])
-local fields = {'hold', 'iv', 'rat', 'riv'}
-for i = 1, nq do fields[i + 4] = 't' .. i end
+local fields = {'hold', 'iv', 'rat', 'riv', 'piv', 'rs'}
+for i = 1, nq do fields[i + 6] = 't' .. i end
 local vals = redis.call('HMGET', key, unpack(fields))
 local hold = tonumber(vals[1]) or 0
 local stored_iv = tonumber(vals[2])
 local rat = tonumber(vals[3]) or 0
 local riv = tonumber(vals[4]) or 1
+local rs = tonumber(vals[6]) or now
 local iv, tol, burst, tat = {}, {}, {}, {}
 for i = 1, nq do
   local interval = tonumber(ARGV[7 + 2 * i])
@@ -52,8 +62,9 @@ for i = 1, nq do
   if i == 1 and stored_iv then interval = stored_iv end
   iv[i] = interval
   tol[i] = interval * (burst[i] - 1)
-  tat[i] = tonumber(vals[4 + i]) or 0
+  tat[i] = tonumber(vals[6 + i]) or 0
 end
+local piv = tonumber(vals[5]) or iv[1]
 -- A hold is a floor, not a spend: no window moves. It arms the paced release: slots from the
 -- hold's end one shortest interval apart, or the burst spread over the hold if faster.
 if hold_rel > 0 then
@@ -65,19 +76,24 @@ if hold_rel > 0 then
   if riv < 1 then riv = 1 end
   if hold_end > rat then rat = hold_end end
 end
--- A rate change rebases the shortest window (core.rs, Cell::rebase): a cut keeps what one
--- burst and the unit that emptied it account for, rescaled (the callers reserved ahead
--- re-slot); a raise leaves TAT as it is.
+-- A rate change re-slots the callers reserved ahead when it is a cut, or a raise of more than
+-- an eighth over the pace they were slotted at (core.rs, reslots: the same rule). Then it
+-- rebases the shortest window (core.rs, Cell::rebase): what one burst and the unit that
+-- emptied it account for is kept, rescaled, and the counter moves. A smaller raise leaves TAT
+-- and the waiters' slots as they are.
 if set_iv > 0 and set_iv ~= iv[1] then
-  local ntol = set_iv * (burst[1] - 1)
-  local owed = tat[1] - now
-  if owed > 0 and set_iv > iv[1] then
-    local gone = owed
-    if gone > tol[1] + iv[1] then gone = tol[1] + iv[1] end
-    tat[1] = now + math.ceil(gone * set_iv / iv[1])
+  if set_iv > iv[1] or set_iv * 9 < piv * 8 then
+    local owed = tat[1] - now
+    if owed > 0 then
+      local gone = owed
+      if gone > tol[1] + iv[1] then gone = tol[1] + iv[1] end
+      tat[1] = now + math.ceil(gone * set_iv / iv[1])
+    end
+    piv = set_iv
+    rs = rs + 1
   end
   iv[1] = set_iv
-  tol[1] = ntol
+  tol[1] = set_iv * (burst[1] - 1)
   stored_iv = set_iv
 end
 local slots = {}
@@ -107,7 +123,8 @@ end
 local last = hold
 if rat > last then last = rat end
 local args = {'hold', string.format('%.0f', hold), 'rat', string.format('%.0f', rat),
-  'riv', string.format('%.0f', riv)}
+  'riv', string.format('%.0f', riv), 'piv', string.format('%.0f', piv),
+  'rs', string.format('%.0f', rs)}
 if stored_iv then
   args[#args + 1] = 'iv'
   args[#args + 1] = string.format('%.0f', stored_iv)
@@ -121,8 +138,8 @@ redis.call('HSET', key, unpack(args))
 local ms = math.ceil((last - now) / 1000)
 if ms < 0 then ms = 0 end
 redis.call('PEXPIRE', key, ms + ttl)
-local out = {now, hold, iv[1], refused}
-for j = 1, #slots do out[4 + j] = slots[j] end
+local out = {now, hold, iv[1], refused, rs}
+for j = 1, #slots do out[5 + j] = slots[j] end
 return out
 "#;
 
@@ -204,6 +221,10 @@ pub struct RedisStats {
     pub fallbacks: u64,
     /// Server calls that failed or timed out.
     pub errors: u64,
+    /// Re-slots of the fleet's rate this worker followed: a reply showed the server's re-slot
+    /// counter moved (a cut, or a raise of more than an eighth, by any worker), so its waiters
+    /// reserved again.
+    pub reslots: u64,
 }
 
 #[derive(Debug, Default)]
@@ -215,6 +236,7 @@ struct Counters {
     expired: AtomicU64,
     fallbacks: AtomicU64,
     errors: AtomicU64,
+    reslots: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -231,6 +253,7 @@ pub struct RedisBucketBuilder {
     retry_interval: Duration,
     idle_ttl: Duration,
     fail_mode: FailMode,
+    watch_interval: Duration,
 }
 
 impl RedisBucketBuilder {
@@ -268,6 +291,20 @@ impl RedisBucketBuilder {
         self
     }
 
+    /// While callers of this worker wait for slots further out than this, how often the bucket
+    /// asks the server whether the fleet's rate or hold changed, when no reservation of its
+    /// own has asked since (default 250 ms). A worker whose callers are all asleep makes no
+    /// round trips of its own, so without this it would learn of another worker's raise (or
+    /// hold) only when the first of them woke at its old slot. Shorter reaches waiting
+    /// callers sooner, at up to one round trip per interval per waiting worker (a worker that
+    /// reserves more often than that pays nothing); `Duration::MAX` never watches. The watch
+    /// runs only once the fleet's rate has been changed at run time ([`Bucket::set_rate`] on
+    /// any worker, as adaptive control does): at a fixed rate no raise can come.
+    pub fn watch_interval(mut self, interval: Duration) -> Self {
+        self.watch_interval = interval;
+        self
+    }
+
     /// Checks the configuration without connecting; [`build`](Self::build) returns the same
     /// errors.
     pub fn check(&self) -> Result<(), ConfigError> {
@@ -294,6 +331,7 @@ impl RedisBucketBuilder {
             ("timeout", self.timeout),
             ("retry_interval", self.retry_interval),
             ("idle_ttl", self.idle_ttl),
+            ("watch_interval", self.watch_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Zero { name });
@@ -321,8 +359,8 @@ impl RedisBucketBuilder {
     ///
     /// Errors: [`ConfigError::NoQuota`] for limits without a quota (or a fail-open fallback
     /// without one), [`ConfigError::Invalid`] for an empty key, [`ConfigError::Zero`] for a
-    /// zero lease size, timeout, retry interval or idle TTL, [`ConfigError::OutOfRange`] for a
-    /// lease size above 10,000.
+    /// zero lease size, timeout, retry interval, idle TTL or watch interval,
+    /// [`ConfigError::OutOfRange`] for a lease size above 10,000.
     pub fn build(self, conn: ConnectionManager) -> Result<RedisBucket, ConfigError> {
         self.check()?;
         let quotas = self.limits.quotas();
@@ -363,6 +401,8 @@ impl RedisBucketBuilder {
                 limits: self.limits,
                 state: Mutex::new(State::default()),
                 counters: Counters::default(),
+                reslots: Arc::new(Notify::new()),
+                watch_interval: self.watch_interval,
             }),
         })
     }
@@ -446,16 +486,31 @@ impl RedisBucketBuilder {
 /// [`Bucket::hold_until`] voids this worker's leased slots before the hold and writes the hold
 /// to the server, where it is a floor under every slot (it spends no window's allowance);
 /// every worker's next round trip lands after it and brings the hold back, so [`Bucket::held_until`] (answered from that cached value) makes
-/// sleeping callers elsewhere in the fleet queue again. Slots a worker already leased before
+/// sleeping callers elsewhere in the fleet queue again. A worker whose callers all sleep
+/// makes no round trip until one wakes; under a run-time rate its watch (below) brings the
+/// hold before their slots come. Slots a worker already leased before
 /// the hold was set may still be used by that worker (at most `lease_size - 1`); use
 /// `lease_size(1)` where holds must take effect on the very next request. Until the server
 /// has acknowledged a hold, every reservation of this worker re-asserts it.
 ///
 /// [`Bucket::set_rate`] stores the shortest window's interval on the server too, so the fleet
 /// follows one adaptive rate; it is re-sent with each reservation until acknowledged, and
-/// every reply refreshes [`Bucket::rate`]. A cut (here, or seen in a reply from another worker's) voids
-/// this worker's leased and handed-back slots, which were paced at the old rate, as it makes
-/// waiting callers re-slot.
+/// every reply refreshes [`Bucket::rate`]. The server also decides, by the rule the in-process
+/// bucket uses, whether the change voids the slots of callers already waiting: a cut does, and
+/// so does a raise of more than an eighth over the pace they were slotted at (a smaller raise
+/// keeps every slot, so a controller climbing a little per response wakes nobody). Such a
+/// re-slot moves a counter on the server that every reply carries, so every worker makes the
+/// same decision, whichever worker changed the rate: it voids its leased and handed-back
+/// slots, which were paced at the old rate, and makes its waiting callers re-slot; after a
+/// raise it wakes them at once ([`Bucket::reslots`]), so the new pace reaches callers already
+/// queued, not only new ones. A worker whose callers all sleep makes no round trips of its
+/// own: once the fleet's rate has been changed at run time, while any waits more than
+/// [`watch_interval`](RedisBucketBuilder::watch_interval) ahead it asks the server that often
+/// (when no reservation has asked since), so a raise or a hold elsewhere reaches its waiters
+/// within about one watch interval. Until then they keep slots the server has already
+/// rebased away, so for that long the fleet may send up to one old-pace request per old
+/// interval above the new pace. A cut made here re-slots this worker's waiters at once,
+/// before the server answers.
 ///
 /// # Faults
 ///
@@ -493,6 +548,9 @@ struct Inner {
     limits: Limits,
     state: Mutex<State>,
     counters: Counters,
+    /// Wakes this worker's waiters when a re-slot to a faster rate voids their slots.
+    reslots: Arc<Notify>,
+    watch_interval: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -512,9 +570,24 @@ struct State {
     last_error: String,
     /// Set after Redis came back: until then server slots also pass the fallback bucket.
     recovering_until: Option<Instant>,
-    /// Tags reservations: a rate cut, or a switch between the server and the fallback, makes
-    /// older reservations stale so their callers re-slot from the source now in use.
+    /// Tags reservations: a re-slot of the fleet's rate, or a switch between the server and
+    /// the fallback, makes older reservations stale so their callers re-slot from the source
+    /// now in use.
     epochs: Epochs,
+    /// The fleet's re-slot counter in the latest reply taken in.
+    rs_seen: Option<u64>,
+    /// The shortest interval (server microseconds) in the latest reply taken in: a re-slot to
+    /// a shorter one wakes waiters early.
+    server_iv: Option<u64>,
+    /// When the latest reply arrived.
+    last_reply: Option<Instant>,
+    /// The latest server slot this worker was granted: callers may wait until then.
+    ahead_until: Option<Instant>,
+    /// Whether the watch task runs (see `Inner::watch`).
+    watching: bool,
+    /// Whether the fleet's rate was changed at run time, here or (seen in a reply) elsewhere:
+    /// only then can a raise void waiting slots, so only then does the watch run.
+    adaptive: bool,
 }
 
 /// Slots granted to this worker, earliest first.
@@ -602,12 +675,14 @@ struct Reply {
     hold: u64,
     primary_us: u64,
     refused: u64,
+    /// The fleet's re-slot counter (see `SCRIPT`).
+    rs: u64,
     slots: Vec<u64>,
 }
 
 impl Reply {
     fn parse(v: Vec<i64>) -> Result<Reply, String> {
-        if v.len() < 4 || v.iter().any(|x| *x < 0) {
+        if v.len() < 5 || v.iter().any(|x| *x < 0) {
             return Err(format!(
                 "unexpected reply from the rate-limit script: {v:?}"
             ));
@@ -618,13 +693,36 @@ impl Reply {
             hold: v[1],
             primary_us: v[2],
             refused: v[3],
-            slots: v[4..].to_vec(),
+            rs: v[4],
+            slots: v[5..].to_vec(),
         })
     }
 
     /// A server time as a local instant, given the instant the reply arrived.
     fn local(&self, server_us: u64, arrived: Instant) -> Instant {
         arrived + Duration::from_micros(server_us.saturating_sub(self.now))
+    }
+}
+
+/// What a reply's re-slot counter says, against the last one this worker saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    /// The first reply: nothing of this worker's was slotted by the server yet.
+    First,
+    Same,
+    /// The fleet re-slotted since (or the key was created again, which voids slots as much).
+    Newer,
+    /// A reply decided before one already taken in (concurrent round trips finish in any
+    /// order): its slots predate the re-slot that one showed.
+    Older,
+}
+
+fn follow(seen: Option<u64>, rs: u64) -> Follow {
+    match seen {
+        None => Follow::First,
+        Some(seen) if rs == seen => Follow::Same,
+        Some(seen) if rs > seen => Follow::Newer,
+        Some(_) => Follow::Older,
     }
 }
 
@@ -682,6 +780,7 @@ impl RedisBucket {
             retry_interval: Duration::from_secs(1),
             idle_ttl: Duration::from_secs(60),
             fail_mode: FailMode::Closed,
+            watch_interval: Duration::from_millis(250),
         }
     }
 
@@ -715,6 +814,7 @@ impl RedisBucket {
             expired: get(&c.expired),
             fallbacks: get(&c.fallbacks),
             errors: get(&c.errors),
+            reslots: get(&c.reslots),
         }
     }
 
@@ -735,6 +835,11 @@ impl RedisBucket {
 }
 
 impl Inner {
+    /// Whether a caller waiting at `now` for a slot `at` would sleep past the next watch.
+    fn beyond_watch(&self, at: Instant, now: Instant) -> bool {
+        now.checked_add(self.watch_interval).is_some_and(|t| at > t)
+    }
+
     /// How late a leased slot may still be used: half the smallest interval (see `RedisBucket`).
     fn grace(&self) -> Duration {
         let smallest = self
@@ -744,19 +849,80 @@ impl Inner {
         Duration::from_nanos(smallest / 2)
     }
 
-    /// A cut of the fleet's rate, made here or seen in a reply: waiters re-slot, and leased or
-    /// handed-back slots are dropped, since both were paced at the old rate. Dropping is safe
-    /// (the server counted those slots; they go unused).
-    fn after_cut(&self, st: &mut State) {
+    /// A re-slot of the rate: a cut made here, one the server announced in a reply (a cut or
+    /// a raise of more than an eighth, by any worker), or one of the fallback while it is the
+    /// source. Waiters re-slot, and leased or handed-back slots are dropped, since both were
+    /// paced at the old rate. Dropping is safe (the server counted those slots; they go
+    /// unused). After a raise the waiters are woken at once: their old slots come later than
+    /// the new pace asks.
+    fn after_reslot(&self, st: &mut State, raised: bool) {
         st.epochs.bump(true);
         let voided = st.lease.void_all();
         bump(&self.counters.expired, voided);
+        // Every slot granted so far is void: nobody waits for them any more.
+        st.ahead_until = None;
+        if raised {
+            // After the bump, so that a woken waiter finds its slot stale.
+            self.reslots.notify_waiters();
+        }
     }
 
-    /// A server slot handed to a caller.
-    fn reservation(&self, slot: Leased, st: &State, cost: u32) -> Reservation {
+    /// A server slot handed to a caller; `stale` when it was decided before a re-slot this
+    /// worker already followed, so that its caller re-slots when it wakes.
+    fn reservation(&self, slot: Leased, st: &State, cost: u32, stale: bool) -> Reservation {
         bump(&self.counters.reservations, 1);
-        Reservation::new(slot.at, slot.server_us, tag(st.epochs, Source::Server)).with_cost(cost)
+        let epochs = if stale {
+            Epochs {
+                change: st.epochs.reslot.wrapping_sub(1),
+                reslot: 0,
+            }
+        } else {
+            st.epochs
+        };
+        Reservation::new(slot.at, slot.server_us, tag(epochs, Source::Server)).with_cost(cost)
+    }
+
+    /// Notes a server slot handed to a caller here, and starts the watch if the caller waits
+    /// for it longer than one watch interval.
+    fn waits_until(self: &Arc<Self>, st: &mut State, at: Instant, now: Instant) {
+        st.ahead_until = Some(st.ahead_until.map_or(at, |a| a.max(at)));
+        if st.watching || !st.adaptive || !self.beyond_watch(at, now) {
+            return;
+        }
+        // Without a runtime (a synchronous caller) nobody sleeps on a timer here either.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            st.watching = true;
+            handle.spawn(Arc::clone(self).watch());
+        }
+    }
+
+    /// Keeps this worker's waiters in step with the fleet while none of its own reservations
+    /// asks the server: after a watch interval without a reply, one call that reserves nothing
+    /// brings back the re-slot counter, the rate and the hold (and re-sends what is pending).
+    /// Ends once no slot granted here lies more than one interval ahead, since a change seen
+    /// later would reach no waiter before its slot anyway; the next far slot starts it again.
+    async fn watch(self: Arc<Self>) {
+        let every = self.watch_interval;
+        let mut next = Instant::now() + every;
+        loop {
+            tokio::time::sleep_until(next).await;
+            let now = Instant::now();
+            let due = {
+                let mut st = lock(&self.state);
+                if !st.ahead_until.is_some_and(|a| self.beyond_watch(a, now)) {
+                    st.watching = false;
+                    return;
+                }
+                st.last_reply.map_or(now, |r| r + every)
+            };
+            if due <= now {
+                Arc::clone(&self).push().await;
+                // From the answer (or the failure): a down server is not asked in a loop.
+                next = Instant::now() + every;
+            } else {
+                next = due;
+            }
+        }
     }
 
     fn fallback(
@@ -851,7 +1017,7 @@ impl Inner {
     /// Takes in a successful reply: recovery, rate, hold, and the granted slots. Returns the
     /// reservation for the caller that made the round trip, if it wanted one.
     fn absorb(
-        &self,
+        self: &Arc<Self>,
         reply: &Reply,
         arrived: Instant,
         sent_hold: Option<Instant>,
@@ -872,19 +1038,29 @@ impl Inner {
             }
         }
         st.probe_until = None;
+        st.last_reply = Some(arrived);
         if sent_hold.is_some() && st.hold_pending == sent_hold {
             st.hold_pending = None;
         }
         if sent_rate.is_some() && st.rate_pending == sent_rate {
             st.rate_pending = None;
         }
-        if st.rate_pending.is_none() && reply.primary_us > 0 {
-            let seen = reply.primary_us.saturating_mul(1_000);
-            let before = self.primary_interval.swap(seen, Ordering::Relaxed);
-            if seen > before {
-                // Another worker cut the fleet's rate.
-                self.after_cut(&mut st);
+        let followed = follow(st.rs_seen, reply.rs);
+        if followed != Follow::Older {
+            if st.rate_pending.is_none() && reply.primary_us > 0 {
+                self.primary_interval
+                    .store(reply.primary_us.saturating_mul(1_000), Ordering::Relaxed);
             }
+            if followed == Follow::Newer {
+                // The server re-slotted the fleet (this worker's change or another's): the
+                // same decision for every worker, whoever made the change.
+                bump(&self.counters.reslots, 1);
+                let raised = st.server_iv.is_some_and(|iv| reply.primary_us < iv);
+                self.after_reslot(&mut st, raised);
+            }
+            st.rs_seen = Some(reply.rs);
+            st.server_iv = Some(reply.primary_us);
+            st.adaptive |= reply.primary_us != self.quota_args[0].0;
         }
         let mut hold_local = None;
         if reply.hold > reply.now {
@@ -910,23 +1086,27 @@ impl Inner {
             }));
         }
         bump(&self.counters.granted, reply.slots.len() as u64);
-        if cost > 1 || want_single(st.recovering_until, arrived) {
-            // A weighted slot, or one paced by the fallback, is the caller's alone: it never
-            // joins the lease of single units.
-            let server_us = *reply.slots.first()?;
+        let leased = |server_us: u64| {
             let mut at = reply.local(server_us, arrived);
             if let Some(h) = hold_local.filter(|_| server_us >= reply.hold) {
                 at = at.max(h);
             }
-            let leased = Leased { at, server_us };
-            return Some(Ok(self.reservation(leased, &st, cost)));
+            Leased { at, server_us }
+        };
+        let older = followed == Follow::Older;
+        if cost > 1 || older || want_single(st.recovering_until, arrived) {
+            // A weighted slot, or one paced by the fallback, is the caller's alone: it never
+            // joins the lease of single units. Nor do slots decided before a re-slot this
+            // worker followed: the caller's re-slots when it wakes, the rest go unused.
+            let first = leased(*reply.slots.first()?);
+            bump(&self.counters.expired, reply.slots.len() as u64 - 1);
+            if !older {
+                self.waits_until(&mut st, first.at, arrived);
+            }
+            return Some(Ok(self.reservation(first, &st, cost, older)));
         }
         for &server_us in &reply.slots {
-            let mut at = reply.local(server_us, arrived);
-            if let Some(h) = hold_local.filter(|_| server_us >= reply.hold) {
-                at = at.max(h);
-            }
-            st.lease.put(Leased { at, server_us });
+            st.lease.put(leased(server_us));
         }
         if reply.slots.is_empty() {
             return None;
@@ -935,7 +1115,10 @@ impl Inner {
         let taken = st.lease.take(arrived, self.grace(), None, &mut expired);
         bump(&self.counters.expired, expired);
         match taken {
-            Take::Slot(slot) => Some(Ok(self.reservation(slot, &st, 1))),
+            Take::Slot(slot) => {
+                self.waits_until(&mut st, slot.at, arrived);
+                Some(Ok(self.reservation(slot, &st, 1, false)))
+            }
             // Unreachable: fresh slots are never stale at `arrived`; answer like a refusal.
             Take::TooFar(wait) => Some(Err(ThrottleError::WaitTooLong {
                 wait,
@@ -1033,7 +1216,8 @@ impl Bucket for RedisBucket {
             match taken {
                 Take::Slot(slot) => {
                     bump(&inner.counters.from_lease, 1);
-                    return Reserve::Ready(Ok(inner.reservation(slot, &st, 1)));
+                    inner.waits_until(&mut st, slot.at, now);
+                    return Reserve::Ready(Ok(inner.reservation(slot, &st, 1, false)));
                 }
                 Take::TooFar(wait) => {
                     // The server could only offer a later slot: refuse without a round trip.
@@ -1142,26 +1326,43 @@ impl Bucket for RedisBucket {
         let inner = &self.inner;
         let interval = interval_for_rate(per_second)?;
         let us = micros_up(interval);
-        let before = inner
-            .primary_interval
-            .swap(us.saturating_mul(1_000), Ordering::Relaxed);
-        if let Some(local) = &inner.fallback {
-            // The fallback keeps its share: scale its rate by the same factor.
-            let factor = inner.configured_primary as f64 / interval as f64;
-            let local_rate = local.limits().quotas()[0].rate_per_second() * factor;
-            local.set_rate(local_rate)?;
-        }
+        let new = us.saturating_mul(1_000);
+        let before = inner.primary_interval.swap(new, Ordering::Relaxed);
+        let fallback_reslot = match &inner.fallback {
+            Some(local) => {
+                // The fallback keeps its share: scale its rate by the same factor.
+                let factor = inner.configured_primary as f64 / interval as f64;
+                let local_rate = local.limits().quotas()[0].rate_per_second() * factor;
+                let epoch = local.epoch();
+                local.set_rate(local_rate)?;
+                local.is_stale(epoch)
+            }
+            None => false,
+        };
         {
             let mut st = lock(&inner.state);
             st.rate_pending = Some(us);
-            if us.saturating_mul(1_000) > before {
-                inner.after_cut(&mut st);
+            st.adaptive = true;
+            if new > before {
+                // A cut re-slots here at once: the server re-slots too, and the reply that
+                // says so re-slots once more, which is only conservative.
+                inner.after_reslot(&mut st, false);
+            } else if fallback_reslot && st.down_until.is_some() {
+                // Waiters hold the fallback's slots, which its own rule voided; they re-slot
+                // through this bucket's epochs and signal, the only ones a gate here sees.
+                inner.after_reslot(&mut st, true);
             } else {
+                // Whether a raise re-slots the fleet is the server's decision (the pace at its
+                // last re-slot is kept there): the reply to the push below says.
                 st.epochs.bump(false);
             }
         }
         inner.spawn_push();
         Ok(())
+    }
+
+    fn reslots(&self) -> Option<&Arc<Notify>> {
+        Some(&self.inner.reslots)
     }
 
     fn rate(&self) -> f64 {
@@ -1257,14 +1458,43 @@ mod tests {
 
     #[test]
     fn replies_parse_and_convert_to_local_time_after_arrival() {
-        assert!(Reply::parse(vec![1, 2]).is_err());
-        assert!(Reply::parse(vec![1, 2, 3, -4]).is_err());
-        let r = Reply::parse(vec![1_000_000, 0, 20_000, 0, 1_000_000, 1_020_000]).unwrap();
+        assert!(Reply::parse(vec![1, 2, 3, 4]).is_err());
+        assert!(Reply::parse(vec![1, 2, 3, 0, -5]).is_err());
+        let r = Reply::parse(vec![1_000_000, 0, 20_000, 0, 7, 1_000_000, 1_020_000]).unwrap();
+        assert_eq!(r.rs, 7);
         assert_eq!(r.slots, vec![1_000_000, 1_020_000]);
         let arrived = std::time::Instant::now().into();
         assert_eq!(r.local(1_020_000, arrived), arrived + ms(20));
         // A slot before the server's now (cannot happen) maps to the arrival, never earlier.
         assert_eq!(r.local(10, arrived), arrived);
+    }
+
+    /// Two round trips in flight finish in any order: the one decided before a re-slot must
+    /// not make the worker re-slot again (twice) when it is taken in after the newer one.
+    #[test]
+    fn a_reply_older_than_one_taken_in_does_not_re_slot_again() {
+        assert_eq!(follow(None, 5), Follow::First);
+        assert_eq!(follow(Some(5), 5), Follow::Same);
+        assert_eq!(follow(Some(5), 6), Follow::Newer);
+        assert_eq!(follow(Some(6), 5), Follow::Older);
+        // A key created again starts at the server's clock, above any counter seen before.
+        assert_eq!(follow(Some(6), 1_700_000_000_000_000), Follow::Newer);
+    }
+
+    #[test]
+    fn a_stale_tag_is_stale_at_once_and_a_fresh_one_is_not() {
+        let mut e = Epochs::default();
+        e.bump(true);
+        e.bump(false);
+        let stale_tag = tag(
+            Epochs {
+                change: e.reslot.wrapping_sub(1),
+                reslot: 0,
+            },
+            Source::Server,
+        );
+        assert!(stale(e, stale_tag));
+        assert!(!stale(e, tag(e, Source::Server)));
     }
 
     #[test]
@@ -1291,6 +1521,12 @@ mod tests {
         assert_eq!(
             b().timeout(Duration::ZERO).check(),
             Err(ConfigError::Zero { name: "timeout" })
+        );
+        assert_eq!(
+            b().watch_interval(Duration::ZERO).check(),
+            Err(ConfigError::Zero {
+                name: "watch_interval"
+            })
         );
         assert_eq!(
             b().fail_mode(FailMode::Open {

@@ -38,8 +38,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{BoxError, ServiceExt};
 use tower_throttle::mock::{MockServer, RetryAfterFormat, ServerLimit};
-use tower_throttle::Probe;
 use tower_throttle::{backoff::Backoff, retry::Attempts, Quota, RetryPolicy, Throttle};
+use tower_throttle::{bucket::Bucket, Probe};
 
 const LIMIT: u32 = 100;
 const WORKERS: usize = 32;
@@ -183,6 +183,27 @@ async fn naive_send(client: HttpClient, uri: http::Uri, id: u64) -> (bool, u64) 
     }
 }
 
+/// With `GOODPUT_TRACE` set: the bucket's rate every 100 ms on stderr, where it changed, to see
+/// how a run found its limit.
+fn trace_rate<S, C>(stack: &Throttle<S, C>, secs: u64) {
+    let Some(bucket) = stack.bucket().cloned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        let mut last = 0.0;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while start.elapsed() < Duration::from_secs(secs) {
+            tick.tick().await;
+            let rate = bucket.rate();
+            if (rate - last).abs() > 0.05 {
+                eprintln!("trace {:.1} s: {rate:.1}/s", start.elapsed().as_secs_f64());
+                last = rate;
+            }
+        }
+    });
+}
+
 async fn row(scenario: Scenario, contender: &str, secs: u64) -> Result<String, BoxError> {
     let server = scenario.server().await?;
     let uri = server.uri("/v1/track");
@@ -212,6 +233,9 @@ async fn row(scenario: Scenario, contender: &str, secs: u64) -> Result<String, B
                 }
                 _ => builder.limits(Quota::per_second(LIMIT)?).build(client)?,
             };
+            if std::env::var_os("GOODPUT_TRACE").is_some() {
+                trace_rate(&stack, secs);
+            }
             drive(secs, scenario.workers(), move |id| {
                 let (stack, uri) = (stack.clone(), uri.clone());
                 async move {

@@ -39,6 +39,7 @@ use super::AdaptiveLayer;
 use crate::bucket::core;
 use crate::bucket::{interval_for_rate, Bucket, Reservation, Reserve, Snapshot};
 use crate::clock::duration_nanos;
+use crate::rate_limit::wait::{SlotWait, Woken};
 use crate::server_limit::{Decision, Kind, ServerLimit, ServerLimiter};
 use crate::ConfigError;
 
@@ -541,17 +542,12 @@ impl SimGate {
     /// Sleeps until `at`, or until a raise voids the slot from `epoch` (then
     /// [`SimGate::start`] says to take a new one), as the crate's gate waits.
     pub async fn wait(&self, at: Instant, epoch: u64) {
-        let mut sleep = std::pin::pin!(tokio::time::sleep_until(at));
-        loop {
-            let mut raised = std::pin::pin!(Arc::clone(&self.reslots).notified_owned());
-            let early = std::future::poll_fn(|cx| match raised.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(true),
-                Poll::Pending => sleep.as_mut().poll(cx).map(|()| false),
-            })
-            .await;
-            if !early || self.lock().epoch != epoch {
+        let mut wait = SlotWait::new(self, at);
+        while std::future::poll_fn(|cx| wait.poll(cx)).await == Woken::Early {
+            if self.lock().epoch != epoch {
                 return;
             }
+            wait.rearm(self);
         }
     }
 

@@ -39,7 +39,7 @@ mod gate;
 mod keyed;
 pub(crate) mod layer;
 mod service;
-mod wait;
+pub(crate) mod wait;
 mod weighted;
 
 pub(crate) use keyed::Destination;

@@ -39,6 +39,7 @@ fn generate(path: &str, mib: u64) -> std::io::Result<()> {
             status: Some(503),
             error: None,
             attempts: 4,
+            outcome_unknown: false,
             first_attempt: SystemTime::now(),
             last_attempt: SystemTime::now() + Duration::from_secs(3),
         };

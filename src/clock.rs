@@ -319,12 +319,27 @@ impl Epoch {
     }
 }
 
+/// How far "never" is: a wait this long or longer is as good as forever, and every instant
+/// the crate computes stays representable.
+const FOREVER: Duration = Duration::from_secs(86_400 * 365 * 100);
+
+/// `at + wait`, saturating a century ahead. Every instant the crate moves forward by a
+/// configured or server-given duration goes through here, so `Duration::MAX` in a setting or
+/// `Retry-After: 18446744073709551615` from a server can never overflow (`Instant + Duration`
+/// panics on overflow).
+#[inline]
+pub(crate) fn later(at: Instant, wait: Duration) -> Instant {
+    match at.checked_add(wait.min(FOREVER)) {
+        Some(t) => t,
+        None => at,
+    }
+}
+
 /// `base` moved by a signed number of nanoseconds, saturating at representable instants.
 pub(crate) fn shift(base: Instant, nanos: i64) -> Instant {
     let d = Duration::from_nanos(nanos.unsigned_abs());
     if nanos >= 0 {
-        base.checked_add(d)
-            .unwrap_or_else(|| base + Duration::from_secs(86_400 * 365 * 100))
+        later(base, d)
     } else {
         base.checked_sub(d).unwrap_or(base)
     }

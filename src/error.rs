@@ -151,6 +151,16 @@ pub enum ThrottleError {
         /// The response's status code.
         status: u16,
     },
+    /// The request may have been applied by the server, but its answer was lost (a timeout
+    /// or a connection reset after the request was written), and sending it again is not
+    /// safe: the request is not idempotent (a `POST` without an `Idempotency-Key`, a batch
+    /// `create`). It was not resent; reconcile it against the server (look the record up)
+    /// before sending it again. A dead-letter layer keeps it marked
+    /// [`outcome_unknown`](crate::dead_letter::DeadLetter::outcome_unknown).
+    OutcomeUnknown {
+        /// What happened to the attempt whose answer was lost.
+        reason: String,
+    },
 }
 
 impl ThrottleError {
@@ -185,6 +195,10 @@ impl fmt::Display for ThrottleError {
             ThrottleError::QuotaExhausted { wait, status } => write!(
                 f,
                 "quota exhausted ({status}): the allowance is back in {wait:?}, after the retry deadline; send it again then"
+            ),
+            ThrottleError::OutcomeUnknown { reason } => write!(
+                f,
+                "outcome unknown: the request may have been applied but its answer was lost ({reason}); it is not idempotent, so it was not resent: look it up before sending it again"
             ),
         }
     }

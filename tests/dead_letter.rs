@@ -32,6 +32,7 @@ fn letter(n: u32) -> DeadLetter {
         status: Some(503),
         error: None,
         attempts: 3,
+        outcome_unknown: false,
         first_attempt: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_457_742_123),
         last_attempt: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_457_745_000),
     }

@@ -44,6 +44,7 @@ async fn open_of_a_large_file_keeps_memory_flat_in_its_size() {
             status: Some(503),
             error: None,
             attempts: 1,
+            outcome_unknown: false,
             first_attempt: SystemTime::UNIX_EPOCH,
             last_attempt: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
         };

@@ -39,6 +39,7 @@ fn letter(n: u64) -> DeadLetter {
         status: Some(503),
         error: None,
         attempts: 3,
+        outcome_unknown: false,
         first_attempt: SystemTime::UNIX_EPOCH + Duration::from_millis(n),
         last_attempt: SystemTime::UNIX_EPOCH + Duration::from_millis(n + 1),
     }

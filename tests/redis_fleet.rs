@@ -698,6 +698,7 @@ mod dead_letters {
             status: Some(503),
             error: None,
             attempts: 3,
+            outcome_unknown: false,
             first_attempt: t,
             last_attempt: t + Duration::from_millis(250),
         }

@@ -747,6 +747,7 @@ mod tests {
             status: Some(503),
             error: None,
             attempts: 1,
+            outcome_unknown: false,
             first_attempt: std::time::SystemTime::UNIX_EPOCH,
             last_attempt: std::time::SystemTime::UNIX_EPOCH,
         }

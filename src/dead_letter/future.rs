@@ -12,6 +12,7 @@ use super::layer::{Config, WriteFuture};
 use super::service::Captured;
 use super::{error_text, DeadLettered, DeadLetteredError};
 use crate::retry::Attempts;
+use crate::ThrottleError;
 
 pin_project! {
     /// Drives the inner future; on a failure, writes the dead letter before resolving.
@@ -71,7 +72,17 @@ where
                             resp.extensions().get::<Attempts>().map(|a| a.0),
                         ),
                         Err(e) => {
-                            captured.into_letter(this.config, None, Some(error_text(&**e)), None)
+                            let mut letter = captured.into_letter(
+                                this.config,
+                                None,
+                                Some(error_text(&**e)),
+                                None,
+                            );
+                            letter.outcome_unknown = matches!(
+                                ThrottleError::from_box(e),
+                                Some(ThrottleError::OutcomeUnknown { .. })
+                            );
+                            letter
                         }
                     };
                     this.state.set(State::Storing {

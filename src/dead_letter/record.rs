@@ -48,6 +48,11 @@ pub struct DeadLetter {
     pub error: Option<String>,
     /// Attempts made (from the [`Attempts`](crate::retry::Attempts) extension; 1 without one).
     pub attempts: u32,
+    /// The request may have been applied: its answer was lost and it was not resent, because
+    /// it is not idempotent ([`ThrottleError::OutcomeUnknown`](crate::ThrottleError::OutcomeUnknown)).
+    /// Look the record up at the vendor before replaying it, or it may be applied twice.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_false"))]
+    pub outcome_unknown: bool,
     /// When the request entered the dead-letter layer.
     #[cfg_attr(feature = "serde", serde(with = "rfc3339"))]
     pub first_attempt: SystemTime,
@@ -294,4 +299,9 @@ mod tests {
         assert_eq!(stored.to_bytes().unwrap(), Bytes::copy_from_slice(&raw));
         assert!(StoredBody::Base64("***".into()).to_bytes().is_err());
     }
+}
+
+#[cfg(feature = "serde")]
+fn is_false(b: &bool) -> bool {
+    !*b
 }

@@ -100,6 +100,7 @@ impl Captured {
             status,
             error,
             attempts: attempts.or(self.attempts).unwrap_or(1),
+            outcome_unknown: false,
             first_attempt: self.first_attempt,
             last_attempt: SystemTime::now(),
         }

@@ -50,7 +50,7 @@ async fn batched(client: &HttpClient, base: &str) -> u64 {
     let bucket = bucket();
     let stack = ServiceBuilder::new()
         .layer(
-            BatchLayer::new(CustomerIoBatch)
+            BatchLayer::new(CustomerIoBatch::new())
                 .with_max_items(100)
                 .expect("valid"),
         )

@@ -384,7 +384,7 @@ async fn batched(
     // A known limit: pace at 95% of it, so latency jitter never puts one request too many
     // into the server's one-second window. Every call carries a whole batch, so no probing.
     let bucket = LocalBucket::new(Quota::per_second((args.rate * 19 / 20).max(1))?);
-    let batching = BatchLayer::new(CustomerIoBatch).with_max_items(args.batch_size)?;
+    let batching = BatchLayer::new(CustomerIoBatch::new()).with_max_items(args.batch_size)?;
     let batch_stats = batching.stats();
     let stack = ServiceBuilder::new()
         .layer(DeadLetterLayer::new(store.clone()).with_stats(stats.clone()))

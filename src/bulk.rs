@@ -4,8 +4,8 @@
 //! [`run_bulk`] pulls requests from a [`Stream`] only as fast as `concurrency` slots free up
 //! (so a stream of a million records never sits in memory), sends each through a clone of the
 //! service (the shared gate, queue and dead-letter layers see them all), and decides each
-//! job's outcome with a classifier. `succeeded + failed + dead_lettered == processed` holds in
-//! every [`Progress`] and in the [`BulkReport`].
+//! job's outcome with a classifier. `succeeded + accepted + failed + dead_lettered ==
+//! processed` holds in every [`Progress`] and in the [`BulkReport`].
 //!
 //! **Retries do not idle a slot.** With a [`RetryLayer`](crate::RetryLayer) in the stack, a
 //! request waiting out its backoff (or a server's `Retry-After`) gives its slot back: the next
@@ -16,8 +16,9 @@
 //! memory bounded when every request is failing).
 //!
 //! The default classifier for HTTP ([`JobOutcome::classify_http`]): a response or error marked by the
-//! [`DeadLetterLayer`](crate::DeadLetterLayer) is *dead-lettered*, a 2xx response *succeeded*,
-//! anything else *failed*.
+//! [`DeadLetterLayer`](crate::DeadLetterLayer) is *dead-lettered*, a `202 Accepted` *accepted*
+//! (taken by an asynchronous endpoint, such as Mailchimp's batches, outcome not yet known:
+//! never counted as delivered), any other 2xx response *succeeded*, anything else *failed*.
 //!
 //! ```
 //! use std::time::Duration;
@@ -64,6 +65,9 @@ use crate::dead_letter::{DeadLettered, DeadLetteredError};
 pub enum JobOutcome {
     /// Delivered.
     Succeeded,
+    /// Accepted by an asynchronous endpoint (`202 Accepted`): queued at the vendor, its
+    /// outcome not yet known.
+    Accepted,
     /// Not delivered and not kept anywhere: the caller must act on it.
     Failed,
     /// Not delivered, but kept in a dead-letter store for replay.
@@ -72,12 +76,14 @@ pub enum JobOutcome {
 
 impl JobOutcome {
     /// The default classifier for HTTP stacks: dead-lettered when marked by the
-    /// [`DeadLetterLayer`](crate::DeadLetterLayer), succeeded on 2xx, failed otherwise.
+    /// [`DeadLetterLayer`](crate::DeadLetterLayer), accepted on 202, succeeded on any other
+    /// 2xx, failed otherwise.
     pub fn classify_http<B>(result: &Result<http::Response<B>, BoxError>) -> JobOutcome {
         match result {
             Ok(resp) if resp.extensions().get::<DeadLettered>().is_some() => {
                 JobOutcome::DeadLettered
             }
+            Ok(resp) if resp.status() == http::StatusCode::ACCEPTED => JobOutcome::Accepted,
             Ok(resp) if resp.status().is_success() => JobOutcome::Succeeded,
             Ok(_) => JobOutcome::Failed,
             Err(e) if DeadLetteredError::find(e).is_some() => JobOutcome::DeadLettered,
@@ -90,10 +96,12 @@ impl JobOutcome {
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct Progress {
-    /// Jobs finished (`succeeded + failed + dead_lettered`).
+    /// Jobs finished (`succeeded + accepted + failed + dead_lettered`).
     pub processed: u64,
     /// Jobs delivered.
     pub succeeded: u64,
+    /// Jobs accepted by an asynchronous endpoint, outcome not yet known.
+    pub accepted: u64,
     /// Jobs failed and not kept.
     pub failed: u64,
     /// Jobs kept as dead letters.
@@ -171,6 +179,9 @@ pub struct BulkReport {
     pub processed: u64,
     /// Jobs delivered.
     pub succeeded: u64,
+    /// Jobs accepted by an asynchronous endpoint (`202`), outcome not yet known: not
+    /// delivered yet, and not lost.
+    pub accepted: u64,
     /// Jobs failed and not kept.
     pub failed: u64,
     /// Jobs kept as dead letters.
@@ -185,10 +196,13 @@ pub struct BulkReport {
 /// kept), 0 dead-lettered, of 10000 in 1.17s (8551/s)`.
 impl fmt::Display for BulkReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} delivered, ", self.succeeded)?;
+        if self.accepted > 0 {
+            write!(f, "{} accepted (outcome not yet known), ", self.accepted)?;
+        }
         write!(
             f,
-            "{} delivered, {} lost (failed, not kept), {} dead-lettered, of {} in {:.2?} ({:.0}/s)",
-            self.succeeded,
+            "{} lost (failed, not kept), {} dead-lettered, of {} in {:.2?} ({:.0}/s)",
             self.failed,
             self.dead_lettered,
             self.processed,
@@ -297,13 +311,14 @@ impl<R> fmt::Debug for BulkOptions<R> {
 #[derive(Default)]
 struct Counts {
     succeeded: u64,
+    accepted: u64,
     failed: u64,
     dead_lettered: u64,
 }
 
 impl Counts {
     fn processed(&self) -> u64 {
-        self.succeeded + self.failed + self.dead_lettered
+        self.succeeded + self.accepted + self.failed + self.dead_lettered
     }
 
     fn progress(&self, total: Option<u64>, elapsed: Duration) -> Progress {
@@ -318,6 +333,7 @@ impl Counts {
         Progress {
             processed,
             succeeded: self.succeeded,
+            accepted: self.accepted,
             failed: self.failed,
             dead_lettered: self.dead_lettered,
             total,
@@ -392,6 +408,7 @@ where
         let Some(result) = next else { break };
         match (options.classify)(&result) {
             JobOutcome::Succeeded => counts.succeeded += 1,
+            JobOutcome::Accepted => counts.accepted += 1,
             JobOutcome::Failed => counts.failed += 1,
             JobOutcome::DeadLettered => counts.dead_lettered += 1,
         }
@@ -413,6 +430,7 @@ where
     BulkReport {
         processed: counts.processed(),
         succeeded: counts.succeeded,
+        accepted: counts.accepted,
         failed: counts.failed,
         dead_lettered: counts.dead_lettered,
         elapsed,
@@ -427,6 +445,7 @@ mod tests {
     fn progress(processed: u64, total: Option<u64>, elapsed_ms: u64) -> Progress {
         Counts {
             succeeded: processed.saturating_sub(3),
+            accepted: 0,
             failed: processed.min(2),
             dead_lettered: processed.min(3) - processed.min(2),
         }
@@ -466,6 +485,7 @@ mod tests {
         let p = Progress {
             processed: 9_999_998,
             succeeded: 9_800_000,
+            accepted: 0,
             failed: 99_998,
             dead_lettered: 99_800,
             total: Some(9_999_999),
@@ -497,6 +517,7 @@ mod tests {
         let report = BulkReport {
             processed: 10_000,
             succeeded: 9_990,
+            accepted: 0,
             failed: 4,
             dead_lettered: 6,
             elapsed: Duration::from_millis(1_170),

@@ -476,6 +476,72 @@ impl Classify for HttpClassifier {
     }
 }
 
+/// Whether `err` leaves the request's outcome unknown: the request may have reached the
+/// server and been applied, but its answer was lost (a timeout, a connection reset or closed
+/// mid-exchange). Errors that prove the request never left (a refused connection, a failed
+/// connect, a local refusal by this crate) and errors already saying so
+/// ([`ThrottleError::OutcomeUnknown`]) are told apart here, once, for the retry policy and
+/// the batch layer.
+pub(crate) fn outcome_unknown(err: &(dyn Error + 'static)) -> bool {
+    let mut current = Some(err);
+    for _ in 0..MAX_SOURCE_DEPTH {
+        let Some(e) = current else { break };
+        if let Some(t) = e.downcast_ref::<ThrottleError>() {
+            return matches!(t, ThrottleError::OutcomeUnknown { .. });
+        }
+        if let Some(sent) = sent_one(e) {
+            return sent;
+        }
+        current = match e.downcast_ref::<io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn Error + 'static)),
+            None => e.source(),
+        };
+    }
+    false
+}
+
+/// For one error of a chain: `Some(true)` when the request may have been applied, `Some(false)`
+/// when it provably was not sent, `None` to look at its source.
+fn sent_one(e: &(dyn Error + 'static)) -> Option<bool> {
+    if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
+        return Some(true);
+    }
+    if let Some(h) = e.downcast_ref::<hyper::Error>() {
+        // Canceled: the connection was gone before the request was dispatched.
+        if h.is_canceled() {
+            return Some(false);
+        }
+        return Some(h.is_timeout() || h.is_closed() || h.is_incomplete_message());
+    }
+    #[cfg(feature = "mock")]
+    if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+        if h.is_connect() {
+            return Some(false);
+        }
+        return None;
+    }
+    #[cfg(feature = "reqwest")]
+    if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+        if r.is_connect() {
+            return Some(false);
+        }
+        if r.is_timeout() {
+            return Some(true);
+        }
+        return None;
+    }
+    if let Some(io) = e.downcast_ref::<io::Error>() {
+        use io::ErrorKind::*;
+        return match io.kind() {
+            ConnectionRefused | NotConnected | AddrNotAvailable => Some(false),
+            ConnectionReset | ConnectionAborted | TimedOut | BrokenPipe | UnexpectedEof
+            | Interrupted => Some(true),
+            _ => None,
+        };
+    }
+    None
+}
+
 /// The verdict on one error of a chain, or `None` to look at its source.
 fn classify_one(e: &(dyn Error + 'static)) -> Option<Outcome> {
     if e.is::<ThrottleError>() {

@@ -82,8 +82,11 @@ async fn hubspot_batches_deliver_every_contact_once_and_dead_letter_the_invalid_
         "{stats:?}"
     );
     assert_eq!(stats.accepted, batch_stats.batches());
+    // Full batches, plus the items sent again: each answer's failed items wait out one
+    // back-off together and then fill the next batch first, so only the last few answers'
+    // failures go out in part-filled batches of their own.
     assert!(
-        batch_stats.batches() <= CONTACTS / 100 + 8,
+        batch_stats.batches() <= CONTACTS / 100 + 25,
         "{}",
         batch_stats.batches()
     );
@@ -114,7 +117,7 @@ async fn customerio_batches_stay_under_the_byte_limit() {
     // A linger far above the time the 600 jobs take to queue, even on a loaded machine:
     // batches then go out because they are full, which is what the count below checks
     // (the default 20 ms let a slow scheduler send part-filled ones).
-    let batching = BatchLayer::new(CustomerIoBatch)
+    let batching = BatchLayer::new(CustomerIoBatch::new())
         .with_max_bytes(MAX_BYTES)
         .unwrap()
         .with_linger(Duration::from_secs(1));
@@ -149,7 +152,7 @@ async fn customerio_batches_stay_under_the_byte_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mailchimp_operations_go_500_to_a_call() {
+async fn mailchimp_operations_go_500_to_a_call_and_are_accepted_not_delivered() {
     let server = MockServer::builder()
         .limit(ServerLimit::sliding_window(10, Duration::from_secs(1)).unwrap())
         .batch_route("/3.0/batches", BatchEndpoint::mailchimp())
@@ -157,7 +160,9 @@ async fn mailchimp_operations_go_500_to_a_call() {
         .await
         .unwrap();
     let client = ServiceBuilder::new()
-        .layer(BatchLayer::new(MailchimpBatch).with_linger(Duration::from_millis(200)))
+        // A linger far longer than submitting 1,200 items takes, even on a loaded machine: only
+        // full batches go before it, so the count of calls does not depend on scheduling.
+        .layer(BatchLayer::new(MailchimpBatch).with_linger(Duration::from_secs(3)))
         .service(common::client());
     let member = |n: u64| {
         http::Request::put(server.uri(&format!("/3.0/lists/abc123/members/{n:032x}")))
@@ -172,7 +177,8 @@ async fn mailchimp_operations_go_500_to_a_call() {
         BulkOptions::default().concurrency(1_200),
     )
     .await;
-    assert_eq!(report.succeeded, 1_200, "{report:?}");
+    // Mailchimp only queued them: accepted, outcome not yet known, never "delivered".
+    assert_eq!((report.accepted, report.succeeded), (1_200, 0), "{report:?}");
     let stats = server.stats();
     assert_eq!(stats.accepted, 3, "{stats:?}");
     assert_eq!((stats.items_accepted, stats.distinct_ids), (1_200, 1_200));

@@ -6,7 +6,7 @@ use http::{Method, StatusCode};
 use serde_json::Value;
 use tower::BoxError;
 
-use super::format::{self, BatchFormat, Envelope, ItemResult};
+use super::format::{self, BatchFormat, Envelope, ItemResult, Sent, Resend};
 
 /// Customer.io's documented ceiling for one `/api/v2/batch` request: "smaller than 500kb".
 /// Read as 500,000 bytes (the smaller of the two readings), minus one for "smaller than".
@@ -23,10 +23,17 @@ pub const CUSTOMERIO_MAX_ITEMS: usize = 1_000;
 /// Each item's body is one v2 entity payload, sent as is, e.g.
 /// `{"type":"person","identifiers":{"id":"42"},"action":"identify","attributes":{...}}`.
 /// Limits: the request must be smaller than 500 KB ([`CUSTOMERIO_MAX_BYTES`]); no item count
-/// is published ([`CUSTOMERIO_MAX_ITEMS`] is ours). Per-item failures come back as a
-/// `207 Multi-Status` whose `errors` name the failed entity by `batch_index` (its position in
-/// the batch) with a `reason`, `field` and `message`; a reason of `internal` or
+/// is published ([`CUSTOMERIO_MAX_ITEMS`] is ours). Per-item failures come back as `errors`
+/// naming the failed entity by `batch_index` (its position in the batch) with a `reason`,
+/// `field` and `message`, in a `207 Multi-Status`, in a `200`, or in a refusal of the whole
+/// batch; whatever the status, only the named entities fail. A reason of `internal` or
 /// `unavailable` becomes 503 (tried again), `rate_limited` 429, anything else 400 (final).
+///
+/// Identifying a person or an object sets its state, so sending it twice is harmless, and
+/// [`CustomerIoBatch::new`] resends a batch whose answer was lost ([`Resend::Safe`]); an
+/// `event` sent twice is recorded twice, so for batches of events where a duplicate costs
+/// more than a record kept for reconciliation use [`CustomerIoBatch::at_most_once`]. Entities
+/// with the same `type` and `identifiers` keep their order.
 ///
 /// Sources: <https://docs.customer.io/api/track/> ("Your request must be smaller than 500kb"
 /// on `POST /api/v2/batch`) and
@@ -35,13 +42,32 @@ pub const CUSTOMERIO_MAX_ITEMS: usize = 1_000;
 /// (segmentio/action-destinations#3657).
 ///
 /// ```
-/// use tower_throttle::batch::{BatchFormat, CustomerIoBatch};
+/// use tower_throttle::batch::{BatchFormat, CustomerIoBatch, Resend};
 ///
-/// assert_eq!(CustomerIoBatch.endpoint().1, "/api/v2/batch");
-/// assert!(CustomerIoBatch.max_bytes() < 500_000);
+/// let people = CustomerIoBatch::new();
+/// assert_eq!(people.endpoint().1, "/api/v2/batch");
+/// assert!(people.max_bytes() < 500_000);
+/// assert_eq!(CustomerIoBatch::at_most_once().resend(), Resend::Unsafe);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CustomerIoBatch;
+pub struct CustomerIoBatch {
+    at_most_once: bool,
+}
+
+impl CustomerIoBatch {
+    /// The batch endpoint, at-least-once: a batch whose answer was lost is sent again.
+    pub const fn new() -> Self {
+        CustomerIoBatch {
+            at_most_once: false,
+        }
+    }
+
+    /// The batch endpoint, at-most-once: a batch whose answer was lost is not sent again;
+    /// each entity fails with [`ThrottleError::OutcomeUnknown`](crate::ThrottleError::OutcomeUnknown).
+    pub const fn at_most_once() -> Self {
+        CustomerIoBatch { at_most_once: true }
+    }
+}
 
 fn reason_status(reason: &str) -> StatusCode {
     match reason {
@@ -79,28 +105,47 @@ impl BatchFormat for CustomerIoBatch {
         &self,
         status: StatusCode,
         body: &Bytes,
-        ids: &[u64],
+        items: &[Sent<'_>],
     ) -> Result<Vec<ItemResult>, BoxError> {
-        let mut results = vec![ItemResult::ok(); ids.len()];
-        if status != StatusCode::MULTI_STATUS {
-            return Ok(results);
-        }
-        let answer = format::json("Customer.io batch", body)?;
+        let mut results = vec![ItemResult::ok(); items.len()];
+        let answer: Option<Value> = serde_json::from_slice(body).ok();
         let errors = answer
-            .get("errors")
-            .and_then(Value::as_array)
-            .ok_or("Customer.io batch: a 207 answer without an errors array")?;
+            .as_ref()
+            .and_then(|a| a.get("errors"))
+            .and_then(Value::as_array);
+        let Some(errors) = errors else {
+            if status == StatusCode::MULTI_STATUS {
+                return Err("Customer.io batch: a 207 answer without an errors array".into());
+            }
+            return Ok(results);
+        };
         for error in errors {
             let index = error
                 .get("batch_index")
                 .and_then(Value::as_u64)
                 .and_then(|i| usize::try_from(i).ok())
-                .filter(|&i| i < ids.len())
+                .filter(|&i| i < items.len())
                 .ok_or("Customer.io batch: an error without a valid batch_index")?;
             let reason = error.get("reason").and_then(Value::as_str).unwrap_or("");
             results[index] = ItemResult::new(reason_status(reason), format::to_bytes(error));
         }
         Ok(results)
+    }
+
+    fn resend(&self) -> Resend {
+        if self.at_most_once {
+            Resend::Unsafe
+        } else {
+            Resend::Safe
+        }
+    }
+
+    fn identity(&self, _head: &Parts, body: &Bytes) -> Option<String> {
+        let entity: Value = serde_json::from_slice(body).ok()?;
+        let identifiers = entity.get("identifiers")?;
+        let kind = entity.get("type").and_then(Value::as_str).unwrap_or("person");
+        // serde_json keeps object keys sorted, so equal identifiers print alike.
+        Some(format!("{kind}:{identifiers}"))
     }
 }
 
@@ -111,7 +156,7 @@ mod tests {
     #[test]
     fn errors_map_back_by_batch_index() {
         let answer = br#"{"errors":[{"batch_index":1,"reason":"invalid","field":"identifiers","message":"missing id"},{"batch_index":2,"reason":"internal","message":"later"}]}"#;
-        let results = CustomerIoBatch
+        let results = CustomerIoBatch::new()
             .decode(
                 StatusCode::MULTI_STATUS,
                 &Bytes::from_static(answer),
@@ -121,7 +166,7 @@ mod tests {
         let statuses: Vec<u16> = results.iter().map(|r| r.status.as_u16()).collect();
         assert_eq!(statuses, [200, 400, 503]);
         let bad_index = br#"{"errors":[{"batch_index":3,"reason":"invalid"}]}"#;
-        assert!(CustomerIoBatch
+        assert!(CustomerIoBatch::new()
             .decode(
                 StatusCode::MULTI_STATUS,
                 &Bytes::from_static(bad_index),

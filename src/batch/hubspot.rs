@@ -8,7 +8,7 @@ use http::{Method, StatusCode};
 use serde_json::Value;
 use tower::BoxError;
 
-use super::format::{self, BatchFormat, Envelope, ItemResult};
+use super::format::{self, BatchFormat, Envelope, ItemResult, Sent, Resend};
 use crate::ConfigError;
 
 /// The most inputs HubSpot's CRM batch endpoints accept in one request.
@@ -22,10 +22,24 @@ pub const HUBSPOT_MAX_INPUTS: usize = 100;
 /// back, the format sets each input's `objectWriteTraceId` (overwriting one you set): HubSpot
 /// echoes it on every result and on every error's `context.objectWriteTraceId`, which is how
 /// a `207 Multi-Status` answer names the inputs that failed. Error categories become item
-/// statuses: `VALIDATION_ERROR` 400, `MISSING_SCOPES` 403, `OBJECT_NOT_FOUND` 404,
-/// `CONFLICT` and `OBJECT_ALREADY_EXISTS` 409, `RATE_LIMITS` 429, any other category 500
-/// (so it is tried again in a later batch). Items neither result nor error mentions are
-/// delivered when the batch succeeded.
+/// statuses: `VALIDATION_ERROR` (and `INVALID_PARAMS`, `PROPERTY_DOESNT_EXIST`) 400,
+/// `INVALID_AUTHENTICATION` 401, `MISSING_SCOPES` 403, `OBJECT_NOT_FOUND` 404, `CONFLICT` and
+/// `OBJECT_ALREADY_EXISTS` 409, `RATE_LIMITS` 429 (which holds the gate and waits, as a
+/// whole-batch 429 does), `INTERNAL_ERROR` 500, `SERVICE_UNAVAILABLE` 503, `TIMEOUT` 504. An
+/// unknown category is final (400) unless the batch itself answered 429 or 5xx.
+///
+/// An input is delivered when a result names it, or when the answer names every failure it
+/// counts (`numErrors`, else the `errors` listed) by trace id. An error that names its inputs
+/// otherwise (`context.ids`) or not at all leaves the inputs that no result or traced error
+/// names [unattributed](ItemResult::unattributed): the layer sends them again in smaller
+/// batches until each answer is about one input, so only the failed input fails.
+///
+/// Upserts and updates are idempotent ([`Resend::Safe`]). A create is not: without
+/// [`proven_by`](HubSpotBatch::proven_by) a create whose answer is lost fails with
+/// [`ThrottleError::OutcomeUnknown`](crate::ThrottleError::OutcomeUnknown) (at-most-once).
+/// With a unique property named, it is resent, and an input the resend finds already there
+/// (`OBJECT_ALREADY_EXISTS`) is delivered. Upserts and updates keep the order of inputs with
+/// the same `id` and `idProperty` ([`BatchFormat::identity`]).
 ///
 /// Sources: <https://developers.hubspot.com/docs/api-reference/error-handling> (multi-status
 /// responses and `objectWriteTraceId`), and the seeds' figure "batch endpoints accept up to
@@ -41,28 +55,64 @@ pub const HUBSPOT_MAX_INPUTS: usize = 100;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubSpotBatch {
     path: String,
+    action: Action,
+    /// The unique property a create is keyed by, if any.
+    unique: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Upsert,
+    Create,
+    Update,
 }
 
 impl HubSpotBatch {
     /// `POST /crm/v3/objects/{object_type}/batch/upsert`.
     pub fn upsert(object_type: &str) -> Self {
-        HubSpotBatch::action(object_type, "upsert")
+        HubSpotBatch::action(object_type, Action::Upsert)
     }
 
     /// `POST /crm/v3/objects/{object_type}/batch/create`.
     pub fn create(object_type: &str) -> Self {
-        HubSpotBatch::action(object_type, "create")
+        HubSpotBatch::action(object_type, Action::Create)
     }
 
     /// `POST /crm/v3/objects/{object_type}/batch/update`.
     pub fn update(object_type: &str) -> Self {
-        HubSpotBatch::action(object_type, "update")
+        HubSpotBatch::action(object_type, Action::Update)
     }
 
-    fn action(object_type: &str, action: &str) -> Self {
+    fn action(object_type: &str, action: Action) -> Self {
+        let verb = match action {
+            Action::Upsert => "upsert",
+            Action::Create => "create",
+            Action::Update => "update",
+        };
         HubSpotBatch {
-            path: format!("/crm/v3/objects/{object_type}/batch/{action}"),
+            path: format!("/crm/v3/objects/{object_type}/batch/{verb}"),
+            action,
+            unique: None,
         }
+    }
+
+    /// For a create: the unique property (`email` for contacts, `domain` for companies, a
+    /// custom unique property) every input sets. HubSpot then refuses a second create of the
+    /// same record with `OBJECT_ALREADY_EXISTS`, so a batch whose answer was lost can be sent
+    /// again: an input it finds already there was created by the lost attempt, and is
+    /// delivered. Inputs with the same value keep their order. Without it a create is
+    /// at-most-once. No effect on upserts and updates, which are idempotent already.
+    ///
+    /// ```
+    /// use tower_throttle::batch::{BatchFormat, HubSpotBatch, Resend};
+    ///
+    /// assert_eq!(HubSpotBatch::create("contacts").resend(), Resend::Unsafe);
+    /// assert_eq!(HubSpotBatch::create("contacts").proven_by("email").resend(), Resend::Provable);
+    /// assert_eq!(HubSpotBatch::upsert("contacts").resend(), Resend::Safe);
+    /// ```
+    pub fn proven_by(mut self, property: impl Into<String>) -> Self {
+        self.unique = Some(property.into());
+        self
     }
 
     /// Another batch endpoint of the same shape (a newer API version, say).
@@ -76,20 +126,51 @@ impl HubSpotBatch {
                 "HubSpot batch path {path:?} must start with '/'"
             )));
         }
-        Ok(HubSpotBatch { path })
+        let action = if path.ends_with("/create") {
+            Action::Create
+        } else if path.ends_with("/update") {
+            Action::Update
+        } else {
+            Action::Upsert
+        };
+        Ok(HubSpotBatch {
+            path,
+            action,
+            unique: None,
+        })
     }
 }
 
-/// The status an item gets for a HubSpot error category.
-fn category_status(category: &str) -> StatusCode {
-    match category {
-        "VALIDATION_ERROR" => StatusCode::BAD_REQUEST,
-        "MISSING_SCOPES" => StatusCode::FORBIDDEN,
-        "OBJECT_NOT_FOUND" => StatusCode::NOT_FOUND,
+/// The status an input gets for a HubSpot error category, as HubSpot's error handling guide
+/// lists them; `None` for a category it does not document.
+fn category_status(category: &str) -> Option<StatusCode> {
+    Some(match category {
+        "VALIDATION_ERROR" | "INVALID_PARAMS" | "BAD_REQUEST" | "PROPERTY_DOESNT_EXIST" => {
+            StatusCode::BAD_REQUEST
+        }
+        "INVALID_AUTHENTICATION" | "UNAUTHORIZED" => StatusCode::UNAUTHORIZED,
+        "MISSING_SCOPES" | "FORBIDDEN" => StatusCode::FORBIDDEN,
+        "OBJECT_NOT_FOUND" | "NOT_FOUND" => StatusCode::NOT_FOUND,
         "CONFLICT" | "OBJECT_ALREADY_EXISTS" => StatusCode::CONFLICT,
         "RATE_LIMITS" => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+        "INTERNAL_ERROR" => StatusCode::INTERNAL_SERVER_ERROR,
+        "SERVICE_UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
+        "TIMEOUT" => StatusCode::GATEWAY_TIMEOUT,
+        _ => return None,
+    })
+}
+
+/// An error's status: its category's, or for an unknown category the batch's own when that
+/// is worth another try (429, 5xx), else final.
+fn error_status(error: &Value, batch: StatusCode) -> StatusCode {
+    let category = error.get("category").and_then(Value::as_str).unwrap_or("");
+    category_status(category).unwrap_or(
+        if batch == StatusCode::TOO_MANY_REQUESTS || batch.is_server_error() {
+            batch
+        } else {
+            StatusCode::BAD_REQUEST
+        },
+    )
 }
 
 fn trace_id(value: &Value) -> Option<u64> {
@@ -125,9 +206,9 @@ impl BatchFormat for HubSpotBatch {
 
     fn decode(
         &self,
-        _status: StatusCode,
+        status: StatusCode,
         body: &Bytes,
-        ids: &[u64],
+        items: &[Sent<'_>],
     ) -> Result<Vec<ItemResult>, BoxError> {
         let answer = format::json("HubSpot batch", body)?;
         let mut found: HashMap<u64, ItemResult> = HashMap::new();
@@ -141,23 +222,101 @@ impl BatchFormat for HubSpotBatch {
                 }
             }
         }
-        if let Some(errors) = answer.get("errors").and_then(Value::as_array) {
-            for error in errors {
-                let status =
-                    category_status(error.get("category").and_then(Value::as_str).unwrap_or(""));
-                let traced = error
-                    .get("context")
-                    .and_then(|c| c.get("objectWriteTraceId"))
-                    .and_then(Value::as_array);
-                for id in traced.into_iter().flatten().filter_map(trace_id) {
-                    found.insert(id, ItemResult::new(status, format::to_bytes(error)));
-                }
+        // Failures the answer counts, and those it pins on inputs by trace id.
+        let errors = answer.get("errors").and_then(Value::as_array);
+        let mut traced = 0u64;
+        let mut loose: Vec<&Value> = Vec::new();
+        for error in errors.into_iter().flatten() {
+            let ids = error
+                .get("context")
+                .and_then(|c| c.get("objectWriteTraceId"))
+                .and_then(Value::as_array)
+                .map(|ids| ids.iter().filter_map(trace_id).collect::<Vec<_>>())
+                .unwrap_or_default();
+            if ids.is_empty() {
+                loose.push(error);
+                continue;
+            }
+            let item = ItemResult::new(error_status(error, status), format::to_bytes(error));
+            for id in ids {
+                traced += 1;
+                found.insert(id, item.clone());
             }
         }
-        Ok(ids
+        let listed = errors.map_or(0, |e| e.len() as u64);
+        let counted = answer
+            .get("numErrors")
+            .and_then(Value::as_u64)
+            .unwrap_or(listed);
+        let unaccounted = counted.saturating_sub(traced).max(loose.len() as u64);
+        let unnamed = items.iter().filter(|i| !found.contains_key(&i.id)).count() as u64;
+        // The failure an unnamed input may share: the first loose error, or the count alone.
+        let loose_result = |attributed: bool| {
+            let (code, body) = match loose.first() {
+                Some(error) => (error_status(error, status), format::to_bytes(error)),
+                None => (
+                    StatusCode::BAD_REQUEST,
+                    format::to_bytes(&serde_json::json!({
+                        "status": "error",
+                        "message": format!("{unaccounted} errors not tied to inputs"),
+                    })),
+                ),
+            };
+            if attributed {
+                ItemResult::new(code, body)
+            } else {
+                ItemResult::unattributed(code, body)
+            }
+        };
+        Ok(items
             .iter()
-            .map(|id| found.remove(id).unwrap_or_else(ItemResult::ok))
+            .map(|item| match found.remove(&item.id) {
+                Some(result) => result,
+                None if unaccounted == 0 => ItemResult::ok(),
+                // As many unnamed inputs as unnamed failures, all alike: each input failed so.
+                None if unnamed == unaccounted && loose.len() <= 1 => loose_result(true),
+                None => loose_result(false),
+            })
             .collect())
+    }
+
+    fn resend(&self) -> Resend {
+        match (self.action, &self.unique) {
+            (Action::Create, None) => Resend::Unsafe,
+            (Action::Create, Some(_)) => Resend::Provable,
+            _ => Resend::Safe,
+        }
+    }
+
+    fn applied_before(&self, result: &ItemResult) -> bool {
+        result.status == StatusCode::CONFLICT
+            && serde_json::from_slice::<Value>(&result.body).is_ok_and(|error| {
+                error.get("category").and_then(Value::as_str) == Some("OBJECT_ALREADY_EXISTS")
+            })
+    }
+
+    fn identity(&self, _head: &Parts, body: &Bytes) -> Option<String> {
+        let input: Value = serde_json::from_slice(body).ok()?;
+        let text = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        match (self.action, &self.unique) {
+            (Action::Create, Some(property)) => {
+                let value = input.get("properties")?.get(property).and_then(text)?;
+                Some(format!("{property}={value}"))
+            }
+            (Action::Create, None) => None,
+            _ => {
+                let id = input.get("id").and_then(text)?;
+                let property = input
+                    .get("idProperty")
+                    .and_then(Value::as_str)
+                    .unwrap_or("hs_object_id");
+                Some(format!("{property}={id}"))
+            }
+        }
     }
 }
 
@@ -202,7 +361,8 @@ mod tests {
             )
             .unwrap();
         let statuses: Vec<u16> = results.iter().map(|r| r.status.as_u16()).collect();
-        assert_eq!(statuses, [200, 400, 500, 200]);
+        // An unknown category in a 207 is final.
+        assert_eq!(statuses, [200, 400, 400, 200]);
         assert!(std::str::from_utf8(&results[1].body)
             .unwrap()
             .contains("bad email"));

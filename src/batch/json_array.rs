@@ -6,7 +6,7 @@ use http::{Method, StatusCode};
 use serde_json::Value;
 use tower::BoxError;
 
-use super::format::{self, BatchFormat, Envelope, ItemResult};
+use super::format::{self, BatchFormat, Envelope, ItemResult, Sent};
 use crate::ConfigError;
 
 /// Any endpoint that takes `[item, item, ...]` and, for partial failures, answers
@@ -92,17 +92,17 @@ impl BatchFormat for JsonArrayBatch {
         &self,
         status: StatusCode,
         body: &Bytes,
-        ids: &[u64],
+        items: &[Sent<'_>],
     ) -> Result<Vec<ItemResult>, BoxError> {
         let elements = match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Array(elements)) if elements.len() == ids.len() => elements,
+            Ok(Value::Array(elements)) if elements.len() == items.len() => elements,
             _ if status != StatusCode::MULTI_STATUS => {
-                return Ok(vec![ItemResult::ok(); ids.len()])
+                return Ok(vec![ItemResult::ok(); items.len()])
             }
             _ => {
                 return Err(format!(
                     "JSON array batch: a 207 answer must be an array of {} results",
-                    ids.len()
+                    items.len()
                 )
                 .into())
             }

@@ -9,8 +9,12 @@ use tower::BoxError;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use tokio::time::Instant;
+
 use super::service::Batch;
 use super::{BatchFormat, BatchStats};
+use crate::backoff::Backoff;
+use crate::bucket::Bucket;
 use crate::classify::HttpClassifier;
 use crate::{ConfigError, ReplayBody};
 
@@ -23,8 +27,14 @@ pub(crate) struct Config<F> {
     pub(crate) max_item_attempts: u32,
     pub(crate) max_in_flight: usize,
     pub(crate) classifier: HttpClassifier,
+    pub(crate) backoff: Backoff,
+    /// Holds the shared gate after an item-level 429 ([`BatchLayer::with_bucket`]).
+    pub(crate) hold: Option<Hold>,
     pub(crate) stats: BatchStats,
 }
+
+/// Holds a bucket until an instant.
+pub(crate) type Hold = Arc<dyn Fn(Instant) + Send + Sync>;
 
 impl<F> Clone for Config<F> {
     fn clone(&self) -> Self {
@@ -36,6 +46,8 @@ impl<F> Clone for Config<F> {
             max_item_attempts: self.max_item_attempts,
             max_in_flight: self.max_in_flight,
             classifier: self.classifier.clone(),
+            backoff: self.backoff,
+            hold: self.hold.clone(),
             stats: self.stats.clone(),
         }
     }
@@ -50,6 +62,8 @@ impl<F> fmt::Debug for Config<F> {
             .field("linger", &self.linger)
             .field("max_item_attempts", &self.max_item_attempts)
             .field("max_in_flight", &self.max_in_flight)
+            .field("backoff", &self.backoff)
+            .field("holds_gate", &self.hold.is_some())
             .finish()
     }
 }
@@ -57,9 +71,19 @@ impl<F> fmt::Debug for Config<F> {
 /// Coalesces per-record requests into vendor batch requests; see the
 /// [module docs](crate::batch).
 ///
-/// Defaults: the format's item and byte limits, a 20 ms linger, 3 batches per item at most
-/// (a first send and two re-batchings of a transient per-item failure), 32 batches in flight
-/// at most, the default [`HttpClassifier`] to tell transient item statuses from final ones.
+/// Defaults: the format's item and byte limits, a 20 ms linger, 3 sends per item at most
+/// (a first send and two re-batchings of a transient per-item failure; splits of a batch to
+/// find a bad record do not count), the format's
+/// [`max_in_flight`](BatchFormat::max_in_flight) batches in flight at most (32 unless the
+/// vendor allows fewer connections), the default
+/// [`HttpClassifier`] to tell transient item statuses from final ones, and the default
+/// [`Backoff`] before an item is sent again after a transient failure of its own (a 429's
+/// `Retry-After` when the answer carries one).
+///
+/// Attach the gate's bucket with [`with_bucket`](BatchLayer::with_bucket) (or use
+/// [`ThrottleBuilder::batch`](crate::ThrottleBuilder::batch), which does) so that a record
+/// refused for the rate inside a multi-status answer holds every caller, as a refused batch
+/// does.
 ///
 /// `B` is the body type of the batch requests the inner service receives
 /// (`Full<Bytes>` unless changed with [`with_body`](BatchLayer::with_body)).
@@ -80,11 +104,13 @@ impl<F: BatchFormat> BatchLayer<F, Full<Bytes>> {
             config: Config {
                 max_items: format.max_items().max(1),
                 max_bytes: format.max_bytes(),
+                max_in_flight: format.max_in_flight().max(1),
                 format: Arc::new(format),
                 linger: Duration::from_millis(20),
                 max_item_attempts: 3,
-                max_in_flight: 32,
                 classifier: HttpClassifier::default(),
+                backoff: Backoff::default(),
+                hold: None,
                 stats: BatchStats::default(),
             },
             _body: PhantomData,
@@ -175,6 +201,23 @@ impl<F: BatchFormat, B> BatchLayer<F, B> {
         self
     }
 
+    /// How long an item waits before it is sent again after a transient failure of its own
+    /// (a 5xx or 429 for that record inside a multi-status answer); use the retry policy's
+    /// ([`RetryPolicy::backoff`](crate::RetryPolicy::backoff)) so both pace alike. A 429 with
+    /// `Retry-After` waits that long instead.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// The bucket of the gate below: a record refused for the rate inside a multi-status
+    /// answer holds it until the answer's `Retry-After` (or the back-off), so every caller
+    /// pauses, as a whole-batch 429 does through the retry policy.
+    pub fn with_bucket<K: Bucket>(mut self, bucket: K) -> Self {
+        self.config.hold = Some(Arc::new(move |until| bucket.hold_until(until)));
+        self
+    }
+
     /// Sends batch requests with body type `B2` (any [`ReplayBody`](crate::ReplayBody)).
     pub fn with_body<B2>(self) -> BatchLayer<F, B2> {
         BatchLayer {
@@ -191,6 +234,12 @@ impl<F: BatchFormat, B> BatchLayer<F, B> {
     /// The format.
     pub fn format(&self) -> &F {
         &self.config.format
+    }
+}
+
+impl<F: BatchFormat> From<F> for BatchLayer<F> {
+    fn from(format: F) -> Self {
+        BatchLayer::new(format)
     }
 }
 

@@ -84,6 +84,7 @@
 //! [`WeightedRateLimitLayer`](crate::rate_limit::WeightedRateLimitLayer) below admits the batch
 //! at, atomically across every window (limits that count records or objects, as Braze's do).
 
+mod braze;
 mod customerio;
 mod format;
 pub mod future;
@@ -103,11 +104,15 @@ use http::StatusCode;
 use http_body_util::Full;
 use tower::BoxError;
 
+pub use braze::BrazeTrack;
 pub use customerio::{CustomerIoBatch, CUSTOMERIO_MAX_BYTES, CUSTOMERIO_MAX_ITEMS};
-pub use format::{BatchFormat, Envelope, ItemResult};
+pub use format::{BatchFormat, Envelope, ItemResult, Resend, Sent};
 pub use hubspot::{HubSpotBatch, HUBSPOT_MAX_INPUTS};
 pub use json_array::JsonArrayBatch;
-pub use mailchimp::{MailchimpBatch, MAILCHIMP_MAX_OPERATIONS};
+pub use mailchimp::{
+    MailchimpBatch, MailchimpMembers, MAILCHIMP_MAX_CONNECTIONS, MAILCHIMP_MAX_MEMBERS,
+    MAILCHIMP_MAX_OPERATIONS,
+};
 pub use service::Batch;
 
 /// What an item's caller receives.
@@ -167,6 +172,15 @@ pub enum BatchError {
         /// What was wrong with it.
         reason: String,
     },
+    /// The answer reported failures it did not tie to records, this record is among those it
+    /// did not clear, and the endpoint is not safe to send it to again
+    /// ([`Resend::Unsafe`]): it may or may not have been applied. Never reported delivered.
+    Unattributed {
+        /// The batch's status.
+        status: StatusCode,
+        /// The failure the answer reported, as the vendor wrote it.
+        reason: String,
+    },
     /// The batch failed without a response (the inner service's error, after its retries).
     Failed {
         /// The inner error.
@@ -191,6 +205,10 @@ impl fmt::Display for BatchError {
                 f,
                 "batch answered {status} but could not be split into items ({reason}); not retried, the records may have been delivered"
             ),
+            BatchError::Unattributed { status, reason } => write!(
+                f,
+                "batch answered {status} with failures it did not tie to records, and this one may be among them ({reason}); not resent, since the endpoint is not idempotent: look the record up before sending it again"
+            ),
             BatchError::Failed { reason } => write!(f, "batch failed: {reason}"),
             BatchError::Closed => f.write_str("batch worker is gone (its runtime shut down)"),
         }
@@ -205,13 +223,15 @@ struct Counters {
     items_sent: AtomicU64,
     rebatched: AtomicU64,
     delivered: AtomicU64,
+    accepted: AtomicU64,
     failed: AtomicU64,
     cancelled: AtomicU64,
+    bisections: AtomicU64,
 }
 
 /// Counters of a [`BatchLayer`](crate::BatchLayer) (every service it built), read at any time.
 ///
-/// At rest, every submitted item is counted once in `delivered + failed + cancelled`;
+/// At rest, every submitted item is counted once in `delivered + accepted + failed + cancelled`;
 /// `items_sent` counts each time an item went out, so `items_sent - rebatched` is the number
 /// of items sent at least once.
 #[derive(Debug, Clone, Default)]
@@ -243,12 +263,18 @@ counter! {
     items_sent, add_items_sent;
     /// Items put back in the queue after a transient item failure.
     rebatched, add_rebatched;
-    /// Items answered with a 2xx.
+    /// Items answered with a 2xx other than 202.
     delivered, add_delivered;
+    /// Items answered `202 Accepted`: taken by an asynchronous endpoint (Mailchimp's
+    /// `/batches`), outcome not yet known. Not counted as delivered.
+    accepted, add_accepted;
     /// Items answered with a failure (a non-2xx status or an error).
     failed, add_failed;
     /// Items withdrawn by their callers before they were sent.
     cancelled, add_cancelled;
+    /// Batches split in two because their answer did not settle every record (a whole-batch
+    /// refusal caused by some of them, or failures not tied to records).
+    bisections, add_bisections;
 }
 
 impl BatchStats {

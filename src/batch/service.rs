@@ -85,15 +85,23 @@ impl<F: BatchFormat> Batch<F> {
                 max_bytes: self.config.max_bytes,
             });
         }
+        let identity = self.config.format.identity(&head, &body).map(Arc::from);
         let (reply, rx) = oneshot::channel();
+        let now = Instant::now();
         let item = Item {
             id,
             bytes: encoded,
             origin: Origin::of(&head),
             headers: head.headers,
-            since: Instant::now(),
+            identity,
+            due: crate::clock::later(now, self.config.linger),
+            not_before: now,
+            lane: 0,
+            cap: usize::MAX,
             batches: 0,
+            retries: 0,
             attempts: 0,
+            unsure: false,
             reply,
         };
         self.launch.ensure_started();

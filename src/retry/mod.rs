@@ -91,7 +91,7 @@ pub(crate) mod policy;
 pub use crate::body::ReplayBody;
 pub use inspect::{InspectBody, InspectBodyLayer, InspectedBody, PrefixedBody};
 pub(crate) use layer::RetryLayer;
-pub use policy::Attempts;
+pub use policy::{Attempts, Idempotent};
 pub(crate) use policy::RetryPolicy;
 pub(crate) use policy::{seen_body, MIN_QUOTA_WAIT};
 #[cfg(feature = "reqwest")]

@@ -33,6 +33,41 @@ use crate::{ConfigError, ThrottleError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Attempts(pub u32);
 
+/// Request extension: whether applying this request twice has the effect of applying it once.
+///
+/// When an attempt's answer is lost after the request was written (a timeout, a connection
+/// reset), the server may have applied it. The policy resends such a request only when it is
+/// idempotent: this extension when present, else a request carrying an `Idempotency-Key`
+/// header, else an idempotent method by RFC 9110 (`GET`, `HEAD`, `PUT`, `DELETE`, `OPTIONS`,
+/// `TRACE`). A `POST` or `PATCH` is therefore at-most-once by default: it fails with
+/// [`ThrottleError::OutcomeUnknown`] (kept by a dead-letter layer for reconciliation) instead
+/// of being applied twice. Answers that prove nothing was applied (a 429, a 503, a refused
+/// connection) are retried whatever the method.
+///
+/// ```
+/// use tower_throttle::retry::Idempotent;
+///
+/// // An upsert sent as POST: safe to send twice.
+/// let mut req = http::Request::post("https://api.example.com/v1/contacts/upsert").body(()).unwrap();
+/// req.extensions_mut().insert(Idempotent(true));
+/// assert!(Idempotent::of(&req));
+/// assert!(!Idempotent::of(&http::Request::post("https://api.example.com/v1/events").body(()).unwrap()));
+/// assert!(Idempotent::of(&http::Request::put("https://api.example.com/v1/contacts/7").body(()).unwrap()));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Idempotent(pub bool);
+
+impl Idempotent {
+    /// Whether `req` may be sent again after an attempt whose outcome is unknown, by the
+    /// rule above.
+    pub fn of<B>(req: &http::Request<B>) -> bool {
+        match req.extensions().get::<Idempotent>() {
+            Some(Idempotent(marked)) => *marked,
+            None => req.headers().contains_key("idempotency-key") || req.method().is_idempotent(),
+        }
+    }
+}
+
 /// Marks a request whose body could not be copied, so the policy can say why it stopped.
 #[derive(Debug, Clone, Copy)]
 struct NotCloned;
@@ -651,7 +686,13 @@ where
             Err(err) => self.observe_error(&**err),
         };
         let outcome = observed.outcome();
-        let replayable = req.extensions().get::<NotCloned>().is_none();
+        // An answer lost after the request was written may hide an applied request: only an
+        // idempotent one is sent again.
+        let unknown = match result {
+            Err(err) => crate::classify::outcome_unknown(&**err) && !Idempotent::of(req),
+            Ok(_) => false,
+        };
+        let replayable = req.extensions().get::<NotCloned>().is_none() && !unknown;
         let (step, hold) = self.decide(observed, replayable, now);
         if let Some(until) = hold {
             self.hold_key(until, || head_of(req));
@@ -660,6 +701,14 @@ where
             Step::Done => {
                 if let Ok(res) = result {
                     res.extensions_mut().insert(Attempts(self.attempt));
+                }
+                None
+            }
+            Step::NotReplayable if unknown => {
+                if let Err(err) = result {
+                    let reason = format!("{err} after attempt {}", self.attempt);
+                    tracing::warn!(%reason, uri = %req.uri(), "not retrying: outcome unknown and the request is not idempotent");
+                    *result = Err(ThrottleError::OutcomeUnknown { reason }.into());
                 }
                 None
             }

@@ -53,7 +53,11 @@ use tower::{BoxError, ServiceBuilder};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use bytes::Bytes;
+use http_body_util::Full;
+
 use crate::adaptive::{Adaptive, AdaptiveLayer, RateController};
+use crate::batch::{Batch, BatchFormat, BatchStats};
 use crate::bucket::{Bucket, KeyedBucket, LocalBucket};
 use crate::classify::{Classify, HttpClassifier};
 use crate::dead_letter::{DeadLetterLayer, DeadLetterStore, DeadLetters};
@@ -61,7 +65,7 @@ use crate::metrics::Stats;
 use crate::rate_limit::{Destination, DestinationKey, KeyedRateLimit, KeyedRateLimitLayer};
 use crate::retry::{InspectBody, InspectBodyLayer, ReplayBody, RetryLayer, RetryPolicy};
 use crate::timeout::BodyTimeout;
-use crate::{ConfigError, Limits, RateLimit, RateLimitLayer};
+use crate::{BatchLayer, ConfigError, Limits, RateLimit, RateLimitLayer};
 
 mod sealed {
     pub trait Sealed {}
@@ -427,6 +431,47 @@ impl<C, T> ThrottleBuilder<C, T> {
         self
     }
 
+    /// Coalesces records into the vendor's batch calls ([`BatchLayer`]) above the stack:
+    /// the batch layer sits above the retry layer and holds the same bucket, so a record
+    /// refused for the rate inside a multi-status answer pauses every caller as a refused
+    /// batch does, and re-batched records back off with the retry policy's
+    /// [`backoff`](RetryPolicy::backoff). A dead-letter store given with
+    /// [`dead_letters`](Self::dead_letters) goes above the batch layer and keeps each failed
+    /// *record*. Pass a format, or a configured [`BatchLayer`].
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::{service_fn, ServiceExt};
+    /// use tower_throttle::batch::HubSpotBatch;
+    /// use tower_throttle::{presets, RetryPolicy, Throttle};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// // A stand-in for HubSpot: every input upserted.
+    /// let api = service_fn(|req: http::Request<Full<Bytes>>| async move {
+    ///     assert_eq!(req.uri().path(), "/crm/v3/objects/contacts/batch/upsert");
+    ///     let answer = Full::new(Bytes::from_static(br#"{"status":"COMPLETE","results":[]}"#));
+    ///     Ok::<_, tower::BoxError>(http::Response::new(answer))
+    /// });
+    /// let client = Throttle::builder()
+    ///     .limits(presets::hubspot())
+    ///     .retry(RetryPolicy::default())
+    ///     .batch(HubSpotBatch::upsert("contacts"))
+    ///     .build(api)?;
+    /// let contact = http::Request::post("https://api.hubapi.com/crm/v3/objects/contacts")
+    ///     .body(Full::from(r#"{"id":"a@example.com","idProperty":"email","properties":{}}"#))?;
+    /// assert_eq!(client.clone().oneshot(contact).await?.status(), 200);
+    /// assert_eq!(client.batch_stats().batches(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn batch<F: BatchFormat>(self, batch: impl Into<BatchLayer<F>>) -> BatchBuilder<F, C, T> {
+        BatchBuilder {
+            throttle: self,
+            batch: batch.into(),
+        }
+    }
+
     /// Gives each URI authority (`host:port`) its own bucket enforcing the limits, for one
     /// client calling several APIs (or several workspaces on their own hosts). A 429 holds only
     /// the destination that sent it, and the limits' concurrency cap applies per destination.
@@ -721,5 +766,164 @@ where
             AttemptProj::Timed { f } => f.poll(cx),
             AttemptProj::Plain { f } => f.poll(cx).map_err(Into::into),
         }
+    }
+}
+
+/// [`ThrottleBuilder`] after [`batch`](ThrottleBuilder::batch): builds the usual stack with
+/// a [`BatchLayer`] on top (and the dead-letter layer, if any, above that).
+#[derive(Debug)]
+#[must_use = "call .build(client) to get the service"]
+pub struct BatchBuilder<F, C = HttpClassifier, T = Streamed> {
+    throttle: ThrottleBuilder<C, T>,
+    batch: BatchLayer<F>,
+}
+
+/// The usual stack with batching: records in, one response per record out. Build it with
+/// [`ThrottleBuilder::batch`].
+pub struct Batched<F> {
+    inner: Either<DeadLetters<Batch<F>>, Batch<F>>,
+    buckets: Buckets,
+    stats: BatchStats,
+}
+
+impl<F> Batched<F> {
+    /// The shared bucket, as [`Throttle::bucket`].
+    pub fn bucket(&self) -> Option<&LocalBucket> {
+        match &self.buckets {
+            Buckets::Shared(b) => Some(b),
+            Buckets::Keyed(_) => None,
+        }
+    }
+
+    /// The batch layer's counters.
+    pub fn batch_stats(&self) -> &BatchStats {
+        &self.stats
+    }
+}
+
+impl<F> Clone for Batched<F> {
+    fn clone(&self) -> Self {
+        Batched {
+            inner: self.inner.clone(),
+            buckets: self.buckets.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+impl<F> fmt::Debug for Batched<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batched")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: BatchFormat, B: ReplayBody> Service<http::Request<B>> for Batched<F> {
+    type Response = http::Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<http::Response<Full<Bytes>>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<http::Request<B>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        Box::pin(self.inner.call(req))
+    }
+}
+
+impl<F: BatchFormat, C, T> BatchBuilder<F, C, T> {
+    /// Puts the batch layer over a built throttle: the throttle's bucket, the retry policy's
+    /// back-off, the dead-letter layer above.
+    fn assemble<S, R>(
+        batch: BatchLayer<F>,
+        dead_letters: Option<DeadLetterLayer>,
+        throttle: Throttle<S, C>,
+    ) -> Batched<F>
+    where
+        S: Service<http::Request<Full<Bytes>>, Response = http::Response<R>>
+            + Clone
+            + Send
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        C: Classify + Send + Sync + 'static,
+        R: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+    {
+        let buckets = throttle.buckets.clone();
+        let batch = match &buckets {
+            Buckets::Shared(bucket) => batch.with_bucket(bucket.clone()),
+            // A keyed gate holds per destination; the records' own 429s back off.
+            Buckets::Keyed(_) => batch,
+        };
+        let stats = batch.stats();
+        let batched = batch.layer(throttle);
+        let inner = match dead_letters {
+            Some(layer) => Either::Left(layer.layer(batched)),
+            None => Either::Right(batched),
+        };
+        Batched {
+            inner,
+            buckets,
+            stats,
+        }
+    }
+
+    /// The batch layer with the retry policy's back-off, and the dead-letter layer taken
+    /// out of the throttle (it goes above the batch layer, to keep records, not batches).
+    fn split(
+        mut self,
+    ) -> (
+        ThrottleBuilder<C, T>,
+        BatchLayer<F>,
+        Option<DeadLetterLayer>,
+    ) {
+        let dead_letters = self.throttle.dead_letters.take();
+        let batch = self.batch.with_backoff(*self.throttle.retry.backoff());
+        (self.throttle, batch, dead_letters)
+    }
+}
+
+impl<F: BatchFormat, C> BatchBuilder<F, C, Streamed> {
+    /// Wraps `client`.
+    ///
+    /// # Errors
+    /// As [`ThrottleBuilder::build`].
+    pub fn build<S, R>(self, client: S) -> Result<Batched<F>, ConfigError>
+    where
+        S: Service<http::Request<Full<Bytes>>, Response = http::Response<R>>
+            + Clone
+            + Send
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        C: Classify + Send + Sync + 'static,
+        R: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+    {
+        let (throttle, batch, dead_letters) = self.split();
+        Ok(Self::assemble(batch, dead_letters, throttle.build(client)?))
+    }
+}
+
+impl<F: BatchFormat, C> BatchBuilder<F, C, Buffered> {
+    /// Wraps `client`, each attempt reading the whole response within the timeout.
+    ///
+    /// # Errors
+    /// As [`ThrottleBuilder::build`].
+    pub fn build<S, R>(self, client: S) -> Result<Batched<F>, ConfigError>
+    where
+        S: Service<http::Request<Full<Bytes>>, Response = http::Response<R>>
+            + Clone
+            + Send
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        C: Classify + Send + Sync + 'static,
+        R: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+        R::Data: Into<Bytes>,
+    {
+        let (throttle, batch, dead_letters) = self.split();
+        Ok(Self::assemble(batch, dead_letters, throttle.build(client)?))
     }
 }

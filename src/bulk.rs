@@ -203,11 +203,7 @@ impl fmt::Display for BulkReport {
         write!(
             f,
             "{} lost (failed, not kept), {} dead-lettered, of {} in {:.2?} ({:.0}/s)",
-            self.failed,
-            self.dead_lettered,
-            self.processed,
-            self.elapsed,
-            self.rate_per_sec
+            self.failed, self.dead_lettered, self.processed, self.elapsed, self.rate_per_sec
         )
     }
 }

@@ -138,7 +138,10 @@ pub use adaptive::{
 };
 pub use batch::layer::BatchLayer;
 pub use bucket::local::LocalBucket;
-pub use builder::{Buffered, Inspected, ServiceBuilderExt, Streamed, Throttle, ThrottleBuilder};
+pub use builder::{
+    BatchBuilder, Batched, Buffered, Inspected, ServiceBuilderExt, Streamed, Throttle,
+    ThrottleBuilder,
+};
 pub use bulk::{run_bulk, BulkOptions, BulkReport, JobOutcome, Progress};
 #[cfg(feature = "file-store")]
 pub use dead_letter::file::FileStore;

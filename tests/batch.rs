@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_throttle::backoff::{Backoff, Jitter};
 #[cfg(feature = "mock")]
 use tower_throttle::mock::{ServerLimit, ServerLimiter};
 use tower_throttle::{
@@ -24,7 +25,6 @@ use tower_throttle::{
     dead_letter::{DeadLetterStore, MemoryStore},
     DeadLetterLayer,
 };
-use tower_throttle::backoff::{Backoff, Jitter};
 use tower_throttle::{presets, ConfigError, LocalBucket, Quota, RateLimitLayer};
 use tower_throttle::{retry::Attempts, RetryLayer, RetryPolicy};
 use tower_throttle::{run_bulk, BulkOptions};
@@ -403,7 +403,10 @@ async fn a_refusal_of_every_record_is_split_until_each_answer_is_its_own() {
     // [0 1 2] refused: split into [0 1] and [2]; [0 1] refused: split again. Halves in
     // flight together may reach the server in either order.
     batches.sort();
-    assert_eq!(batches, [vec![0], vec![0, 1], vec![0, 1, 2], vec![1], vec![2]]);
+    assert_eq!(
+        batches,
+        [vec![0], vec![0, 1], vec![0, 1, 2], vec![1], vec![2]]
+    );
     assert_eq!(stats.bisections(), 2);
     assert_eq!(stats.failed(), 3);
 }

@@ -178,7 +178,11 @@ async fn mailchimp_operations_go_500_to_a_call_and_are_accepted_not_delivered() 
     )
     .await;
     // Mailchimp only queued them: accepted, outcome not yet known, never "delivered".
-    assert_eq!((report.accepted, report.succeeded), (1_200, 0), "{report:?}");
+    assert_eq!(
+        (report.accepted, report.succeeded),
+        (1_200, 0),
+        "{report:?}"
+    );
     let stats = server.stats();
     assert_eq!(stats.accepted, 3, "{stats:?}");
     assert_eq!((stats.items_accepted, stats.distinct_ids), (1_200, 1_200));

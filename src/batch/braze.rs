@@ -213,8 +213,15 @@ mod tests {
             .encode_item(1, &head, &Bytes::from_static(br#"{"product_id":"p"}"#))
             .is_err());
         let ok = format
-            .encode_item(1, &head, &Bytes::from_static(br#"{"external_id":"u1","product_id":"p"}"#))
+            .encode_item(
+                1,
+                &head,
+                &Bytes::from_static(br#"{"external_id":"u1","product_id":"p"}"#),
+            )
             .unwrap();
-        assert_eq!(format.identity(&head, &ok).as_deref(), Some(r#"external_id="u1""#));
+        assert_eq!(
+            format.identity(&head, &ok).as_deref(),
+            Some(r#"external_id="u1""#)
+        );
     }
 }

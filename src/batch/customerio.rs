@@ -6,7 +6,7 @@ use http::{Method, StatusCode};
 use serde_json::Value;
 use tower::BoxError;
 
-use super::format::{self, BatchFormat, Envelope, ItemResult, Sent, Resend};
+use super::format::{self, BatchFormat, Envelope, ItemResult, Resend, Sent};
 
 /// Customer.io's documented ceiling for one `/api/v2/batch` request: "smaller than 500kb".
 /// Read as 500,000 bytes (the smaller of the two readings), minus one for "smaller than".
@@ -143,7 +143,10 @@ impl BatchFormat for CustomerIoBatch {
     fn identity(&self, _head: &Parts, body: &Bytes) -> Option<String> {
         let entity: Value = serde_json::from_slice(body).ok()?;
         let identifiers = entity.get("identifiers")?;
-        let kind = entity.get("type").and_then(Value::as_str).unwrap_or("person");
+        let kind = entity
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("person");
         // serde_json keeps object keys sorted, so equal identifiers print alike.
         Some(format!("{kind}:{identifiers}"))
     }

@@ -8,7 +8,7 @@ use http::{Method, StatusCode};
 use serde_json::Value;
 use tower::BoxError;
 
-use super::format::{self, BatchFormat, Envelope, ItemResult, Sent, Resend};
+use super::format::{self, BatchFormat, Envelope, ItemResult, Resend, Sent};
 use crate::ConfigError;
 
 /// The most inputs HubSpot's CRM batch endpoints accept in one request.

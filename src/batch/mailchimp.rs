@@ -237,16 +237,29 @@ impl BatchFormat for MailchimpMembers {
         let answer = format::json("Mailchimp members", body)?;
         let mut named: std::collections::HashMap<String, ItemResult> = Default::default();
         for list in ["new_members", "updated_members"] {
-            for member in answer.get(list).and_then(Value::as_array).into_iter().flatten() {
+            for member in answer
+                .get(list)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(email) = email_of(member) {
-                    named.insert(email, ItemResult::new(StatusCode::OK, format::to_bytes(member)));
+                    named.insert(
+                        email,
+                        ItemResult::new(StatusCode::OK, format::to_bytes(member)),
+                    );
                 }
             }
         }
-        for error in answer.get("errors").and_then(Value::as_array).into_iter().flatten() {
+        for error in answer
+            .get("errors")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(email) = email_of(error) {
-                let exists = error.get("error_code").and_then(Value::as_str)
-                    == Some("ERROR_CONTACT_EXISTS");
+                let exists =
+                    error.get("error_code").and_then(Value::as_str) == Some("ERROR_CONTACT_EXISTS");
                 let status = if exists {
                     StatusCode::CONFLICT
                 } else {

@@ -473,7 +473,11 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
         for item in &mut items {
             item.attempts += 1;
         }
-        let reason = err.to_string();
+        let reason = match throttle_error(&*err) {
+            // Said already by the retry layer below: keep its words, not a wrapper of them.
+            Some(ThrottleError::OutcomeUnknown { reason }) => reason.clone(),
+            _ => err.to_string(),
+        };
         if !classify::outcome_unknown(&*err) {
             self.fail_all(items, |item| {
                 BatchError::Failed {
@@ -546,21 +550,15 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
 
     /// Settles one item by the vendor's result for it: delivered and final failures are
     /// answered; a transient failure is handed back to be sent again.
-    fn resolve(
-        &mut self,
-        item: Item,
-        result: ItemResult,
-        headers: &HeaderMap,
-    ) -> Option<Retry> {
+    fn resolve(&mut self, item: Item, result: ItemResult, headers: &HeaderMap) -> Option<Retry> {
         let format = &self.config.format;
-        let result = if item.unsure
-            && format.resend() == Resend::Provable
-            && format.applied_before(&result)
-        {
-            ItemResult::new(StatusCode::OK, result.body)
-        } else {
-            result
-        };
+        let result =
+            if item.unsure && format.resend() == Resend::Provable && format.applied_before(&result)
+            {
+                ItemResult::new(StatusCode::OK, result.body)
+            } else {
+                result
+            };
         let now = SystemTime::now();
         let outcome = self
             .config
@@ -601,10 +599,10 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
         for item in &mut items {
             item.attempts += attempts;
         }
-        let outcome =
-            self.config
-                .classifier
-                .classify_response(status, &headers, SystemTime::now());
+        let outcome = self
+            .config
+            .classifier
+            .classify_response(status, &headers, SystemTime::now());
         if !status.is_success() && outcome.is_retryable() {
             // A 429 or 5xx the retry layer below gave up on: every item gets the batch's
             // answer as its own, so a dead-letter layer above keeps each.

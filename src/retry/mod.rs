@@ -91,8 +91,8 @@ pub(crate) mod policy;
 pub use crate::body::ReplayBody;
 pub use inspect::{InspectBody, InspectBodyLayer, InspectedBody, PrefixedBody};
 pub(crate) use layer::RetryLayer;
-pub use policy::{Attempts, Idempotent};
 pub(crate) use policy::RetryPolicy;
 pub(crate) use policy::{seen_body, MIN_QUOTA_WAIT};
+pub use policy::{Attempts, Idempotent};
 #[cfg(feature = "reqwest")]
 pub(crate) use policy::{Observed, Step};

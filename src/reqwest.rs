@@ -73,7 +73,9 @@ use crate::dead_letter::layer::Config as DeadLetterConfig;
 use crate::dead_letter::service::{Captured, CapturedUri};
 use crate::dead_letter::{error_text, DeadLetterLayer, DeadLetterStore, DeadLettered};
 use crate::retry::future::RetryDelay;
-use crate::retry::{Attempts, InspectBodyLayer, InspectedBody, Observed, RetryPolicy, Step};
+use crate::retry::{
+    Attempts, Idempotent, InspectBodyLayer, InspectedBody, Observed, RetryPolicy, Step,
+};
 use crate::{ConfigError, Limits, RateLimitLayer, ThrottleError};
 
 /// A [`Middleware`] applying a shared rate limit and a 429-aware retry policy to a `reqwest`
@@ -439,6 +441,7 @@ impl<B: Bucket + Clone, C: Classify + Send + Sync + 'static> ThrottleMiddleware<
                 .as_deref()
                 .filter(|p| p.holds_keys())
                 .map(|_| head_of(&req, extensions));
+            let idempotent = Idempotent::from_parts(req.method(), req.headers(), extensions);
             let mut result = next.clone().run(req, extensions).await;
             // Only with a policy to read it: without one the body is the caller's alone.
             let reads_body = policy
@@ -460,7 +463,13 @@ impl<B: Bucket + Clone, C: Classify + Send + Sync + 'static> ThrottleMiddleware<
             let observed = observe(policy, &result);
             let outcome = observed.outcome();
             let now = Instant::now();
-            let (step, hold) = policy.decide(observed, copy.is_some(), now);
+            // As in the tower stack: an answer lost after the request was written is only
+            // worth a resend for an idempotent request.
+            let unknown = match &result {
+                Err(e) => crate::classify::outcome_unknown(inner_error(e)) && !idempotent,
+                Ok(_) => false,
+            };
+            let (step, hold) = policy.decide(observed, copy.is_some() && !unknown, now);
             if let (Some(until), Some(head)) = (hold, head) {
                 policy.hold_key(until, || head);
             }
@@ -470,6 +479,13 @@ impl<B: Bucket + Clone, C: Classify + Send + Sync + 'static> ThrottleMiddleware<
                         res.extensions_mut().insert(Attempts(policy.attempts()));
                     }
                     return result;
+                }
+                Step::NotReplayable if unknown => {
+                    let reason = match &result {
+                        Err(e) => format!("{e} after attempt {}", policy.attempts()),
+                        Ok(res) => res.status().to_string(),
+                    };
+                    return Err(Error::middleware(ThrottleError::OutcomeUnknown { reason }));
                 }
                 Step::NotReplayable => {
                     let err = match &result {

@@ -47,8 +47,11 @@ where
 {
     let mut attempts = Vec::new();
     for id in 0..n {
+        // An Idempotency-Key makes a timed-out POST safe to resend (without one it would fail
+        // as outcome unknown: `batch_truth::a_single_post_whose_answer_was_lost_is_not_resent`).
         let req = http::Request::post(server.uri("/v1/track"))
             .header("x-request-id", id.to_string())
+            .header("idempotency-key", format!("track-{id}"))
             .body(Full::new(Bytes::from(format!("{{\"id\":{id}}}"))))
             .unwrap();
         let res = svc.ready().await.unwrap().call(req).await.unwrap();

@@ -75,8 +75,11 @@ impl Scripted {
     }
 }
 
+/// An event that is safe to send twice (its `Idempotency-Key`), so every failure here may be
+/// retried; without the key a lost answer is final (`a_timed_out_post_without_a_key_is_not_resent`).
 fn req() -> http::Request<Full<Bytes>> {
     http::Request::post("http://api.example/v1/track")
+        .header("idempotency-key", "track-1")
         .body(Full::new(Bytes::from_static(b"{\"id\":1}")))
         .unwrap()
 }
@@ -372,6 +375,40 @@ async fn timeouts_are_retried() {
         .layer(RetryLayer::new(policy))
         .service(server.service());
     assert_eq!(svc.oneshot(req()).await.unwrap().status(), 200);
+    assert_eq!(server.calls(), vec![secs(0), secs(1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_post_without_a_key_is_not_resent() {
+    let server = Scripted::new(vec![Err(Box::new(tower::timeout::error::Elapsed::new()))]);
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            RetryPolicy::default().with_backoff(exact_backoff()),
+        ))
+        .service(server.service());
+    let mut post = req();
+    post.headers_mut().remove("idempotency-key");
+    let err = svc.oneshot(post).await.unwrap_err();
+    assert!(matches!(
+        ThrottleError::from_box(&err),
+        Some(ThrottleError::OutcomeUnknown { .. })
+    ));
+    assert_eq!(server.calls(), vec![secs(0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_connection_is_retried_whatever_the_method() {
+    let server = Scripted::new(vec![Err(Box::new(std::io::Error::from(
+        std::io::ErrorKind::ConnectionRefused,
+    )))]);
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            RetryPolicy::default().with_backoff(exact_backoff()),
+        ))
+        .service(server.service());
+    let mut post = req();
+    post.headers_mut().remove("idempotency-key");
+    assert_eq!(svc.oneshot(post).await.unwrap().status(), 200);
     assert_eq!(server.calls(), vec![secs(0), secs(1)]);
 }
 

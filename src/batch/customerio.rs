@@ -163,7 +163,7 @@ mod tests {
             .decode(
                 StatusCode::MULTI_STATUS,
                 &Bytes::from_static(answer),
-                &[5, 6, 7],
+                &format::sent_ids(&[5, 6, 7]),
             )
             .unwrap();
         let statuses: Vec<u16> = results.iter().map(|r| r.status.as_u16()).collect();
@@ -173,7 +173,7 @@ mod tests {
             .decode(
                 StatusCode::MULTI_STATUS,
                 &Bytes::from_static(bad_index),
-                &[5, 6, 7]
+                &format::sent_ids(&[5, 6, 7])
             )
             .is_err());
     }

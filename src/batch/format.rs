@@ -318,3 +318,15 @@ pub(crate) fn json_object(
 pub(crate) fn to_bytes(value: &serde_json::Value) -> Bytes {
     Bytes::from(serde_json::to_vec(value).unwrap_or_default())
 }
+
+/// Items with these ids and no bytes, for decoders that match by id.
+#[cfg(test)]
+pub(crate) fn sent_ids(ids: &[u64]) -> Vec<Sent<'static>> {
+    static EMPTY: Bytes = Bytes::new();
+    ids.iter()
+        .map(|&id| Sent {
+            id,
+            encoded: &EMPTY,
+        })
+        .collect()
+}

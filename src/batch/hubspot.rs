@@ -357,7 +357,7 @@ mod tests {
             .decode(
                 StatusCode::MULTI_STATUS,
                 &format::to_bytes(&answer),
-                &[7, 8, 9, 10],
+                &format::sent_ids(&[7, 8, 9, 10]),
             )
             .unwrap();
         let statuses: Vec<u16> = results.iter().map(|r| r.status.as_u16()).collect();

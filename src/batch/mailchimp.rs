@@ -330,7 +330,7 @@ mod tests {
             .decode(
                 StatusCode::OK,
                 &Bytes::from_static(br#"{"id":"b1","status":"pending"}"#),
-                &[9],
+                &format::sent_ids(&[9]),
             )
             .unwrap();
         assert_eq!(receipts[0].status, StatusCode::ACCEPTED);

@@ -52,27 +52,59 @@
 //!
 //! ```text
 //! DeadLetterLayer      per item: a record that failed for good is kept on its own
-//!   BatchLayer         records -> batches; transient item failures re-batched
+//!   BatchLayer         records -> batches; answers split per record, refusals bisected
 //!     RetryLayer       per batch: a 429 holds the shared gate, the same batch is sent again
 //!       RateLimitLayer the batch takes one slot (WeightedRateLimitLayer: its cost)
 //!         client
 //! ```
 //!
-//! * **Partial failure.** A `207 Multi-Status` (or a 200 naming failed items) is split by the
-//!   [`BatchFormat`]. Delivered items are answered at once. An item whose status is transient
-//!   (429, 5xx, 408 by the classifier) rejoins the queue and goes out in a later batch with
-//!   other pending items, at most [`with_max_item_attempts`](crate::BatchLayer::with_max_item_attempts)
-//!   batches in all; an item that failed for good (other 4xx) is answered with its own status
-//!   and body, so the dead-letter layer above stores that record alone.
-//! * **Whole-batch failure.** A batch answered 429 or 5xx is the retry layer's business: it
-//!   sits below, holds the shared bucket on `Retry-After`, and sends the *same* batch again
-//!   (the batch body is a buffered, replayable [`ReplayBody`](crate::ReplayBody)). If it
-//!   still fails, every item gets that final answer (or a [`BatchError::Failed`]) and is
-//!   dead-lettered one by one. Nothing is sent again by this layer that the server has
-//!   reported delivered, so no record is delivered twice by us; a batch whose fate is
-//!   unknown (a timeout retried below) is at-least-once, as any retried request is.
+//! * **Each record's outcome is what the vendor said about it.** The [`BatchFormat`] splits
+//!   every answer that is not the retry layer's business (a 2xx, a 207 Multi-Status, a 200
+//!   that names failed items, a final 4xx) into one [`ItemResult`] per record. A record the
+//!   answer names is answered with its own status and body: delivered at once, failed for
+//!   good (the dead-letter layer above keeps that record alone), or, when transient (429,
+//!   5xx, 408 by the classifier), sent again after the policy's back-off (a 429's
+//!   `Retry-After`, which also holds the shared gate when the layer has the bucket), at most
+//!   [`with_max_item_attempts`](crate::BatchLayer::with_max_item_attempts) sends in all.
+//! * **Nothing is reported delivered that the vendor did not confirm.** An answer that counts
+//!   failures it does not pin on records leaves the records it does not clear
+//!   [unattributed](ItemResult::unattributed); a batch refused as a whole (a final 4xx, which
+//!   applied nothing) leaves every record it does not name unsettled. Unsettled records are
+//!   split into halves sent on their own, recursively, paced through the gate, until each
+//!   answer is about one record: one bad record among 100 costs about `log2(100) = 7` extra
+//!   calls and the other 99 are delivered ([`BatchStats::bisections`]). Where a resend is not
+//!   safe ([`Resend::Unsafe`]) unattributed records of a 2xx fail with
+//!   [`BatchError::Unattributed`] instead.
+//! * **Whole-batch 429 and 5xx** are the retry layer's business: it sits below, holds the
+//!   shared bucket on `Retry-After`, and sends the *same* batch again (a buffered, replayable
+//!   [`ReplayBody`](crate::ReplayBody)). If it still fails, every record gets that final
+//!   answer and is dead-lettered one by one.
+//! * **At-least-once or at-most-once, per format.** A batch whose answer was lost (a timeout,
+//!   a reset after it was written) may have been applied. Formats say what a resend does
+//!   ([`BatchFormat::resend`]): upserts and updates ([`Resend::Safe`]: HubSpot upsert and
+//!   update, Customer.io identify, Braze attributes, Mailchimp members upsert) are resent by
+//!   the retry layer; creates and events ([`Resend::Unsafe`]: HubSpot create, Braze events
+//!   and purchases, Mailchimp's `/batches`) are not, and each record fails with
+//!   [`ThrottleError::OutcomeUnknown`](crate::ThrottleError::OutcomeUnknown), which the
+//!   dead-letter layer keeps marked for reconciliation; a create keyed by a unique property
+//!   ([`Resend::Provable`]: [`HubSpotBatch::proven_by`], [`MailchimpMembers::subscribe`]) is
+//!   resent, and a record the resend finds already there is delivered. Single requests follow
+//!   the same rule by method ([`Idempotent`](crate::retry::Idempotent)).
+//! * **Accepted is not delivered.** An asynchronous endpoint's receipt (Mailchimp's
+//!   `/batches`) answers each record `202 Accepted`, counted apart
+//!   ([`BatchStats::accepted`], [`BulkReport::accepted`](crate::BulkReport::accepted)).
+//! * **One record, one order.** Records with the same identity ([`BatchFormat::identity`]: a
+//!   contact's email, a person's identifiers) never share a batch, and a later one waits
+//!   until the earlier one is answered, retries included, so updates land in order.
+//! * **Within the gate's burst.** A batch the weighted gate below can never admit
+//!   ([`ThrottleError::CostTooHigh`](crate::ThrottleError::CostTooHigh)) is not sent: the
+//!   layer learns the gate's burst and cuts batches to fit it.
 //! * **Cancellation.** Dropping an item's future withdraws it: it never goes out if its batch
 //!   has not been sent, and it no longer counts toward any batch's limits.
+//!
+//! [`Throttle::builder().batch(format)`](crate::ThrottleBuilder::batch) builds this stack in
+//! one call, with the shared bucket and the retry policy's back-off wired in.
+//!
 //! * **Origins.** Items are grouped by scheme, authority and `Authorization` header; a batch
 //!   carries the headers of its first item (minus `Content-Length` and `x-request-id`).
 //!

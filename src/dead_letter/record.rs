@@ -243,6 +243,12 @@ pub(crate) mod rfc3339 {
     }
 }
 
+/// Serde's test for leaving a false flag out of the record.
+#[cfg(feature = "serde")]
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,9 +305,4 @@ mod tests {
         assert_eq!(stored.to_bytes().unwrap(), Bytes::copy_from_slice(&raw));
         assert!(StoredBody::Base64("***".into()).to_bytes().is_err());
     }
-}
-
-#[cfg(feature = "serde")]
-fn is_false(b: &bool) -> bool {
-    !*b
 }

@@ -61,9 +61,19 @@ impl Idempotent {
     /// Whether `req` may be sent again after an attempt whose outcome is unknown, by the
     /// rule above.
     pub fn of<B>(req: &http::Request<B>) -> bool {
-        match req.extensions().get::<Idempotent>() {
+        Idempotent::from_parts(req.method(), req.headers(), req.extensions())
+    }
+
+    /// The same rule from a request's parts (for clients whose request type is not
+    /// `http::Request`, such as reqwest's).
+    pub(crate) fn from_parts(
+        method: &http::Method,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> bool {
+        match extensions.get::<Idempotent>() {
             Some(Idempotent(marked)) => *marked,
-            None => req.headers().contains_key("idempotency-key") || req.method().is_idempotent(),
+            None => headers.contains_key("idempotency-key") || method.is_idempotent(),
         }
     }
 }

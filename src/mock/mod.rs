@@ -72,15 +72,22 @@
 //! [`item_fail_ratio`]: MockServerBuilder::item_fail_ratio
 //! [`item_reject_ratio`]: MockServerBuilder::item_reject_ratio
 
+mod answer;
 mod batch;
 mod config;
 mod error;
+mod mailchimp;
+mod records;
 mod server;
 mod stats;
 
 pub use crate::server_limit::{Decision, ServerLimit, ServerLimiter};
-pub use batch::{BatchEndpoint, BatchShape};
+pub use batch::{
+    BatchEndpoint, BatchShape, BRAZE_MAX_OBJECTS, MAILCHIMP_MAX_MEMBERS,
+    MAILCHIMP_MAX_PENDING_BATCHES,
+};
 pub use config::{MockServerBuilder, RateHeaders, RetryAfterFormat, DEFAULT_SEED};
 pub use error::StartError;
+pub use records::RecordCounts;
 pub use server::MockServer;
 pub use stats::{max_in_any_window, MockStats, MAX_RECORDED};

@@ -58,9 +58,8 @@ pub(crate) fn hubspot(
                                        "message": "an input could not be written"});
                 // `ids` names the record by its id, never by the trace id, which is the
                 // point: the client cannot tell which input this was.
-                match item.get("id").filter(|_| with_ids) {
-                    Some(id) => error["context"] = json!({"ids": [id]}),
-                    None => {}
+                if let Some(id) = item.get("id").filter(|_| with_ids) {
+                    error["context"] = json!({"ids": [id]});
                 }
                 errors.push(error);
             }

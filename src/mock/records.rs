@@ -34,7 +34,8 @@ pub(crate) enum Applied {
 /// ([`MockServer::records_on`](super::MockServer::records_on),
 /// [`MockStats::records`](super::MockStats::records)).
 ///
-/// `applied` counts distinct identities now stored. `written_twice` counts identities that
+/// `applied` counts distinct identities now stored (a create repeated without a unique key
+/// is one identity, though the vendor would hold two objects). `written_twice` counts identities that
 /// were written more than once: an idempotent route (upsert, update, identify, `PUT`) that
 /// applied the same identity again, or a create without a unique key (an event, a HubSpot
 /// contact without an email) applied twice with the same content, which the vendor would
@@ -62,6 +63,13 @@ impl std::ops::AddAssign for RecordCounts {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Put,
+    Create,
+    Append,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Record {
     object_id: u64,
@@ -78,13 +86,14 @@ pub(crate) struct Records {
 impl Records {
     /// Applies `write`, numbering new objects from `next_id`.
     pub(crate) fn apply(&mut self, write: Write, next_id: &mut u64) -> Applied {
-        let (key, create) = match write {
+        let (key, kind) = match write {
             Write::Read => return Applied::Read,
-            Write::Create(key) => (key, true),
-            Write::Put(key) | Write::Append(key) => (key, false),
+            Write::Create(key) => (key, Kind::Create),
+            Write::Put(key) => (key, Kind::Put),
+            Write::Append(key) => (key, Kind::Append),
         };
         if let Some(record) = self.stored.get_mut(&key) {
-            if create {
+            if kind == Kind::Create {
                 self.counts.refused_existing += 1;
                 return Applied::Exists {
                     object_id: record.object_id,
@@ -94,6 +103,14 @@ impl Records {
             self.counts.writes += 1;
             if record.writes == 2 {
                 self.counts.written_twice += 1;
+            }
+            if kind == Kind::Append {
+                // Nothing unique to match on: the vendor makes another object.
+                *next_id += 1;
+                return Applied::Stored {
+                    object_id: *next_id,
+                    new: true,
+                };
             }
             return Applied::Stored {
                 object_id: record.object_id,

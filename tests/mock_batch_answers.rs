@@ -699,3 +699,41 @@ async fn fault_options_are_checked() {
     ));
     assert!(BatchEndpoint::mailchimp().with_max_pending(0).is_err());
 }
+
+#[tokio::test]
+async fn every_fault_draw_is_the_same_for_the_same_seed() {
+    let faulty = || {
+        vendors()
+            .item_fail_ratio(0.1)
+            .item_reject_ratio(0.1)
+            .item_rate_limit_ratio(0.1)
+            .unattributed_error_ratio(0.1)
+            .errors_in_ok_ratio(0.5)
+            .seed(21)
+    };
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let server = faulty().start().await.unwrap();
+        let mut bodies = Vec::new();
+        for round in 0..4 {
+            bodies.push(
+                post(&server, UPSERT, upserts(round * 10..round * 10 + 10))
+                    .await
+                    .body,
+            );
+            bodies.push(
+                post(&server, CIO, people(round * 10..round * 10 + 10))
+                    .await
+                    .body,
+            );
+        }
+        answers.push((bodies, server.stats()));
+        server.shutdown().await;
+    }
+    assert_eq!(answers[0], answers[1]);
+    let stats = answers[0].1;
+    assert!(
+        stats.items_unattributed > 0 && stats.items_rate_limited > 0,
+        "{stats:?}"
+    );
+}

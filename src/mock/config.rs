@@ -200,7 +200,9 @@ impl MockServerBuilder {
     }
 
     /// Fails this share (0.0 to 1.0) of the items of accepted batches *transiently* (HubSpot
-    /// `INTERNAL_ERROR`, Customer.io `internal`, a 503 in a JSON array), in a `207` answer.
+    /// `INTERNAL_ERROR`, Customer.io `internal`, a 503 in a JSON array), in a `207` answer,
+    /// or a `500` operation result of a Mailchimp batch. Braze and Mailchimp list
+    /// batch-subscribe report no transient item failure, so their drawn items are applied.
     /// Drawn per item from its own seeded stream, after the batch's limit decision.
     pub fn item_fail_ratio(mut self, ratio: f64) -> Self {
         self.item_fail_ratio = ratio;
@@ -208,7 +210,8 @@ impl MockServerBuilder {
     }
 
     /// Rejects this share (0.0 to 1.0) of the items of accepted batches *permanently* (a
-    /// validation error, 400), in a `207` answer. Drawn from the same stream as
+    /// validation error, 400), in the vendor's per-item form (a `207`, Braze's non-fatal
+    /// `errors`, Mailchimp's `errors` or a `400` operation result). Drawn from the same stream as
     /// [`item_fail_ratio`](Self::item_fail_ratio); the item shares (this one, that one,
     /// [`item_rate_limit_ratio`](Self::item_rate_limit_ratio) and
     /// [`unattributed_error_ratio`](Self::unattributed_error_ratio)) must add up to at most 1.

@@ -27,7 +27,8 @@ pub const MAX_RECORDED: usize = 1_000_000;
 pub struct MockStats {
     /// Requests whose body was read completely (the ones that got a decision).
     pub received: u64,
-    /// Requests answered `200 OK`.
+    /// Requests the limit accepted (answered `2xx`, a batch's answer included, or withheld
+    /// by [`timeout_after_apply`](super::MockServerBuilder::timeout_after_apply)).
     pub accepted: u64,
     /// Requests answered `429 Too Many Requests`.
     pub rate_limited: u64,

@@ -329,7 +329,13 @@ impl BatchEndpoint {
                 let array = parsed.origin.get(at).map_or("attributes", |o| o.0);
                 let identity = ["external_id", "braze_id", "email", "user_alias"]
                     .into_iter()
-                    .find_map(|k| item.get(k).map(|v| format!("{k}={v}")));
+                    .find_map(|k| {
+                        let v = item.get(k)?;
+                        Some(format!(
+                            "{k}={}",
+                            scalar(v).unwrap_or_else(|| v.to_string())
+                        ))
+                    });
                 match identity {
                     Some(identity) if array == "attributes" => Write::Put(identity),
                     _ => Write::Append(format!("{array}:{}", content())),
@@ -495,7 +501,7 @@ mod tests {
         assert_eq!(p.present, ["attributes", "events"]);
         assert_eq!(
             e.write_of("/users/track", &p.items[0], &p, 0),
-            Write::Put(r#"external_id="u1""#.into())
+            Write::Put("external_id=u1".into())
         );
         assert!(matches!(
             e.write_of("/users/track", &p.items[1], &p, 1),

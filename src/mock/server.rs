@@ -329,7 +329,7 @@ impl MockServer {
     /// Every identity stored by the batch route serving exactly `path`, with how many times
     /// it was written. Identities read `property=value` for HubSpot upserts and updates
     /// (`email=a@example.com`, `hs_object_id=17`), `email=<lowercase>` for HubSpot creates,
-    /// `id=..` / `email=..` / `cio_id=..` for Customer.io, `external_id="u1"` for Braze
+    /// `id=..` / `email=..` / `cio_id=..` for Customer.io, `external_id=u1` for Braze
     /// attributes, the lowercase email for Mailchimp lists, the operation's path for
     /// Mailchimp `PUT`/`PATCH` operations, `id=..` for JSON arrays; items without a unique
     /// key are stored under their JSON text.
@@ -669,9 +669,12 @@ impl Shared {
                 (StatusCode::OK, jobs.submit(format!("{seq:010x}"), results))
             }
         };
-        let retry_after = self
-            .item_retry_after
-            .filter(|_| verdicts.contains(&ItemVerdict::RateLimited));
+        // A Mailchimp submission is answered before its operations are reported, so its
+        // 200 carries no item-level wait.
+        let retry_after = self.item_retry_after.filter(|_| {
+            endpoint.shape() != BatchShape::Mailchimp
+                && verdicts.contains(&ItemVerdict::RateLimited)
+        });
         let (ratio, silence) = self.timeout_after_apply;
         let withhold = (ratio > 0.0 && state.batch_rng.gen::<f64>() < ratio).then_some(silence);
         BatchAnswer {

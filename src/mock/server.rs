@@ -18,11 +18,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::answer;

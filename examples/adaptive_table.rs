@@ -1,7 +1,7 @@
 //! Prints how each adaptive controller does against hidden limits, in virtual time.
 //!
 //! ```text
-//! cargo run --release --example adaptive_table
+//! cargo run --release --example adaptive_table --features mock
 //! ```
 //!
 //! Every run is paused tokio time (60 s, or 40 s for the leaky bucket) with closed-loop

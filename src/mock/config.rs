@@ -81,6 +81,12 @@ pub struct MockServerBuilder {
     pub(crate) item_reject_ratio: f64,
     pub(crate) limited_answer: Option<(bytes::Bytes, http::HeaderMap)>,
     pub(crate) unavailable_retry_after: Option<Duration>,
+    pub(crate) item_rate_limit_ratio: f64,
+    pub(crate) item_retry_after: Option<Duration>,
+    pub(crate) unattributed_error_ratio: f64,
+    pub(crate) errors_in_ok_ratio: f64,
+    pub(crate) bad_input_marker: Option<String>,
+    pub(crate) timeout_after_apply: (f64, Duration),
 }
 
 impl Default for MockServerBuilder {
@@ -99,6 +105,12 @@ impl Default for MockServerBuilder {
             item_reject_ratio: 0.0,
             limited_answer: None,
             unavailable_retry_after: None,
+            item_rate_limit_ratio: 0.0,
+            item_retry_after: None,
+            unattributed_error_ratio: 0.0,
+            errors_in_ok_ratio: 0.0,
+            bad_input_marker: None,
+            timeout_after_apply: (0.0, Duration::ZERO),
         }
     }
 }
@@ -170,9 +182,16 @@ impl MockServerBuilder {
         self
     }
 
-    /// Serves `path` (exact, query ignored) as a batch endpoint of this shape and these limits.
+    /// Serves `path` (query ignored) as a batch endpoint of this shape and these limits.
+    /// A segment written `{name}` matches any one segment, so
+    /// `"/crm/v3/objects/{type}/batch/upsert"` serves every object type and
+    /// `"/3.0/lists/{list_id}"` every list; each concrete path keeps its own records. An
+    /// exact path wins over a pattern. A Mailchimp route at `P` also answers `GET P/{id}`
+    /// (the batch's status) and `GET P/{id}/results`.
+    ///
     /// It draws from the default limiter unless [`route_limit`](Self::route_limit) gives
-    /// the same path its own; either way one batch is one request against the limit.
+    /// the same (concrete) path its own; either way one batch is one request against the
+    /// limit.
     pub fn batch_route(mut self, path: impl Into<String>, endpoint: BatchEndpoint) -> Self {
         let path = path.into();
         self.batch_routes.retain(|(p, _)| *p != path);
@@ -181,7 +200,9 @@ impl MockServerBuilder {
     }
 
     /// Fails this share (0.0 to 1.0) of the items of accepted batches *transiently* (HubSpot
-    /// `INTERNAL_ERROR`, Customer.io `internal`, a 503 in a JSON array), in a `207` answer.
+    /// `INTERNAL_ERROR`, Customer.io `internal`, a 503 in a JSON array), in a `207` answer,
+    /// or a `500` operation result of a Mailchimp batch. Braze and Mailchimp list
+    /// batch-subscribe report no transient item failure, so their drawn items are applied.
     /// Drawn per item from its own seeded stream, after the batch's limit decision.
     pub fn item_fail_ratio(mut self, ratio: f64) -> Self {
         self.item_fail_ratio = ratio;
@@ -189,10 +210,74 @@ impl MockServerBuilder {
     }
 
     /// Rejects this share (0.0 to 1.0) of the items of accepted batches *permanently* (a
-    /// validation error, 400), in a `207` answer. Drawn from the same stream as
-    /// [`item_fail_ratio`](Self::item_fail_ratio); the two shares must add up to at most 1.
+    /// validation error, 400), in the vendor's per-item form (a `207`, Braze's non-fatal
+    /// `errors`, Mailchimp's `errors` or a `400` operation result). Drawn from the same stream as
+    /// [`item_fail_ratio`](Self::item_fail_ratio); the item shares (this one, that one,
+    /// [`item_rate_limit_ratio`](Self::item_rate_limit_ratio) and
+    /// [`unattributed_error_ratio`](Self::unattributed_error_ratio)) must add up to at most 1.
     pub fn item_reject_ratio(mut self, ratio: f64) -> Self {
         self.item_reject_ratio = ratio;
+        self
+    }
+
+    /// **Item-level 429s**: refuses this share (0.0 to 1.0, per item) of the items of accepted
+    /// batches with a rate limit, in a `207`: HubSpot category `RATE_LIMITS` (traced by
+    /// `objectWriteTraceId`), Customer.io reason `rate_limited`, `{"status": 429}` in a JSON
+    /// array, a `429` operation result on Mailchimp. Refused items are not applied. Braze and
+    /// Mailchimp list batch-subscribe have no such answer and apply the item instead.
+    pub fn item_rate_limit_ratio(mut self, ratio: f64) -> Self {
+        self.item_rate_limit_ratio = ratio;
+        self
+    }
+
+    /// Sends `Retry-After` (whole seconds, rounded up) on every `207` that refuses an item
+    /// with [`item_rate_limit_ratio`](Self::item_rate_limit_ratio).
+    pub fn item_retry_after(mut self, wait: Duration) -> Self {
+        self.item_retry_after = Some(wait);
+        self
+    }
+
+    /// **Unattributed HubSpot errors**: fails this share (0.0 to 1.0, per input) of the
+    /// inputs of HubSpot batches with an error that does not name them by
+    /// `objectWriteTraceId`: alternately one whose `context` is `{"ids": [<the input's id>]}`
+    /// (or no context, for an input without an `id`) and one with no context at all. Each
+    /// counts in `numErrors`; the input is neither applied nor in `results`. Other shapes
+    /// apply the item instead.
+    pub fn unattributed_error_ratio(mut self, ratio: f64) -> Self {
+        self.unattributed_error_ratio = ratio;
+        self
+    }
+
+    /// **Customer.io 200 with errors**: answers this share (0.0 to 1.0, per batch) of the
+    /// Customer.io batches that have failed items `200 OK` with the same `errors` array
+    /// instead of `207`. Batches without failed items are unaffected (always `200 {}`).
+    pub fn errors_in_ok_ratio(mut self, ratio: f64) -> Self {
+        self.errors_in_ok_ratio = ratio;
+        self
+    }
+
+    /// **A whole-batch 400 from one bad input**: a batch any of whose inputs has a string
+    /// value containing `marker` (say `"invalid"`, in `invalid-7@example.com`) is refused as
+    /// a whole with the vendor's `400`, naming the bad value in its text but not the input by
+    /// index or trace id: HubSpot `{"status":"error","category":"VALIDATION_ERROR",
+    /// "message":"Property values were not valid: [...invalid-7@example.com...]"}`,
+    /// Customer.io `{"errors":[{"reason":"invalid","field":..,"message":..}]}` (no
+    /// `batch_index`), Braze `{"message":"'email' is not valid: ..."}`, Mailchimp's problem
+    /// document (`"title":"Invalid Resource"`). Nothing of the batch is applied; like the
+    /// other `400`s it is answered before the limit and consumes nothing. A batch without a
+    /// marked input is served normally, so a client that bisects converges on the bad one.
+    pub fn bad_input_marker(mut self, marker: impl Into<String>) -> Self {
+        self.bad_input_marker = Some(marker.into());
+        self
+    }
+
+    /// **A timeout after applying**: for this share (0.0 to 1.0, per accepted batch) of
+    /// batches, applies the batch (records stored, items counted) and then keeps the
+    /// connection silent for `silence` before answering; give a `silence` longer than the
+    /// client's timeout so the client sees a timeout for a batch the server did apply.
+    /// Shutting the server down ends the silence.
+    pub fn timeout_after_apply(mut self, ratio: f64, silence: Duration) -> Self {
+        self.timeout_after_apply = (ratio, silence);
         self
     }
 
@@ -239,11 +324,18 @@ impl MockServerBuilder {
         self
     }
 
+    pub(crate) fn item_ratio_sum(&self) -> f64 {
+        self.item_fail_ratio
+            + self.item_reject_ratio
+            + self.item_rate_limit_ratio
+            + self.unattributed_error_ratio
+    }
+
     /// Checks every value.
     ///
     /// # Errors
-    /// [`ConfigError::OutOfRange`] for a fail ratio outside `0.0..=1.0` (or NaN), or item
-    /// ratios that are, or add up to more than 1,
+    /// [`ConfigError::OutOfRange`] for a ratio outside `0.0..=1.0` (or NaN), or item
+    /// ratios that add up to more than 1,
     /// [`ConfigError::MinAboveMax`] for a latency range whose minimum is above its maximum,
     /// [`ConfigError::Invalid`] for a route that does not start with `/`.
     pub fn check(&self) -> Result<(), ConfigError> {
@@ -257,10 +349,11 @@ impl MockServerBuilder {
         for (name, ratio) in [
             ("item_fail_ratio", self.item_fail_ratio),
             ("item_reject_ratio", self.item_reject_ratio),
-            (
-                "item_fail_ratio + item_reject_ratio",
-                self.item_fail_ratio + self.item_reject_ratio,
-            ),
+            ("item_rate_limit_ratio", self.item_rate_limit_ratio),
+            ("unattributed_error_ratio", self.unattributed_error_ratio),
+            ("errors_in_ok_ratio", self.errors_in_ok_ratio),
+            ("timeout_after_apply", self.timeout_after_apply.0),
+            ("the item ratios together", self.item_ratio_sum()),
         ] {
             if !(0.0..=1.0).contains(&ratio) {
                 return Err(ConfigError::OutOfRange {
@@ -286,6 +379,11 @@ impl MockServerBuilder {
             return Err(ConfigError::Invalid(format!(
                 "route {path:?} must be an absolute path starting with '/'"
             )));
+        }
+        if self.bad_input_marker.as_deref() == Some("") {
+            return Err(ConfigError::Invalid(
+                "bad_input_marker must not be empty (it would match every batch)".into(),
+            ));
         }
         Ok(())
     }

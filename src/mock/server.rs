@@ -18,13 +18,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::batch::{BatchEndpoint, ItemVerdict};
+use super::answer;
+use super::batch::{hubspot_action, BatchEndpoint, BatchShape, Draw, ItemVerdict, Parsed};
 use super::config::{MockServerBuilder, RateHeaders, RetryAfterFormat};
 use super::error::StartError;
+use super::mailchimp::Jobs;
+use super::records::{Applied, RecordCounts, Records};
 use super::stats::{max_in_any_window, MockStats, MAX_RECORDED};
 use crate::server_limit::{Decision, ServerLimit, ServerLimiter};
 
@@ -59,11 +63,27 @@ struct Shared {
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     invalid: AtomicU64,
+    addr: SocketAddr,
     batch_routes: HashMap<String, BatchEndpoint>,
+    // Routes with `{name}` segments, tried in order after the exact ones.
+    batch_patterns: Vec<(Vec<String>, BatchEndpoint)>,
     item_fail_ratio: f64,
     item_reject_ratio: f64,
+    item_rate_limit_ratio: f64,
+    item_retry_after: Option<Duration>,
+    unattributed_error_ratio: f64,
+    errors_in_ok_ratio: f64,
+    bad_input_marker: Option<String>,
+    timeout_after_apply: (f64, Duration),
     limited_answer: Option<(Bytes, HeaderMap)>,
     unavailable_retry_after: Option<Duration>,
+    bad_input_batches: AtomicU64,
+    answers_withheld: AtomicU64,
+    pending_refused: AtomicU64,
+    // Woken whenever a request ends or an answer is withheld, for `wait_for`.
+    changed: Notify,
+    // Ends withheld answers' silence at shutdown, so a graceful shutdown does not wait it out.
+    closing: CancellationToken,
     // One lock for decisions and records: the critical section is short and never awaits,
     // and deciding and recording under the same lock keeps accept times in order.
     state: Mutex<State>,
@@ -77,7 +97,14 @@ struct State {
     fail_rng: SmallRng,
     latency_rng: SmallRng,
     item_rng: SmallRng,
+    // Per-batch draws (errors in a 200, withheld answers) from their own stream, so turning
+    // them on does not move any item's verdict.
+    batch_rng: SmallRng,
     items: ItemCounts,
+    records: HashMap<String, Records>,
+    jobs: HashMap<String, Jobs>,
+    next_object_id: u64,
+    unattributed_seen: u64,
     accepted_times: Vec<(Duration, Group)>,
     ids: HashSet<String>,
     duplicate_ids: u64,
@@ -90,6 +117,9 @@ struct ItemCounts {
     accepted: u64,
     failed: u64,
     rejected: u64,
+    rate_limited: u64,
+    unattributed: u64,
+    refused_existing: u64,
 }
 
 impl State {
@@ -158,7 +188,12 @@ impl MockServer {
             latency_rng: SmallRng::seed_from_u64(cfg.seed ^ 0x9E37_79B9_7F4A_7C15),
             // And another for items, so enabling batch routes does not move the 503s.
             item_rng: SmallRng::seed_from_u64(cfg.seed ^ 0xB47C_4ED1_7E45_0001),
+            batch_rng: SmallRng::seed_from_u64(cfg.seed ^ 0x0BA7_C4ED_5EED_0002),
             items: ItemCounts::default(),
+            records: HashMap::new(),
+            jobs: HashMap::new(),
+            next_object_id: 1_000,
+            unattributed_seen: 0,
             accepted_times: Vec::new(),
             ids: HashSet::new(),
             duplicate_ids: 0,
@@ -180,11 +215,33 @@ impl MockServer {
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
-            batch_routes: cfg.batch_routes.into_iter().collect(),
+            addr,
+            batch_patterns: cfg
+                .batch_routes
+                .iter()
+                .filter(|(p, _)| p.contains('{'))
+                .map(|(p, e)| (p.split('/').map(str::to_owned).collect(), *e))
+                .collect(),
+            batch_routes: cfg
+                .batch_routes
+                .into_iter()
+                .filter(|(p, _)| !p.contains('{'))
+                .collect(),
             item_fail_ratio: cfg.item_fail_ratio,
             item_reject_ratio: cfg.item_reject_ratio,
+            item_rate_limit_ratio: cfg.item_rate_limit_ratio,
+            item_retry_after: cfg.item_retry_after,
+            unattributed_error_ratio: cfg.unattributed_error_ratio,
+            errors_in_ok_ratio: cfg.errors_in_ok_ratio,
+            bad_input_marker: cfg.bad_input_marker,
+            timeout_after_apply: cfg.timeout_after_apply,
             limited_answer: cfg.limited_answer,
             unavailable_retry_after: cfg.unavailable_retry_after,
+            bad_input_batches: AtomicU64::new(0),
+            answers_withheld: AtomicU64::new(0),
+            pending_refused: AtomicU64::new(0),
+            changed: Notify::new(),
+            closing: CancellationToken::new(),
             state: Mutex::new(state),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -239,6 +296,65 @@ impl MockServer {
             items_accepted: state.items.accepted,
             items_failed: state.items.failed,
             items_rejected: state.items.rejected,
+            items_rate_limited: state.items.rate_limited,
+            items_unattributed: state.items.unattributed,
+            items_refused_existing: state.items.refused_existing,
+            bad_input_batches: s.bad_input_batches.load(Ordering::Acquire),
+            answers_withheld: s.answers_withheld.load(Ordering::Acquire),
+            pending_refused: s.pending_refused.load(Ordering::Acquire),
+            records: state
+                .records
+                .values()
+                .fold(RecordCounts::default(), |mut sum, r| {
+                    sum += r.counts();
+                    sum
+                }),
+        }
+    }
+
+    /// The record counts of the batch route serving exactly `path` (a concrete path, such
+    /// as `/crm/v3/objects/contacts/batch/create`, even when the route was given as a
+    /// pattern); all zero for a path that stored nothing.
+    pub fn records_on(&self, path: &str) -> RecordCounts {
+        self.shared
+            .lock()
+            .records
+            .get(path)
+            .map(Records::counts)
+            .unwrap_or_default()
+    }
+
+    /// Every identity stored by the batch route serving exactly `path`, with how many times
+    /// it was written. Identities read `property=value` for HubSpot upserts and updates
+    /// (`email=a@example.com`, `hs_object_id=17`), `email=<lowercase>` for HubSpot creates,
+    /// `id=..` / `email=..` / `cio_id=..` for Customer.io, `external_id=u1` for Braze
+    /// attributes, the lowercase email for Mailchimp lists, the operation's path for
+    /// Mailchimp `PUT`/`PATCH` operations, `id=..` for JSON arrays; items without a unique
+    /// key are stored under their JSON text.
+    pub fn record_writes(&self, path: &str) -> HashMap<String, u32> {
+        self.shared
+            .lock()
+            .records
+            .get(path)
+            .map(Records::writes)
+            .unwrap_or_default()
+    }
+
+    /// Waits until `done` holds for the counters, checking after every request the server
+    /// finishes (and every answer it starts withholding); returns the stats that satisfied
+    /// it. Lets a test wait for the server's side of an exchange without sleeping.
+    pub async fn wait_for(&self, mut done: impl FnMut(&MockStats) -> bool) -> MockStats {
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a change between the check and the await is
+            // not missed.
+            notified.as_mut().enable();
+            let stats = self.stats();
+            if done(&stats) {
+                return stats;
+            }
+            notified.await;
         }
     }
 
@@ -299,7 +415,9 @@ impl MockServer {
     }
 
     /// Zeroes the counters and forgets recorded times and ids. Limiter state is kept (a
-    /// reset does not hand out a fresh burst), and times stay measured from the start.
+    /// reset does not hand out a fresh burst), and so are the batch routes' stored records
+    /// and Mailchimp batches (the vendor's data does not vanish); times stay measured from
+    /// the start.
     pub fn reset_stats(&self) {
         let s = &self.shared;
         let mut state = s.lock();
@@ -310,6 +428,9 @@ impl MockServer {
             &s.rate_limited,
             &s.failed,
             &s.invalid,
+            &s.bad_input_batches,
+            &s.answers_withheld,
+            &s.pending_refused,
         ] {
             counter.store(0, Ordering::Release);
         }
@@ -325,6 +446,7 @@ impl MockServer {
     /// connections are closed), and returns when every connection is closed. Calling it again
     /// returns at once.
     pub async fn shutdown(&self) {
+        self.shared.closing.cancel();
         self.shutdown.send_replace(true);
         let mut done = self.done.clone();
         // Err means the accept loop is gone, which is what we are waiting for anyway.
@@ -334,6 +456,7 @@ impl MockServer {
 
 impl Drop for MockServer {
     fn drop(&mut self) {
+        self.shared.closing.cancel();
         self.shutdown.send_replace(true);
     }
 }
@@ -395,42 +518,199 @@ impl Shared {
 }
 
 impl Shared {
-    /// Decides each item of an accepted batch and records the written ones.
+    /// The batch route serving `path`: the exact one, else the first pattern that matches.
+    fn batch_endpoint(&self, path: &str) -> Option<&BatchEndpoint> {
+        if let Some(endpoint) = self.batch_routes.get(path) {
+            return Some(endpoint);
+        }
+        let segments: Vec<&str> = path.split('/').collect();
+        self.batch_patterns
+            .iter()
+            .find(|(pattern, _)| {
+                pattern.len() == segments.len()
+                    && pattern.iter().zip(&segments).all(|(p, s)| {
+                        p == s || (p.starts_with('{') && p.ends_with('}') && !s.is_empty())
+                    })
+            })
+            .map(|(_, endpoint)| endpoint)
+    }
+
+    /// `(route, id, results)` when `path` is `{route}/{id}` or `{route}/{id}/results` of a
+    /// Mailchimp batch route.
+    fn mailchimp_job<'p>(&self, path: &'p str) -> Option<(&'p str, &'p str, bool)> {
+        let (rest, results) = match path.strip_suffix("/results") {
+            Some(rest) => (rest, true),
+            None => (path, false),
+        };
+        let (route, id) = rest.rsplit_once('/')?;
+        let endpoint = self.batch_routes.get(route)?;
+        (endpoint.shape() == BatchShape::Mailchimp && !id.is_empty())
+            .then_some((route, id, results))
+    }
+
+    /// Holds one of the route's pending places for a batch about to be decided; false when
+    /// all are taken.
+    fn reserve_pending(&self, route: &str, max_pending: usize) -> bool {
+        self.lock()
+            .jobs
+            .entry(route.to_owned())
+            .or_default()
+            .reserve(max_pending)
+    }
+
+    fn release_pending(&self, route: &str) {
+        if let Some(jobs) = self.lock().jobs.get_mut(route) {
+            jobs.release();
+        }
+    }
+
+    /// Decides each item of an accepted batch, applies the written ones to the route's
+    /// records, and builds the vendor's answer.
     fn answer_batch(
         &self,
+        path: &str,
         endpoint: &BatchEndpoint,
-        items: &[serde_json::Value],
+        parsed: &Parsed,
         seq: u64,
-    ) -> (StatusCode, String) {
+    ) -> BatchAnswer {
         let mut state = self.lock();
         let state = &mut *state;
-        let draw = endpoint.reports_items() && self.item_fail_ratio + self.item_reject_ratio > 0.0;
-        let verdicts: Vec<ItemVerdict> = items
-            .iter()
-            .map(|item| {
-                state.items.received += 1;
-                let roll = if draw {
-                    state.item_rng.gen::<f64>()
-                } else {
-                    1.0
-                };
-                if roll < self.item_fail_ratio {
-                    state.items.failed += 1;
-                    ItemVerdict::Failed
-                } else if roll < self.item_fail_ratio + self.item_reject_ratio {
-                    state.items.rejected += 1;
-                    ItemVerdict::Rejected
-                } else {
-                    state.items.accepted += 1;
+        // In this order, so a seed gives the same failures and rejections as before the
+        // later kinds existed.
+        let shares = [
+            (Draw::Fail, self.item_fail_ratio),
+            (Draw::Reject, self.item_reject_ratio),
+            (Draw::RateLimit, self.item_rate_limit_ratio),
+            (Draw::Unattributed, self.unattributed_error_ratio),
+        ];
+        let drawing = shares.iter().any(|(_, share)| *share > 0.0);
+        let mut verdicts = Vec::with_capacity(parsed.items.len());
+        for (at, item) in parsed.items.iter().enumerate() {
+            state.items.received += 1;
+            let mut draw = Draw::Apply;
+            if drawing {
+                let roll = state.item_rng.gen::<f64>();
+                let mut edge = 0.0;
+                for (kind, share) in shares {
+                    edge += share;
+                    if roll < edge {
+                        draw = kind;
+                        break;
+                    }
+                }
+            }
+            if !endpoint.speaks(draw) {
+                draw = Draw::Apply;
+            }
+            let verdict = match draw {
+                Draw::Apply => {
+                    let write = endpoint.write_of(path, item, parsed, at);
+                    let records = state.records.entry(path.to_owned()).or_default();
+                    match records.apply(write, &mut state.next_object_id) {
+                        Applied::Stored { object_id, new } => ItemVerdict::Ok { object_id, new },
+                        Applied::Read => ItemVerdict::Ok {
+                            object_id: 0,
+                            new: false,
+                        },
+                        Applied::Exists { object_id } => ItemVerdict::Exists { object_id },
+                    }
+                }
+                Draw::Fail => ItemVerdict::Failed,
+                Draw::Reject => ItemVerdict::Rejected,
+                Draw::RateLimit => ItemVerdict::RateLimited,
+                Draw::Unattributed => {
+                    state.unattributed_seen += 1;
+                    ItemVerdict::Unattributed {
+                        with_ids: state.unattributed_seen % 2 == 1,
+                    }
+                }
+            };
+            let counter = match verdict {
+                ItemVerdict::Ok { .. } => {
                     if let Some(id) = endpoint.record_id(item) {
                         state.record_id(id);
                     }
-                    ItemVerdict::Ok
+                    &mut state.items.accepted
                 }
-            })
-            .collect();
-        endpoint.answer(items, &verdicts, seq)
+                ItemVerdict::Failed => &mut state.items.failed,
+                ItemVerdict::Rejected => &mut state.items.rejected,
+                ItemVerdict::RateLimited => &mut state.items.rate_limited,
+                ItemVerdict::Unattributed { .. } => &mut state.items.unattributed,
+                ItemVerdict::Exists { .. } => &mut state.items.refused_existing,
+            };
+            *counter += 1;
+            verdicts.push(verdict);
+        }
+        let any_failed = verdicts.iter().any(|v| !v.is_ok());
+        let (status, body) = match endpoint.shape() {
+            BatchShape::HubSpot => answer::hubspot(&parsed.items, &verdicts, hubspot_action(path)),
+            BatchShape::CustomerIo => {
+                let in_ok = any_failed
+                    && self.errors_in_ok_ratio > 0.0
+                    && state.batch_rng.gen::<f64>() < self.errors_in_ok_ratio;
+                answer::customerio(&verdicts, in_ok)
+            }
+            BatchShape::JsonArray => answer::json_array(&verdicts),
+            BatchShape::Braze => answer::braze(parsed, &verdicts),
+            BatchShape::MailchimpList => {
+                let list_id = path.rsplit('/').next().unwrap_or_default();
+                answer::mailchimp_list(&parsed.items, &verdicts, list_id)
+            }
+            BatchShape::Mailchimp => {
+                let results = parsed
+                    .items
+                    .iter()
+                    .zip(&verdicts)
+                    .map(|(item, verdict)| answer::mailchimp_result(item, verdict))
+                    .collect();
+                let jobs = state.jobs.entry(path.to_owned()).or_default();
+                (StatusCode::OK, jobs.submit(format!("{seq:010x}"), results))
+            }
+        };
+        // A Mailchimp submission is answered before its operations are reported, so its
+        // 200 carries no item-level wait.
+        let retry_after = self.item_retry_after.filter(|_| {
+            endpoint.shape() != BatchShape::Mailchimp
+                && verdicts.contains(&ItemVerdict::RateLimited)
+        });
+        let (ratio, silence) = self.timeout_after_apply;
+        let withhold = (ratio > 0.0 && state.batch_rng.gen::<f64>() < ratio).then_some(silence);
+        BatchAnswer {
+            status,
+            body: body.to_string(),
+            retry_after,
+            withhold,
+        }
     }
+
+    /// `GET {route}/{id}` of a Mailchimp route.
+    fn batch_status(&self, route: &str, id: &str) -> (StatusCode, String) {
+        let url = format!("http://{}{route}/{id}/results", self.addr);
+        let status = self
+            .lock()
+            .jobs
+            .get_mut(route)
+            .and_then(|jobs| jobs.status(id, url));
+        match status {
+            Some(status) => (StatusCode::OK, status.to_string()),
+            None => not_found(),
+        }
+    }
+}
+
+/// What an accepted batch is answered, and whether the answer is withheld first.
+struct BatchAnswer {
+    status: StatusCode,
+    body: String,
+    retry_after: Option<Duration>,
+    withhold: Option<Duration>,
+}
+
+fn not_found() -> (StatusCode, String) {
+    let body = serde_json::json!({"type": "https://mailchimp.com/developer/marketing/docs/errors/",
+                                  "title": "Resource Not Found", "status": 404,
+                                  "detail": "The requested resource could not be found."});
+    (StatusCode::NOT_FOUND, body.to_string())
 }
 
 async fn accept_loop(
@@ -511,6 +791,7 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -525,22 +806,64 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             return json(StatusCode::BAD_REQUEST, r#"{"error":"bad_body"}"#.into());
         }
     };
+    let path = parts.uri.path();
+    let job = (parts.method == http::Method::GET)
+        .then(|| shared.mailchimp_job(path))
+        .flatten();
+    if let Some((route, id, true)) = job {
+        // Real Mailchimp serves results from storage outside the API: no limit, no count.
+        let results = shared
+            .lock()
+            .jobs
+            .get(route)
+            .and_then(|jobs| jobs.results(id));
+        let (status, body) = results.map_or_else(not_found, |r| (StatusCode::OK, r.to_string()));
+        return json(status, body);
+    }
     shared.received.fetch_add(1, Ordering::AcqRel);
-    let batch = shared.batch_routes.get(parts.uri.path());
-    let items = match batch.map(|endpoint| endpoint.parse(&body)) {
+    let batch = match job {
+        Some(_) => None,
+        None => shared.batch_endpoint(path),
+    };
+    let parsed = match batch.map(|endpoint| endpoint.parse(&body)) {
         Some(Err((status, answer))) => {
             shared.invalid.fetch_add(1, Ordering::AcqRel);
             return json(status, answer);
         }
-        Some(Ok(items)) => Some(items),
+        Some(Ok(parsed)) => Some(parsed),
         None => None,
     };
+    if let (Some(endpoint), Some(parsed), Some(marker)) =
+        (batch, &parsed, shared.bad_input_marker.as_deref())
+    {
+        if let Some((status, answer)) = answer::refusal(endpoint.shape(), &parsed.items, marker) {
+            shared.invalid.fetch_add(1, Ordering::AcqRel);
+            shared.bad_input_batches.fetch_add(1, Ordering::AcqRel);
+            return json(status, answer.to_string());
+        }
+    }
+    let pending_route = batch.filter(|e| e.shape() == BatchShape::Mailchimp);
+    if let Some(endpoint) = pending_route {
+        if !shared.reserve_pending(path, endpoint.max_pending()) {
+            shared.rate_limited.fetch_add(1, Ordering::AcqRel);
+            shared.pending_refused.fetch_add(1, Ordering::AcqRel);
+            let body = serde_json::json!({
+                "type": "https://mailchimp.com/developer/marketing/docs/errors/",
+                "title": "Too Many Requests", "status": 429,
+                "detail": format!("You have more than {} pending batches.", endpoint.max_pending()),
+            });
+            return json(StatusCode::TOO_MANY_REQUESTS, body.to_string());
+        }
+    }
     let request_id = parts
         .headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (outcome, latency) = shared.decide(parts.uri.path(), request_id.clone());
+    let (outcome, latency) = shared.decide(path, request_id.clone());
+    if pending_route.is_some() && !matches!(outcome, Outcome::Accepted { .. }) {
+        shared.release_pending(path);
+    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -561,10 +884,26 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             reset,
             seq,
         } => {
-            let mut resp = match (batch, items) {
-                (Some(endpoint), Some(items)) => {
-                    let (status, answer) = shared.answer_batch(endpoint, &items, seq);
-                    json(status, answer)
+            let mut resp = match (batch, parsed, job) {
+                (Some(endpoint), Some(parsed), _) => {
+                    let answer = shared.answer_batch(path, endpoint, &parsed, seq);
+                    if let Some(silence) = answer.withhold {
+                        shared.answers_withheld.fetch_add(1, Ordering::AcqRel);
+                        shared.changed.notify_waiters();
+                        tokio::select! {
+                            () = tokio::time::sleep(silence) => {}
+                            () = shared.closing.cancelled() => {}
+                        }
+                    }
+                    let mut resp = json(answer.status, answer.body);
+                    if let Some(wait) = answer.retry_after {
+                        retry_after_header(resp.headers_mut(), RetryAfterFormat::Seconds, wait);
+                    }
+                    resp
+                }
+                (_, _, Some((route, id, _))) => {
+                    let (status, body) = shared.batch_status(route, id);
+                    json(status, body)
                 }
                 _ => {
                     let body =

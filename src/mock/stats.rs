@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::records::RecordCounts;
+
 /// How many accept times and distinct request ids the server keeps (per kind). Beyond this,
 /// counters keep counting but new times and ids are not recorded, and
 /// [`MockStats::records_dropped`] says how many were skipped.
@@ -11,13 +13,22 @@ pub const MAX_RECORDED: usize = 1_000_000;
 ///
 /// Once every response has been received,
 /// `received == accepted + rate_limited + failed + invalid`, and for batch endpoints
-/// `items_received == items_accepted + items_failed + items_rejected`.
+/// `items_received == items_accepted + items_failed + items_rejected + items_rate_limited +
+/// items_unattributed + items_refused_existing`.
+///
+/// [`records`](MockStats::records) counts what batch routes stored, by identity, so a test
+/// can assert that no record was written twice ([`records_written_twice`] is 0) and that
+/// every valid record was applied ([`records_applied`] equals the distinct valid records):
+///
+/// [`records_written_twice`]: MockStats::records_written_twice
+/// [`records_applied`]: MockStats::records_applied
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MockStats {
     /// Requests whose body was read completely (the ones that got a decision).
     pub received: u64,
-    /// Requests answered `200 OK`.
+    /// Requests the limit accepted (answered `2xx`, a batch's answer included, or withheld
+    /// by [`timeout_after_apply`](super::MockServerBuilder::timeout_after_apply)).
     pub accepted: u64,
     /// Requests answered `429 Too Many Requests`.
     pub rate_limited: u64,
@@ -46,6 +57,44 @@ pub struct MockStats {
     pub items_failed: u64,
     /// Items rejected by [`item_reject_ratio`](super::MockServerBuilder::item_reject_ratio).
     pub items_rejected: u64,
+    /// Items refused with a rate limit by
+    /// [`item_rate_limit_ratio`](super::MockServerBuilder::item_rate_limit_ratio).
+    pub items_rate_limited: u64,
+    /// HubSpot inputs failed without naming them, by
+    /// [`unattributed_error_ratio`](super::MockServerBuilder::unattributed_error_ratio).
+    pub items_unattributed: u64,
+    /// Creates refused because the identity was already stored (HubSpot
+    /// `OBJECT_ALREADY_EXISTS`, Mailchimp "Member Exists" / `ERROR_CONTACT_EXISTS`).
+    pub items_refused_existing: u64,
+    /// Batches refused as a whole because an input carried the
+    /// [`bad_input_marker`](super::MockServerBuilder::bad_input_marker) (also counted in
+    /// `invalid`).
+    pub bad_input_batches: u64,
+    /// Batches applied whose answer was withheld by
+    /// [`timeout_after_apply`](super::MockServerBuilder::timeout_after_apply) (counted in
+    /// `accepted` as well: the server did the work).
+    pub answers_withheld: u64,
+    /// Mailchimp batches refused `429` because the route already had its
+    /// [`max_pending`](super::BatchEndpoint::max_pending) batches pending (also counted in
+    /// `rate_limited`).
+    pub pending_refused: u64,
+    /// The records of every batch route together (per route:
+    /// [`MockServer::records_on`](super::MockServer::records_on)).
+    pub records: RecordCounts,
+}
+
+impl MockStats {
+    /// Distinct records the batch routes store now.
+    pub fn records_applied(&self) -> u64 {
+        self.records.applied
+    }
+
+    /// Identities written more than once: applied again by an idempotent route (upsert,
+    /// update, identify, `PUT`), or created twice with the same content by a route without a
+    /// unique key. A client that never resends an applied record keeps this at 0.
+    pub fn records_written_twice(&self) -> u64 {
+        self.records.written_twice
+    }
 }
 
 /// The largest number of `times` inside any half-open interval `[t, t + window)`.

@@ -11,7 +11,9 @@ use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_throttle::mock::{BatchEndpoint, MockServer, ServerLimit};
 use tower_throttle::{
-    batch::{CustomerIoBatch, HubSpotBatch, JsonArrayBatch, MailchimpBatch},
+    batch::{
+        BrazeTrack, CustomerIoBatch, HubSpotBatch, JsonArrayBatch, MailchimpBatch, MailchimpMembers,
+    },
     BatchLayer,
 };
 use tower_throttle::{
@@ -272,5 +274,274 @@ async fn the_mock_refuses_batches_over_its_limits_without_consuming_the_limit() 
         (stats.invalid, stats.accepted, stats.items_accepted),
         (3, 1, 100)
     );
+    server.shutdown().await;
+}
+
+// ---- Batch truth over loopback, through `Throttle::builder().batch(..)` against the mock
+// server's vendor answers. Each asserts what the server holds against what callers heard, so
+// nothing depends on scheduling.
+
+const HUBSPOT_ROUTE: &str = "/crm/v3/objects/{type}/batch/{action}";
+
+/// The usual stack with batching, dead letters in `store`, 40 calls/s against the mock's 50.
+fn batched<F: tower_throttle::batch::BatchFormat>(
+    batch: BatchLayer<F>,
+    store: &MemoryStore,
+) -> tower_throttle::Batched<F> {
+    tower_throttle::Throttle::builder()
+        .limits(Quota::per_second(40).unwrap())
+        .retry(RetryPolicy::default())
+        .timeout(Duration::from_secs(1))
+        .dead_letters(store.clone())
+        .batch(batch)
+        .build(common::client())
+        .unwrap()
+}
+
+async fn mock(builder: tower_throttle::mock::MockServerBuilder) -> MockServer {
+    builder
+        .limit(ServerLimit::sliding_window(50, Duration::from_secs(1)).unwrap())
+        .seed(11)
+        .start()
+        .await
+        .unwrap()
+}
+
+fn hubspot_create(server: &MockServer, n: u64) -> http::Request<Full<Bytes>> {
+    http::Request::post(server.uri("/crm/v3/objects/contacts"))
+        .body(Full::from(format!(
+            r#"{{"properties":{{"email":"c{n}@example.com"}}}}"#
+        )))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_unattributed_hubspot_errors_are_never_reported_delivered() {
+    let server = mock(
+        MockServer::builder()
+            .batch_route(HUBSPOT_ROUTE, BatchEndpoint::hubspot())
+            .unattributed_error_ratio(0.05),
+    )
+    .await;
+    let store = MemoryStore::new();
+    let client = batched(BatchLayer::new(HubSpotBatch::upsert("contacts")), &store);
+    let jobs = stream::iter((0..1_000).map(|n| contact(&server, n)));
+    let report = run_bulk(jobs, client, BulkOptions::default().concurrency(1_000)).await;
+    let stats = server.stats();
+    assert!(stats.items_unattributed > 0, "{stats:?}");
+    // Every "delivered" is a record the server holds; nothing is lost.
+    assert_eq!(
+        report.succeeded,
+        stats.records_applied(),
+        "{report:?} {stats:?}"
+    );
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.succeeded + report.dead_lettered, 1_000);
+    assert_eq!(stats.records_written_twice(), 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_customerio_200_with_errors_fails_only_the_named_items() {
+    let server = mock(
+        MockServer::builder()
+            .batch_route("/api/v2/batch", BatchEndpoint::customerio())
+            .errors_in_ok_ratio(1.0)
+            .item_reject_ratio(0.03),
+    )
+    .await;
+    let store = MemoryStore::new();
+    let client = batched(BatchLayer::new(CustomerIoBatch::new()), &store);
+    let person = |n: u64| {
+        http::Request::post(server.uri("/api/v2/entity"))
+            .body(Full::from(format!(
+                r#"{{"type":"person","identifiers":{{"id":"{n}"}},"action":"identify","attributes":{{}}}}"#
+            )))
+            .unwrap()
+    };
+    let report = run_bulk(
+        stream::iter((0..1_000).map(person)),
+        client,
+        BulkOptions::default().concurrency(1_000),
+    )
+    .await;
+    let stats = server.stats();
+    assert!(stats.items_rejected > 0);
+    assert_eq!(
+        report.dead_lettered, stats.items_rejected,
+        "{report:?} {stats:?}"
+    );
+    assert_eq!(report.succeeded, stats.records_applied());
+    assert_eq!(report.succeeded + report.dead_lettered, 1_000);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_a_whole_batch_400_from_one_input_is_bisected_to_that_input() {
+    let server = mock(
+        MockServer::builder()
+            .batch_route(HUBSPOT_ROUTE, BatchEndpoint::hubspot())
+            .bad_input_marker("invalid"),
+    )
+    .await;
+    let store = MemoryStore::new();
+    let layer = BatchLayer::new(HubSpotBatch::upsert("contacts"));
+    let client = batched(layer, &store);
+    let stats_handle = client.batch_stats().clone();
+    let bad = [17u64, 140, 222];
+    let jobs = stream::iter((0..300).map(|n| {
+        let email = if bad.contains(&n) {
+            format!("invalid-{n}@example.com")
+        } else {
+            format!("c{n}@example.com")
+        };
+        http::Request::post(server.uri("/crm/v3/objects/contacts"))
+            .body(Full::from(format!(
+                r#"{{"id":"{email}","idProperty":"email","properties":{{}}}}"#
+            )))
+            .unwrap()
+    }));
+    let report = run_bulk(jobs, client, BulkOptions::default().concurrency(300)).await;
+    let stats = server.stats();
+    assert_eq!(
+        (report.succeeded, report.dead_lettered),
+        (297, 3),
+        "{report:?}"
+    );
+    assert_eq!(stats.records_applied(), 297);
+    let letters = store.list().await.unwrap();
+    assert!(letters
+        .iter()
+        .all(|l| format!("{:?}", l.body).contains("invalid-")));
+    // At most about log2(100) = 7 splits per bad input.
+    assert!(
+        stats_handle.bisections() <= 3 * 7,
+        "{}",
+        stats_handle.bisections()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_a_create_whose_answer_was_lost_is_not_created_twice() {
+    let server = mock(
+        MockServer::builder()
+            .batch_route(HUBSPOT_ROUTE, BatchEndpoint::hubspot())
+            .timeout_after_apply(0.3, Duration::from_secs(30)),
+    )
+    .await;
+    // Without a unique property: at-most-once, the lost records kept for reconciliation.
+    let store = MemoryStore::new();
+    let client = batched(
+        BatchLayer::new(HubSpotBatch::create("contacts"))
+            .with_max_items(20)
+            .unwrap(),
+        &store,
+    );
+    let jobs = stream::iter((0..200).map(|n| hubspot_create(&server, n)));
+    let report = run_bulk(jobs, client, BulkOptions::default().concurrency(200)).await;
+    let stats = server.stats();
+    assert!(stats.answers_withheld > 0, "{stats:?}");
+    assert_eq!(stats.records_written_twice(), 0, "{stats:?}");
+    assert_eq!(stats.records_applied(), 200, "every batch was applied");
+    let letters = store.list().await.unwrap();
+    assert_eq!(report.dead_lettered as usize, letters.len());
+    assert!(!letters.is_empty() && letters.iter().all(|l| l.outcome_unknown));
+    assert_eq!(report.succeeded + report.dead_lettered, 200);
+
+    // Proven by the email: resent, and OBJECT_ALREADY_EXISTS counts as delivered.
+    let server = mock(
+        MockServer::builder()
+            .batch_route(HUBSPOT_ROUTE, BatchEndpoint::hubspot())
+            .timeout_after_apply(0.3, Duration::from_secs(30)),
+    )
+    .await;
+    let store = MemoryStore::new();
+    let client = batched(
+        BatchLayer::new(HubSpotBatch::create("contacts").proven_by("email"))
+            .with_max_items(20)
+            .unwrap(),
+        &store,
+    );
+    let jobs = stream::iter((0..200).map(|n| hubspot_create(&server, n)));
+    let report = run_bulk(jobs, client, BulkOptions::default().concurrency(200)).await;
+    let stats = server.stats();
+    assert!(stats.items_refused_existing > 0, "{stats:?}");
+    assert_eq!(stats.records_written_twice(), 0);
+    assert_eq!(report.succeeded, 200, "{report:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_item_level_429s_are_retried_after_their_wait_and_delivered() {
+    let server = mock(
+        MockServer::builder()
+            .batch_route(HUBSPOT_ROUTE, BatchEndpoint::hubspot())
+            .item_rate_limit_ratio(0.05)
+            .item_retry_after(Duration::from_millis(500)),
+    )
+    .await;
+    let store = MemoryStore::new();
+    let client = batched(BatchLayer::new(HubSpotBatch::upsert("contacts")), &store);
+    let jobs = stream::iter((0..1_000).map(|n| contact(&server, n)));
+    let report = run_bulk(jobs, client, BulkOptions::default().concurrency(1_000)).await;
+    let stats = server.stats();
+    assert!(stats.items_rate_limited > 0);
+    // Three sends per record: a record refused three times in a row (1 in 8,000) fails.
+    assert_eq!(report.succeeded + report.dead_lettered, 1_000, "{report:?}");
+    assert_eq!(report.succeeded, stats.records_applied());
+    assert_eq!(stats.records_written_twice(), 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_braze_and_mailchimp_members_fail_only_the_named_records() {
+    let server = mock(
+        MockServer::builder()
+            .batch_route("/users/track", BatchEndpoint::braze())
+            .batch_route("/3.0/lists/{list_id}", BatchEndpoint::mailchimp_list())
+            .item_reject_ratio(0.05),
+    )
+    .await;
+    let store = MemoryStore::new();
+    let braze = batched(BatchLayer::new(BrazeTrack::attributes()), &store);
+    let profile = |n: u64| {
+        http::Request::post(server.uri("/users/track"))
+            .body(Full::from(format!(
+                r#"{{"external_id":"u{n}","plan":"pro"}}"#
+            )))
+            .unwrap()
+    };
+    let report = run_bulk(
+        stream::iter((0..300).map(profile)),
+        braze,
+        BulkOptions::default().concurrency(300),
+    )
+    .await;
+    let braze_stats = server.records_on("/users/track");
+    assert_eq!(report.succeeded, braze_stats.applied, "{report:?}");
+    assert_eq!(report.succeeded + report.dead_lettered, 300);
+    assert!(report.dead_lettered > 0);
+
+    let list = batched(
+        BatchLayer::new(MailchimpMembers::upsert("abc123").unwrap()),
+        &store,
+    );
+    let member = |n: u64| {
+        http::Request::post(server.uri("/3.0/lists/abc123"))
+            .body(Full::from(format!(
+                r#"{{"email_address":"m{n}@example.com","status":"subscribed"}}"#
+            )))
+            .unwrap()
+    };
+    let report = run_bulk(
+        stream::iter((0..600).map(member)),
+        list,
+        BulkOptions::default().concurrency(600),
+    )
+    .await;
+    let members = server.records_on("/3.0/lists/abc123");
+    assert_eq!(report.succeeded, members.applied, "{report:?}");
+    assert_eq!(report.succeeded + report.dead_lettered, 600);
     server.shutdown().await;
 }

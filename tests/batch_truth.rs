@@ -162,9 +162,10 @@ fn portal(
 }
 
 fn shared(fates: &[(&str, Fate)]) -> Shared {
-    let mut p = Portal::default();
-    p.fates = fates.iter().map(|(k, f)| ((*k).to_owned(), *f)).collect();
-    Arc::new(Mutex::new(p))
+    Arc::new(Mutex::new(Portal {
+        fates: fates.iter().map(|(k, f)| ((*k).to_owned(), *f)).collect(),
+        ..Portal::default()
+    }))
 }
 
 fn upsert(email: &str) -> Req {
@@ -209,7 +210,7 @@ where
 }
 
 /// The first error of type `E` in `err`'s chain (the dead-letter layer wraps what it stores).
-fn find<'a, E: std::error::Error + 'static>(err: &'a BoxError) -> Option<&'a E> {
+fn find<E: std::error::Error + 'static>(err: &BoxError) -> Option<&E> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
     while let Some(e) = current {
         if let Some(found) = e.downcast_ref::<E>() {
@@ -241,17 +242,18 @@ async fn an_unattributed_hubspot_error_is_never_reported_delivered() {
         // Only the record the loose error was about fails; the others are delivered.
         assert_eq!(status(r), if i == 13 { 400 } else { 200 }, "record {i}");
     }
-    let p = portal.lock().unwrap();
-    assert_eq!(p.applied.len(), 19);
-    assert!(
-        p.applied.values().all(|&n| n == 1),
-        "a record written twice"
-    );
-    // One failure not tied to an input, and one input neither result nor error names: that
-    // input is the failure, no resend needed.
-    assert_eq!(stats.bisections(), 0);
-    assert_eq!(p.batches.len(), 1);
-    drop(p);
+    {
+        let p = portal.lock().unwrap();
+        assert_eq!(p.applied.len(), 19);
+        assert!(
+            p.applied.values().all(|&n| n == 1),
+            "a record written twice"
+        );
+        // One failure not tied to an input, and one input neither result nor error names: that
+        // input is the failure, no resend needed.
+        assert_eq!(stats.bisections(), 0);
+        assert_eq!(p.batches.len(), 1);
+    }
     assert_eq!(store.len().await.unwrap(), 1);
 }
 
@@ -287,14 +289,15 @@ async fn one_invalid_input_fails_alone_and_the_other_99_are_delivered() {
     for (i, r) in out.iter().enumerate() {
         assert_eq!(status(r), if i == 41 { 400 } else { 200 }, "record {i}");
     }
-    let p = portal.lock().unwrap();
-    assert_eq!(p.applied.len(), 99);
-    assert!(p.applied.values().all(|&n| n == 1));
-    // Halving 100 down to the bad record: 7 rounds, each splitting the half that holds it.
-    assert_eq!(stats.bisections(), 7);
-    let with_bad = p.batches.iter().filter(|b| b.contains(&all[41])).count();
-    assert_eq!(with_bad, 8, "the first batch and one per halving");
-    drop(p);
+    {
+        let p = portal.lock().unwrap();
+        assert_eq!(p.applied.len(), 99);
+        assert!(p.applied.values().all(|&n| n == 1));
+        // Halving 100 down to the bad record: 7 rounds, each splitting the half that holds it.
+        assert_eq!(stats.bisections(), 7);
+        let with_bad = p.batches.iter().filter(|b| b.contains(&all[41])).count();
+        assert_eq!(with_bad, 8, "the first batch and one per halving");
+    }
     let letters = store.list().await.unwrap();
     assert_eq!(letters.len(), 1, "only the bad record is dead-lettered");
     assert!(format!("{:?}", letters[0].body).contains(&all[41]));
@@ -326,10 +329,11 @@ async fn a_lost_answer_of_a_create_is_not_resent() {
             "{err}"
         );
     }
-    let p = portal.lock().unwrap();
-    assert_eq!(p.batches.len(), 1, "the batch was sent once");
-    assert_eq!(p.applied.len(), 5);
-    drop(p);
+    {
+        let p = portal.lock().unwrap();
+        assert_eq!(p.batches.len(), 1, "the batch was sent once");
+        assert_eq!(p.applied.len(), 5);
+    }
     let letters = store.list().await.unwrap();
     assert_eq!(letters.len(), 5);
     assert!(letters.iter().all(|l| l.outcome_unknown), "{letters:?}");
@@ -352,10 +356,11 @@ async fn a_lost_answer_of_a_create_proven_by_email_is_resent_and_found_delivered
     );
     let out = send_all(client, all.iter().map(|e| create(e)).collect()).await;
     assert!(out.iter().all(|r| status(r) == 200), "{out:?}");
-    let p = portal.lock().unwrap();
-    assert_eq!(p.batches.len(), 2, "sent, answer lost, sent again");
-    assert!(p.applied.values().all(|&n| n == 1), "created twice");
-    drop(p);
+    {
+        let p = portal.lock().unwrap();
+        assert_eq!(p.batches.len(), 2, "sent, answer lost, sent again");
+        assert!(p.applied.values().all(|&n| n == 1), "created twice");
+    }
     assert_eq!(store.len().await.unwrap(), 0);
 }
 

@@ -161,7 +161,8 @@ impl MailchimpMembers {
     /// Adds or updates members of `list_id` (`update_existing: true`).
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] for a list id that is empty or not alphanumeric.
+    /// [`ConfigError::Invalid`](crate::ConfigError::Invalid) for a list id that is empty or
+    /// not alphanumeric.
     pub fn upsert(list_id: &str) -> Result<Self, crate::ConfigError> {
         MailchimpMembers::new(list_id, true)
     }

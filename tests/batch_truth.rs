@@ -47,6 +47,8 @@ enum Fate {
     Limited(u32),
     /// Makes HubSpot refuse its whole batch with a 400 naming it in prose only.
     Poison,
+    /// Makes HubSpot refuse its whole batch with a 400 that does not name it at all.
+    QuietPoison,
 }
 
 #[derive(Debug, Default)]
@@ -97,10 +99,14 @@ fn portal(
                 let keys: Vec<String> = inputs.iter().map(|i| key_of(i, create)).collect();
                 p.batches.push(keys.clone());
                 p.at.push(start.elapsed());
-                let poison = keys.iter().find(|k| p.fates.get(*k) == Some(&Fate::Poison));
-                if let Some(bad) = poison {
+                let poison = keys.iter().find_map(|k| match p.fates.get(k) {
+                    Some(Fate::Poison) => Some(format!("Property values were not valid: {k}")),
+                    Some(Fate::QuietPoison) => Some("Property values were not valid".to_owned()),
+                    _ => None,
+                });
+                if let Some(message) = poison {
                     let answer = json!({"status": "error", "category": "VALIDATION_ERROR",
-                        "message": format!("Property values were not valid: {bad}")});
+                        "message": message});
                     (400, answer, false)
                 } else {
                     let (mut results, mut errors) = (Vec::new(), Vec::new());
@@ -279,6 +285,7 @@ async fn an_error_with_no_context_is_pinned_only_by_splitting() {
 
 #[tokio::test(start_paused = true)]
 async fn one_invalid_input_fails_alone_and_the_other_99_are_delivered() {
+    // HubSpot's refusal quotes the bad value: that input fails, the 99 go again at once.
     let all = emails(100);
     let portal = shared(&[(all[41].as_str(), Fate::Poison)]);
     let store = MemoryStore::new();
@@ -293,14 +300,41 @@ async fn one_invalid_input_fails_alone_and_the_other_99_are_delivered() {
         let p = portal.lock().unwrap();
         assert_eq!(p.applied.len(), 99);
         assert!(p.applied.values().all(|&n| n == 1));
-        // Halving 100 down to the bad record: 7 rounds, each splitting the half that holds it.
-        assert_eq!(stats.bisections(), 7);
-        let with_bad = p.batches.iter().filter(|b| b.contains(&all[41])).count();
-        assert_eq!(with_bad, 8, "the first batch and one per halving");
+        assert_eq!(
+            p.batches.len(),
+            2,
+            "{:?}",
+            p.batches.iter().map(Vec::len).collect::<Vec<_>>()
+        );
     }
+    assert_eq!(stats.bisections(), 0);
     let letters = store.list().await.unwrap();
     assert_eq!(letters.len(), 1, "only the bad record is dead-lettered");
     assert!(format!("{:?}", letters[0].body).contains(&all[41]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_that_names_no_input_is_bisected_down_to_it() {
+    let all = emails(100);
+    let portal = shared(&[(all[41].as_str(), Fate::QuietPoison)]);
+    let store = MemoryStore::new();
+    let batch = BatchLayer::new(HubSpotBatch::upsert("contacts"));
+    let stats = batch.stats();
+    let client = stack(portal.clone(), batch, &store);
+    let out = send_all(client, all.iter().map(|e| upsert(e)).collect()).await;
+    for (i, r) in out.iter().enumerate() {
+        assert_eq!(status(r), if i == 41 { 400 } else { 200 }, "record {i}");
+    }
+    {
+        let p = portal.lock().unwrap();
+        assert_eq!(p.applied.len(), 99);
+        assert!(p.applied.values().all(|&n| n == 1));
+        let with_bad = p.batches.iter().filter(|b| b.contains(&all[41])).count();
+        assert_eq!(with_bad, 8, "the first batch and one per halving");
+    }
+    // Halving 100 down to the bad record: 7 rounds, each splitting the half that holds it.
+    assert_eq!(stats.bisections(), 7);
+    assert_eq!(store.len().await.unwrap(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -743,6 +777,7 @@ proptest! {
                 1 => (1u32..3).prop_map(Fate::Transient),
                 1 => (1u32..2).prop_map(Fate::Limited),
                 1 => Just(Fate::Poison),
+                1 => Just(Fate::QuietPoison),
             ],
             1..60,
         ),
@@ -785,7 +820,7 @@ proptest! {
                 let Some(answer) = answer else { continue };
                 let want = match fate {
                     Fate::Ok => 200,
-                    Fate::Invalid | Fate::Loose | Fate::Poison => 400,
+                    Fate::Invalid | Fate::Loose | Fate::Poison | Fate::QuietPoison => 400,
                     // Three sends per record at most: failing twice then succeeding is fine.
                     Fate::Transient(n) | Fate::Limited(n) if *n < 3 => 200,
                     Fate::Transient(_) => 500,

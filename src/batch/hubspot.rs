@@ -96,6 +96,14 @@ impl HubSpotBatch {
         }
     }
 
+    /// The value an input is known by (its `id`, or its unique property on a create), long
+    /// enough not to match by accident.
+    fn quoted_value(&self, encoded: &Bytes) -> Option<String> {
+        let identity = self.identity(&http::Request::new(()).into_parts().0, encoded)?;
+        let (_, value) = identity.split_once('=')?;
+        (value.len() >= 3).then(|| value.to_owned())
+    }
+
     /// For a create: the unique property (`email` for contacts, `domain` for companies, a
     /// custom unique property) every input sets. HubSpot then refuses a second create of the
     /// same record with `OBJECT_ALREADY_EXISTS`, so a batch whose answer was lost can be sent
@@ -241,6 +249,20 @@ impl BatchFormat for HubSpotBatch {
             for id in ids {
                 traced += 1;
                 found.insert(id, item.clone());
+            }
+        }
+        // A refusal of the whole batch names its culprit in prose ("Property values were not
+        // valid: ... a@example.com ..."): an input whose identity the message quotes is it.
+        if !status.is_success() && found.is_empty() {
+            if let Some(message) = answer.get("message").and_then(Value::as_str) {
+                for item in items {
+                    let quoted = self
+                        .quoted_value(item.encoded)
+                        .is_some_and(|v| message.contains(v.as_str()));
+                    if quoted {
+                        found.insert(item.id, ItemResult::new(status, body.clone()));
+                    }
+                }
             }
         }
         let listed = errors.map_or(0, |e| e.len() as u64);

@@ -650,6 +650,12 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
         };
         let mut unsettled: Vec<(Item, ItemResult)> = Vec::new();
         let mut again = Vec::new();
+        // A refusal that named the records at fault cleared the others: they go again as one
+        // batch. Only a refusal that names none needs halving to find them.
+        let named = refused
+            && results
+                .iter()
+                .any(|r| r.is_attributed() && !r.status.is_success());
         for (item, result) in items.into_iter().zip(results) {
             if refused && result.status.is_success() {
                 unsettled.push((item, ItemResult::new(status, body.clone())));
@@ -681,7 +687,11 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
                     item.unsure |= provable && !refused;
                     item
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            if named {
+                let cap = items.len();
+                return self.requeue_lane(items, cap, now);
+            }
             return self.split(items, now);
         }
         for (item, result) in unsettled {

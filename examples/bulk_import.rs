@@ -8,7 +8,13 @@
 //! cargo run --release --example bulk_import --features mock -- --no-batch
 //! cargo run --release --example bulk_import --features mock -- --naive
 //! cargo run --release --example bulk_import --features mock -- --count 50000 --rate 50 --batch-size 200
+//! cargo run --release --example bulk_import --features mock -- --faults
 //! ```
+//!
+//! `--faults` makes the mock answer batches the ways vendors do when things go wrong: errors
+//! inside a 200, a whole batch refused for one bad user (one in `--bad-every` users has an
+//! invalid email), an answer lost after the batch was applied. The summary says how many
+//! *valid* users were dead-lettered: 0 is the claim.
 //!
 //! The mock API enforces `--rate` requests per second per workspace as a sliding window (like
 //! Customer.io's Track API), for single and batch calls alike; answers 429 with `Retry-After`
@@ -32,7 +38,7 @@ use tower_throttle::mock::{BatchEndpoint, MockServer, RetryAfterFormat, ServerLi
 use tower_throttle::{
     backoff::Backoff, dead_letter::DeadLetterStore, metrics::Stats, run_bulk, AdaptiveLayer,
     BulkOptions, BulkReport, DeadLetterLayer, FileStore, LocalBucket, Progress, QueueLayer, Quota,
-    RateLimitLayer, RetryLayer, RetryPolicy,
+    RateLimitLayer, RetryLayer, RetryPolicy, Throttle,
 };
 use tower_throttle::{batch::CustomerIoBatch, BatchLayer};
 
@@ -50,6 +56,8 @@ struct Args {
     fail_ratio: f64,
     item_fail_ratio: f64,
     mode: Mode,
+    faults: bool,
+    bad_every: u64,
 }
 
 /// How often the plain progress line is printed when stdout is not a terminal.
@@ -108,6 +116,21 @@ fn cli() -> clap::Command {
                 .help("share of users failed in a batch"),
         )
         .arg(
+            Arg::new("faults")
+                .long("faults")
+                .action(ArgAction::SetTrue)
+                .conflicts_with_all(["no-batch", "naive"])
+                .help("vendor batch faults: errors in a 200, a batch refused for one bad user, lost answers"),
+        )
+        .arg(
+            Arg::new("bad-every")
+                .long("bad-every")
+                .value_name("N")
+                .value_parser(value_parser!(u64).range(1..))
+                .default_value("20000")
+                .help("with --faults: one user in N has an invalid email"),
+        )
+        .arg(
             Arg::new("no-batch")
                 .long("no-batch")
                 .action(ArgAction::SetTrue)
@@ -138,6 +161,8 @@ fn parse_args() -> Args {
         fail_ratio: *m.get_one("fail-ratio").expect("has a default"),
         item_fail_ratio: *m.get_one("item-fail-ratio").expect("has a default"),
         mode,
+        faults: m.get_flag("faults"),
+        bad_every: *m.get_one("bad-every").expect("has a default"),
     }
 }
 
@@ -155,15 +180,26 @@ fn user(server: &MockServer, id: u64) -> http::Request<Full<Bytes>> {
         .expect("valid request")
 }
 
-/// The same user as a v2 entity, the item of a `/api/v2/batch` call.
-fn user_entity(server: &MockServer, id: u64) -> http::Request<Full<Bytes>> {
+/// The same user as a v2 entity, the item of a `/api/v2/batch` call; `bad` users carry an
+/// email the (faulty) mock refuses the whole batch for.
+fn user_entity(server: &MockServer, id: u64, bad: bool) -> http::Request<Full<Bytes>> {
+    let email = if bad {
+        format!("invalid-{id}@example")
+    } else {
+        format!("user{id}@example.com")
+    };
     http::Request::put(server.uri(&format!("/api/v1/customers/{id}")))
         .header("authorization", "Basic c2l0ZV9pZDphcGlfa2V5")
         .body(Full::new(Bytes::from(format!(
             "{{\"type\":\"person\",\"identifiers\":{{\"id\":\"{id}\"}},\"action\":\"identify\",\
-             \"attributes\":{{\"email\":\"user{id}@example.com\",\"plan\":\"pro\"}}}}"
+             \"attributes\":{{\"email\":\"{email}\",\"plan\":\"pro\"}}}}"
         ))))
         .expect("valid request")
+}
+
+/// Whether user `id` is one of the invalid ones of a `--faults` run.
+fn is_bad(args: &Args, id: u64) -> bool {
+    args.faults && id % args.bad_every == args.bad_every / 2
 }
 
 /// A bar on a terminal; nothing when stdout is a pipe, a file or a CI log (the plain lines of
@@ -267,9 +303,16 @@ async fn main() -> Result<(), tower::BoxError> {
         )
         .retry_after(RetryAfterFormat::Seconds)
         .fail_ratio(args.fail_ratio)
-        .item_fail_ratio(args.item_fail_ratio)
-        .start()
-        .await?;
+        .item_fail_ratio(args.item_fail_ratio);
+    let server = if args.faults {
+        server
+            .errors_in_ok_ratio(0.2)
+            .bad_input_marker("invalid-")
+            .timeout_after_apply(0.005, Duration::from_secs(60))
+    } else {
+        server
+    };
+    let server = server.start().await?;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let per_request = if args.mode == Mode::Batched {
         args.batch_size
@@ -285,6 +328,13 @@ async fn main() -> Result<(), tower::BoxError> {
         "{:.0}% of requests answered 503; {}",
         args.fail_ratio * 100.0,
         match args.mode {
+            Mode::Batched if args.faults => format!(
+                "batches of {}, {:.0}% of users failed in a batch; faults: errors in 20% of 200s, \
+                 1 in {} users invalid, 0.5% of answers lost",
+                args.batch_size,
+                args.item_fail_ratio * 100.0,
+                args.bad_every
+            ),
             Mode::Batched => format!(
                 "batches of {}, {:.0}% of users failed in a batch",
                 args.batch_size,
@@ -324,8 +374,11 @@ async fn main() -> Result<(), tower::BoxError> {
     );
     if args.mode == Mode::Batched {
         println!(
-            "users in batches {} ({} failed and re-batched), {} written, {} twice",
-            stats.items_received, stats.items_failed, stats.items_accepted, stats.duplicate_ids
+            "users in batches {} ({} failed and re-batched), {} written, {} written twice",
+            stats.items_received,
+            stats.items_failed,
+            stats.records_applied(),
+            stats.records_written_twice()
         );
     }
     for note in &totals.notes {
@@ -372,8 +425,9 @@ fn bulk_options<B: 'static>(
         .on_progress(move |p| reporter.update(p))
 }
 
-/// Batches: dead letters per user, `BatchLayer` (Customer.io v2 batches of `--batch-size`),
-/// retry holding the shared bucket for whole-batch 429s and 503s, the gate at the known limit.
+/// Batches, through the one-call builder: dead letters per user above `.batch(..)`
+/// (Customer.io v2 batches of `--batch-size`), retry holding the shared bucket for whole-batch
+/// 429s and 503s, the gate at the known limit, a timeout per attempt.
 async fn batched(
     server: &MockServer,
     client: HttpClient,
@@ -383,27 +437,31 @@ async fn batched(
     let stats = Stats::new();
     // A known limit: pace at 95% of it, so latency jitter never puts one request too many
     // into the server's one-second window. Every call carries a whole batch, so no probing.
-    let bucket = LocalBucket::new(Quota::per_second((args.rate * 19 / 20).max(1))?);
-    let batching = BatchLayer::new(CustomerIoBatch::new()).with_max_items(args.batch_size)?;
-    let batch_stats = batching.stats();
-    let stack = ServiceBuilder::new()
-        .layer(DeadLetterLayer::new(store.clone()).with_stats(stats.clone()))
-        .layer(batching)
-        .layer(RetryLayer::new(
-            RetryPolicy::default()
-                .with_backoff(
-                    Backoff::builder()
-                        .base(Duration::from_millis(100))
-                        .build()?,
-                )
-                .with_bucket(bucket.clone())
-                .with_stats(stats.clone()),
-        ))
-        .layer(RateLimitLayer::with_bucket(bucket).with_stats(stats.clone()))
-        .service(client);
+    let stack = Throttle::builder()
+        .limits(Quota::per_second((args.rate * 19 / 20).max(1))?)
+        .retry(
+            RetryPolicy::default().with_backoff(
+                Backoff::builder()
+                    .base(Duration::from_millis(100))
+                    .build()?,
+            ),
+        )
+        // The mock answers in microseconds: a batch silent for half a second lost its answer.
+        .timeout(Duration::from_millis(500))
+        .stats(stats.clone())
+        .dead_letters(store.clone())
+        // Six sends per user: with 1% of users failed transiently in each batch, three sends
+        // would lose one user in a million to bad luck.
+        .batch(
+            BatchLayer::new(CustomerIoBatch::new())
+                .with_max_items(args.batch_size)?
+                .with_max_item_attempts(6)?,
+        )
+        .build(client)?;
+    let batch_stats = stack.batch_stats().clone();
 
     let reporter = Reporter::new(args.count);
-    let jobs = stream::iter((0..args.count).map(|id| user_entity(server, id)));
+    let jobs = stream::iter((0..args.count).map(|id| user_entity(server, id, is_bad(args, id))));
     // Enough users in flight to fill every batch the gate admits while others are answered.
     let concurrency = (args.batch_size * 20).max(64);
     let report = run_bulk(
@@ -415,9 +473,21 @@ async fn batched(
     reporter.finish();
     let mut totals = Totals::of(&report, stats.snapshot().retries());
     totals.notes.push(format!(
-        "batch calls      {}, {} users re-batched after a transient failure",
+        "batch calls      {}, {} users re-batched, {} batches split to find a bad user",
         batch_stats.batches(),
-        batch_stats.rebatched()
+        batch_stats.rebatched(),
+        batch_stats.bisections()
+    ));
+    // A valid user in the dead letters is a user the vendor never refused: the claim is 0.
+    let letters = store.list().await?;
+    let valid = letters
+        .iter()
+        .filter(|l| !format!("{:?}", l.body).contains("invalid-"))
+        .count();
+    let bad = (0..args.count).filter(|&id| is_bad(args, id)).count();
+    totals.notes.push(format!(
+        "dead-lettered    {} invalid users (of {bad}), {valid} valid users",
+        letters.len() - valid
     ));
     totals.notes.extend(dead_letter_note(&store, &dir).await?);
     Ok(totals)

@@ -98,6 +98,7 @@ impl<F: BatchFormat> Batch<F> {
             not_before: now,
             lane: 0,
             cap: usize::MAX,
+            after: 0,
             batches: 0,
             retries: 0,
             attempts: 0,

@@ -71,6 +71,10 @@ pub(crate) struct Item {
     pub(crate) lane: u64,
     /// The most items of a batch it may go in: halved by each split.
     pub(crate) cap: usize,
+    /// The second half of a split waits for the first half's answer (the lane named here):
+    /// if that half goes through, the refusal's culprit is in this one, which is split again
+    /// without being sent. 0: not waiting.
+    pub(crate) after: u64,
     /// Batches it has been sent in.
     pub(crate) batches: u32,
     /// Times it was sent again after a transient failure of its own.
@@ -170,6 +174,8 @@ pub(crate) struct Worker<S, F, B> {
     /// [`CostTooHigh`](crate::ThrottleError::CostTooHigh) (its smallest burst).
     max_cost: u64,
     next_lane: u64,
+    /// Lanes with a batch on the wire.
+    lanes_in_flight: std::collections::HashSet<u64>,
     rng: SmallRng,
     _body: std::marker::PhantomData<fn() -> B>,
 }
@@ -187,6 +193,7 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
             order: HashMap::new(),
             max_cost: u64::MAX,
             next_lane: 1,
+            lanes_in_flight: Default::default(),
             rng: SmallRng::from_entropy(),
             _body: std::marker::PhantomData,
         }
@@ -286,7 +293,7 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
                 backoff = Some(backoff.map_or(item.not_before, |b| b.min(item.not_before)));
                 continue;
             }
-            if !self.is_next(item) {
+            if item.after != 0 || !self.is_next(item) {
                 continue;
             }
             if let Some(first) = first {
@@ -325,6 +332,7 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
     /// to look again.
     fn plan(&mut self, now: Instant) -> Plan {
         self.withdraw_closed();
+        self.release_orphans(now);
         let (selection, backoff) = self.select(now);
         match selection {
             Some(s) if s.full || !self.open || now >= s.due => Plan::SendNow,
@@ -404,6 +412,9 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
         for item in &mut items {
             item.batches += 1;
         }
+        if items[0].lane != 0 {
+            self.lanes_in_flight.insert(items[0].lane);
+        }
         self.config.stats.add_batch(items.len());
         let call = self.inner.call(req);
         self.in_flight.push(Box::pin(async move {
@@ -428,7 +439,7 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
 
     /// Puts items back at the front of the queue, as a batch of their own of at most `cap`
     /// items, due now.
-    fn requeue_lane(&mut self, items: Vec<Item>, cap: usize, now: Instant) {
+    fn requeue_lane(&mut self, items: Vec<Item>, cap: usize, now: Instant) -> u64 {
         let lane = self.next_lane;
         self.next_lane += 1;
         for mut item in items.into_iter().rev() {
@@ -436,23 +447,95 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
             item.cap = cap.max(1);
             item.due = now;
             item.not_before = now;
+            item.after = 0;
             self.pending.push_front(item);
+        }
+        lane
+    }
+
+    /// Takes the items waiting on `lane`'s answer out of the queue.
+    fn held_by(&mut self, lane: u64) -> Vec<Item> {
+        let mut held = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            if self.pending[i].after == lane {
+                held.extend(self.pending.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        held
+    }
+
+    /// Items waiting on a lane that will never answer (every item of it was withdrawn) go
+    /// out on their own.
+    fn release_orphans(&mut self, now: Instant) {
+        let waiting: std::collections::HashSet<u64> = self
+            .pending
+            .iter()
+            .filter(|i| i.after != 0)
+            .map(|i| i.after)
+            .collect();
+        for lane in waiting {
+            let alive = self.lanes_in_flight.contains(&lane)
+                || self
+                    .pending
+                    .iter()
+                    .any(|i| i.lane == lane && i.after == 0 && !i.reply.is_closed());
+            if !alive {
+                let held = self.held_by(lane);
+                let cap = held.len();
+                self.requeue_lane(held, cap, now);
+            }
+        }
+    }
+
+    /// Settles the half waiting on `lane` now that `lane`'s batch is answered: a batch that
+    /// went through (`cleared`) proves the culprit is in the other half, which is split
+    /// without being sent (a single record is always sent: the vendor has the last word).
+    /// Otherwise the other half is a suspect of its own and goes out.
+    fn settle_sibling(&mut self, lane: u64, cleared: bool, now: Instant) {
+        if lane == 0 {
+            return;
+        }
+        self.lanes_in_flight.remove(&lane);
+        let held = self.held_by(lane);
+        if held.is_empty() {
+            return;
+        }
+        let whole = !self.pending.iter().any(|i| i.lane == lane);
+        if cleared && whole && held.len() > 1 {
+            // The items were counted as re-batched when they were split off.
+            self.halve(held, now);
+        } else {
+            let cap = held.len();
+            self.requeue_lane(held, cap, now);
         }
     }
 
     /// Splits items the answer did not settle into two halves sent on their own, so a bad
     /// record is found in about `log2(n)` rounds and the others are delivered.
-    fn split(&mut self, mut items: Vec<Item>, now: Instant) {
-        self.config.stats.add_bisections(1);
+    ///
+    /// The first half goes out now; the second waits for its answer ([`settle_sibling`]),
+    /// so when the first half goes through, the second is split again unsent: about one call
+    /// per halving instead of two.
+    ///
+    /// [`settle_sibling`]: Self::settle_sibling
+    fn split(&mut self, items: Vec<Item>, now: Instant) {
         self.config.stats.add_rebatched(items.len());
+        self.halve(items, now);
+    }
+
+    fn halve(&mut self, mut items: Vec<Item>, now: Instant) {
+        self.config.stats.add_bisections(1);
         let second = items.split_off(items.len().div_ceil(2));
         let half = items.len();
-        // The second half first, so the first half ends up in front.
-        if !second.is_empty() {
-            let cap = second.len();
-            self.requeue_lane(second, cap, now);
+        let lane = self.requeue_lane(items, half, now);
+        for mut item in second.into_iter().rev() {
+            item.after = lane;
+            item.lane = 0;
+            self.pending.push_front(item);
         }
-        self.requeue_lane(items, half, now);
     }
 
     /// The batch came back without an answer (after the retries below, if any).
@@ -543,6 +626,7 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
             item.not_before = until;
             item.due = clock::later(until, self.config.linger);
             item.lane = 0;
+            item.after = 0;
             item.cap = usize::MAX;
             self.pending.push_front(item);
         }
@@ -591,6 +675,9 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
     fn finish(&mut self, done: Done) {
         let Done { mut items, answer } = done;
         let now = Instant::now();
+        let lane = items.first().map_or(0, |i| i.lane);
+        let cleared = matches!(&answer, Ok((status, ..)) if status.is_success());
+        self.settle_sibling(lane, cleared, now);
         let (status, headers, attempts, body) = match answer {
             Ok(answer) => answer,
             Err(err) => return self.failed(items, err, now),
@@ -690,7 +777,8 @@ impl<S: Client<B>, F: BatchFormat, B: ReplayBody> Worker<S, F, B> {
                 .collect::<Vec<_>>();
             if named {
                 let cap = items.len();
-                return self.requeue_lane(items, cap, now);
+                self.requeue_lane(items, cap, now);
+                return;
             }
             return self.split(items, now);
         }

@@ -845,3 +845,65 @@ proptest! {
         });
     }
 }
+
+// Creates whose answers are lost: nothing is created twice, and a record is reported
+// delivered or "outcome unknown" exactly when the portal holds it.
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn a_create_of_unknown_outcome_is_never_sent_twice(
+        records in 1usize..50,
+        max_items in 1usize..20,
+        lose in 0u32..4,
+        proven in any::<bool>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let keys = emails(records);
+            let portal = shared(&[]);
+            {
+                let mut p = portal.lock().unwrap();
+                p.create = true;
+                p.lose = lose;
+            }
+            let format = if proven {
+                HubSpotBatch::create("contacts").proven_by("email")
+            } else {
+                HubSpotBatch::create("contacts")
+            };
+            let store = MemoryStore::new();
+            let batch = BatchLayer::new(format).with_max_items(max_items).unwrap();
+            let client = stack(portal.clone(), batch, &store);
+            let out = send_all(client, keys.iter().map(|k| create(k)).collect()).await;
+            let p = portal.lock().unwrap();
+            assert!(p.applied.values().all(|&n| n == 1), "created twice: {:?}", p.applied);
+            for (key, answer) in keys.iter().zip(&out) {
+                let held = p.applied.contains_key(key);
+                match answer {
+                    Ok(res) => {
+                        assert_eq!(res.status(), 200);
+                        assert!(held, "{key} delivered, never created");
+                    }
+                    Err(err) => {
+                        // A provable create is resent until its third send: it fails only
+                        // when the answers of all three are lost.
+                        assert!(!(proven && lose < 3), "a provable create failed: {err}");
+                        assert!(
+                            matches!(find::<ThrottleError>(err), Some(ThrottleError::OutcomeUnknown { .. })),
+                            "{err}"
+                        );
+                        assert!(held, "{key} reported unknown, but the lost answer's batch was applied");
+                    }
+                }
+            }
+        });
+    }
+}

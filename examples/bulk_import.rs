@@ -446,8 +446,9 @@ async fn batched(
                     .build()?,
             ),
         )
-        // The mock answers in microseconds: a batch silent for half a second lost its answer.
-        .timeout(Duration::from_millis(500))
+        // The mock answers within milliseconds on loopback: a batch silent for a quarter of a
+        // second lost its answer (an upsert, so it is sent again).
+        .timeout(Duration::from_millis(250))
         .stats(stats.clone())
         .dead_letters(store.clone())
         // Six sends per user: with 1% of users failed transiently in each batch, three sends

@@ -719,3 +719,139 @@ async fn replay_pages_through_a_store_larger_than_a_page() {
     let unique: BTreeSet<&String> = delivered.iter().collect();
     assert_eq!((delivered.len(), unique.len()), (514, 514));
 }
+
+/// `err` is the one-writer refusal.
+fn assert_locked(opened: std::io::Result<FileStore>, how: &str) {
+    match opened {
+        Ok(_) => panic!("{how}: a second writer got in"),
+        Err(err) => assert!(
+            matches!(
+                FileStoreError::of(&err),
+                Some(FileStoreError::Locked { .. })
+            ),
+            "{how}: {err}"
+        ),
+    }
+}
+
+/// Issue 29 item 1: the lock was on `<name>.lock`, so the same file opened under another
+/// name (a symlink, a hard link) or after the lock file was deleted took a second writer,
+/// and the two handed out the same ids. The data file itself is locked now; the first
+/// store's letters are all there after the refusals.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_second_opener_by_another_name_or_without_the_lock_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    let store = FileStore::open(&path).await.unwrap();
+    let id = store.append(letter(1)).await.unwrap();
+
+    let symlink = dir.path().join("symlink.jsonl");
+    std::os::unix::fs::symlink(&path, &symlink).unwrap();
+    assert_locked(FileStore::open(&symlink).await, "through a symlink");
+    let hard_link = dir.path().join("hard_link.jsonl");
+    std::fs::hard_link(&path, &hard_link).unwrap();
+    assert_locked(FileStore::open(&hard_link).await, "through a hard link");
+    std::fs::remove_file(dir.path().join("dl.jsonl.lock")).unwrap();
+    assert_locked(FileStore::open(&path).await, "with the lock file deleted");
+
+    assert_eq!(ids_of(&store.list().await.unwrap()), [id]);
+    drop(store);
+    let reopened = FileStore::open(&symlink).await.unwrap();
+    assert_eq!(ids_of(&reopened.list().await.unwrap()), [id]);
+}
+
+/// Issue 29 item 1, the lock across a compaction: the rename puts a new file at the path, so
+/// a lock kept on the old one would refuse nobody. The new file is locked before the rename.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_second_opener_after_a_compaction_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    let symlink = dir.path().join("symlink.jsonl");
+    std::os::unix::fs::symlink(&path, &symlink).unwrap();
+    let store = FileStore::open(&path)
+        .await
+        .unwrap()
+        .with_compaction_threshold(1);
+    let ids = [
+        store.append(letter(1)).await.unwrap(),
+        store.append(letter(2)).await.unwrap(),
+        store.append(letter(3)).await.unwrap(),
+    ];
+    // Two tombstones over one live letter: the removal compacts.
+    store.remove(ids[0]).await.unwrap();
+    store.remove(ids[1]).await.unwrap();
+    assert_eq!(store.tombstones(), 0, "compacted");
+    std::fs::remove_file(dir.path().join("dl.jsonl.lock")).unwrap();
+    assert_locked(FileStore::open(&path).await, "after a compaction");
+    assert_locked(
+        FileStore::open(&symlink).await,
+        "symlink, after a compaction",
+    );
+
+    // And after an explicit one, with a letter appended to the new file first.
+    let later = store.append(letter(4)).await.unwrap();
+    store.compact().await.unwrap();
+    assert_locked(FileStore::open(&path).await, "after compact()");
+    assert_eq!(ids_of(&store.list().await.unwrap()), [ids[2], later]);
+    drop(store);
+    let reopened = FileStore::open(&path).await.unwrap();
+    assert_eq!(ids_of(&reopened.list().await.unwrap()), [ids[2], later]);
+}
+
+#[cfg(unix)]
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Issue 29 item 8: the data file and the lock were created world-readable under the usual
+/// umask, and a letter holds a request body (customers' personal data). They are created
+/// 0600, the compacted file keeps the mode, and the temp file is never more open than 0600.
+#[cfg(unix)]
+#[tokio::test]
+async fn dead_letter_files_are_created_private_and_stay_private_across_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    let store = FileStore::open(&path)
+        .await
+        .unwrap()
+        .with_compaction_threshold(1);
+    assert_eq!(mode_of(&path), 0o600);
+    assert_eq!(mode_of(&dir.path().join("dl.jsonl.lock")), 0o600);
+    assert!(!store.readable_by_others());
+    let a = store.append(letter(1)).await.unwrap();
+    store.append(letter(2)).await.unwrap();
+    store.remove(a).await.unwrap();
+    store.compact().await.unwrap();
+    assert_eq!(store.tombstones(), 0, "compacted");
+    assert_eq!(mode_of(&path), 0o600, "after compaction");
+    assert!(!dir.path().join("dl.jsonl.tmp").exists());
+}
+
+/// Issue 29 item 8, a store others can read (as earlier versions created them): it opens,
+/// since refusing would lose every letter meanwhile, but says so (a warning, and
+/// `readable_by_others`); a mode the owner chose is kept across compaction, not reset.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_store_others_can_read_opens_with_a_warning_and_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    drop(FileStore::open(&path).await.unwrap());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let store = FileStore::open(&path).await.unwrap();
+    assert!(store.readable_by_others());
+    let a = store.append(letter(1)).await.unwrap();
+    store.remove(a).await.unwrap();
+    store.compact().await.unwrap();
+    assert_eq!(
+        mode_of(&path),
+        0o640,
+        "the owner's choice survives compaction"
+    );
+    drop(store);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(!FileStore::open(&path).await.unwrap().readable_by_others());
+}

@@ -525,16 +525,27 @@ async fn a_failed_compaction_never_loses_later_letters() {
     );
 }
 
-/// Issue 14 item 6 with the failure the issue reported: a directory of mode 0300 lets the
-/// rename through but not the directory sync after it. Root ignores directory modes, so the
-/// step is skipped (visibly) when running as root; the unit test
-/// `file::tests::a_failed_compaction_never_loses_later_letters` injects the same failure.
+/// Whether directory modes bind this process: root (with `CAP_DAC_OVERRIDE`) opens a directory
+/// of mode 0300 all the same.
 #[cfg(unix)]
-#[tokio::test]
-async fn a_failed_compaction_never_loses_later_letters_in_an_unreadable_directory() {
+fn directory_modes_bind(scratch: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
-    let dir = tempfile::tempdir().unwrap();
-    let sub = dir.path().join("dl");
+    let probe = scratch.join("mode-probe");
+    std::fs::create_dir(&probe).unwrap();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o300)).unwrap();
+    let binds = std::fs::File::open(&probe).is_err();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::remove_dir(&probe).unwrap();
+    binds
+}
+
+/// Issue 14 item 6 with the failure the issue reported: a directory of mode 0300 lets the
+/// rename through but not the directory sync after it. Needs a user whom directory modes
+/// bind; the caller makes sure of one.
+#[cfg(unix)]
+async fn compaction_in_an_unreadable_directory(scratch: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let sub = scratch.join("dl");
     std::fs::create_dir(&sub).unwrap();
     let path = sub.join("dl.jsonl");
     let store = FileStore::open(&path)
@@ -545,11 +556,10 @@ async fn a_failed_compaction_never_loses_later_letters_in_an_unreadable_director
         store.append(letter(n)).await.unwrap();
     }
     std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o300)).unwrap();
-    if std::fs::File::open(&sub).is_ok() {
-        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
-        eprintln!("SKIPPED: a_failed_compaction_never_loses_later_letters_in_an_unreadable_directory: directory modes do not bind this user (root)");
-        return;
-    }
+    assert!(
+        std::fs::File::open(&sub).is_err(),
+        "directory modes must bind this user, or the case tests nothing"
+    );
     assert!(store.remove(1).await.unwrap());
     assert!(store.remove(2).await.unwrap());
     let refused = store.append(letter(4)).await;
@@ -566,6 +576,66 @@ async fn a_failed_compaction_never_loses_later_letters_in_an_unreadable_director
     drop(store);
     let reopened = FileStore::open(&path).await.unwrap();
     assert_eq!(ids_of(&reopened.list().await.unwrap()), [3, id]);
+}
+
+#[cfg(unix)]
+const UNPRIVILEGED_DIR: &str = "TOWER_THROTTLE_UNPRIVILEGED_DIR";
+
+/// The unprivileged child's side of the test below, run by it as uid 65534. Ignored, so a
+/// plain run lists it as ignored rather than as a pass that tested nothing.
+#[cfg(unix)]
+#[tokio::test]
+#[ignore = "entry point of the uid-65534 child that a_failed_compaction_never_loses_later_letters_in_an_unreadable_directory spawns"]
+async fn unprivileged_child_compaction_in_an_unreadable_directory() {
+    let scratch = std::path::PathBuf::from(
+        std::env::var_os(UNPRIVILEGED_DIR).expect("spawned by the parent test only"),
+    );
+    compaction_in_an_unreadable_directory(&scratch).await;
+    println!("\n@@ tested");
+}
+
+/// Issue 27 item 1: as root (CI's user) directory modes do not bind, and this case returned
+/// early, reporting a pass having tested nothing. As root it now runs the case in a child
+/// process as uid 65534 (`nobody`): a copy of this test binary in a directory that user owns,
+/// so no part of the build directory's path needs to be open to it. A child that cannot
+/// start, skips or fails fails the test.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_failed_compaction_never_loses_later_letters_in_an_unreadable_directory() {
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    if directory_modes_bind(dir.path()) {
+        compaction_in_an_unreadable_directory(dir.path()).await;
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let scratch = dir.path().join("nobody");
+    std::fs::create_dir(&scratch).unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    std::os::unix::fs::chown(&scratch, Some(NOBODY), Some(NOBODY)).unwrap();
+    let exe = dir.path().join("dead_letter_test");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    let out = std::process::Command::new(&exe)
+        .args([
+            "--exact",
+            "unprivileged_child_compaction_in_an_unreadable_directory",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(UNPRIVILEGED_DIR, &scratch)
+        .current_dir(&scratch)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("start the test binary as uid 65534 (needs CAP_SETUID, which root has)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("\n@@ tested"),
+        "the uid-65534 child failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Issue 14 item 7: two stores on one path both wrote, handed out the same ids, and half the

@@ -925,3 +925,56 @@ async fn a_store_others_can_read_opens_with_a_warning_and_keeps_its_mode() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(!FileStore::open(&path).await.unwrap().readable_by_others());
 }
+
+/// Issue 29 item 6: a transport error's dead letter said `"attempts": 1` after every retry,
+/// because attempts were read from the response's extensions and an error has none. Through
+/// the one-call builder against a closed port: five attempts, five counted, and the error the
+/// caller gets is still the client's own (nothing wraps it to carry the count).
+#[tokio::test]
+async fn a_transport_errors_dead_letter_counts_every_attempt() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower_throttle::{backoff::Backoff, RetryPolicy, Throttle};
+
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let backoff = Backoff::builder()
+        .base(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(5))
+        .max_retries(4)
+        .build()
+        .unwrap();
+    let store = MemoryStore::new();
+    let client = Throttle::builder()
+        .limits(Quota::per_second(1000).unwrap())
+        .retry(
+            RetryPolicy::default()
+                .with_backoff(backoff)
+                .without_budget(),
+        )
+        .dead_letters(store.clone())
+        .build(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>())
+        .unwrap();
+    let req = Request::post(format!("http://{closed}/v1/users"))
+        .body(Full::new(Bytes::from_static(b"{\"id\":1}")))
+        .unwrap();
+    let err = client.oneshot(req).await.unwrap_err();
+    let stored = DeadLetteredError::find(&err).expect("dead-lettered");
+    assert!(
+        stored
+            .source_ref()
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some(),
+        "the client's error type is kept: {err}"
+    );
+    let letters = store.list().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].id, stored.id());
+    assert_eq!(letters[0].attempts, 5, "{:?}", letters[0]);
+    assert_eq!(letters[0].status, None);
+    assert!(letters[0].error.is_some());
+}

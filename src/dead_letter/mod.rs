@@ -17,7 +17,10 @@
 //! Credentials inside URIs or bodies are not touched.
 //!
 //! The attempt count is read from an [`Attempts`](crate::retry::Attempts) extension on the response (the retry layer
-//! sets it) or on the request, and is 1 without either. Tower's
+//! sets it); for an error, which has no extensions, from the count this crate's retry policy
+//! below records on the request as it goes (so a transport error after five attempts says 5,
+//! and the error keeps its own type); else from an `Attempts` on the request, and is 1
+//! without any of them. Tower's
 //! [`tower::retry`] has no dead-letter counterpart; this layer is that missing piece.
 //!
 //! ```

@@ -46,7 +46,8 @@ pub struct DeadLetter {
         serde(default, skip_serializing_if = "Option::is_none")
     )]
     pub error: Option<String>,
-    /// Attempts made (from the [`Attempts`](crate::retry::Attempts) extension; 1 without one).
+    /// Attempts made, for errors as for responses (see the [module docs](super); 1 when no
+    /// retry layer counted them).
     pub attempts: u32,
     /// The request may have been applied: its answer was lost and it was not resent, because
     /// it is not idempotent ([`ThrottleError::OutcomeUnknown`](crate::ThrottleError::OutcomeUnknown)).

@@ -10,7 +10,7 @@ use super::future::ResponseFuture;
 use super::layer::Config;
 use super::record::redacted_headers;
 use super::{DeadLetter, StoredBody};
-use crate::retry::Attempts;
+use crate::retry::{AttemptCell, Attempts};
 use crate::ReplayBody;
 
 /// The service built by [`DeadLetterLayer`](super::DeadLetterLayer).
@@ -51,6 +51,8 @@ pub(crate) struct Captured {
     headers: HeaderMap,
     body: bytes::Bytes,
     attempts: Option<u32>,
+    /// Filled in by a retry policy below, for outcomes that are errors.
+    pub(crate) cell: Option<AttemptCell>,
     first_attempt: SystemTime,
 }
 
@@ -77,6 +79,7 @@ impl Captured {
             headers,
             body,
             attempts,
+            cell: None,
             first_attempt: SystemTime::now(),
         }
     }
@@ -99,7 +102,10 @@ impl Captured {
             body: StoredBody::from_bytes(&self.body),
             status,
             error,
-            attempts: attempts.or(self.attempts).unwrap_or(1),
+            attempts: attempts
+                .or_else(|| self.cell.as_ref().and_then(AttemptCell::get))
+                .or(self.attempts)
+                .unwrap_or(1),
             outcome_unknown: false,
             first_attempt: self.first_attempt,
             last_attempt: SystemTime::now(),
@@ -121,8 +127,10 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let captured = Captured::new(
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let cell = AttemptCell::default();
+        req.extensions_mut().insert(cell.clone());
+        let mut captured = Captured::new(
             req.method().clone(),
             CapturedUri::Http(req.uri().clone()),
             req.headers().clone(),
@@ -130,6 +138,7 @@ where
             req.body().to_bytes().unwrap_or_default(),
             req.extensions().get::<Attempts>().map(|a| a.0),
         );
+        captured.cell = Some(cell);
         ResponseFuture::new(self.inner.call(req), captured, self.config.clone())
     }
 }

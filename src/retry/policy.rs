@@ -653,6 +653,9 @@ where
         let outcome = observed.outcome();
         let replayable = req.extensions().get::<NotCloned>().is_none();
         let (step, hold) = self.decide(observed, replayable, now);
+        if let Some(cell) = req.extensions().get::<super::AttemptCell>() {
+            cell.record(self.attempt);
+        }
         if let Some(until) = hold {
             self.hold_key(until, || head_of(req));
         }

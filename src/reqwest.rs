@@ -491,7 +491,7 @@ impl<B: Bucket + Clone, C: Classify + Send + Sync + 'static> ThrottleMiddleware<
             drop(result);
             // As in the tower stack: under a scheduler with a concurrency cap, the wait gives
             // the request's slot back.
-            RetryDelay::new(now + delay).await;
+            RetryDelay::new(crate::clock::later(now, delay)).await;
             req = copy.expect("a retry is only decided for a replayable request");
         }
     }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::core::Epochs;
 use super::{interval_for_rate, Bucket, LocalBucket, Reservation, Reserve, Snapshot};
-use crate::clock::duration_nanos;
+use crate::clock::{duration_nanos, later};
 use crate::{ConfigError, Limits, Quota, ThrottleError};
 
 /// The admission core ([`core`](super::core)) in Lua, atomic on the server. Times are
@@ -622,7 +622,7 @@ impl Lease {
         expired: &mut u64,
     ) -> Take {
         while let Some(front) = self.slots.front() {
-            if front.at + grace < now {
+            if later(front.at, grace) < now {
                 self.slots.pop_front();
                 *expired += 1;
             } else {
@@ -664,7 +664,7 @@ impl Lease {
     }
 
     fn usable(&self, now: Instant, grace: Duration) -> impl Iterator<Item = &Leased> {
-        self.slots.iter().filter(move |s| s.at + grace >= now)
+        self.slots.iter().filter(move |s| later(s.at, grace) >= now)
     }
 }
 
@@ -700,7 +700,10 @@ impl Reply {
 
     /// A server time as a local instant, given the instant the reply arrived.
     fn local(&self, server_us: u64, arrived: Instant) -> Instant {
-        arrived + Duration::from_micros(server_us.saturating_sub(self.now))
+        later(
+            arrived,
+            Duration::from_micros(server_us.saturating_sub(self.now)),
+        )
     }
 }
 
@@ -903,7 +906,7 @@ impl Inner {
     /// later would reach no waiter before its slot anyway; the next far slot starts it again.
     async fn watch(self: Arc<Self>) {
         let every = self.watch_interval;
-        let mut next = Instant::now() + every;
+        let mut next = later(Instant::now(), every);
         loop {
             tokio::time::sleep_until(next).await;
             let now = Instant::now();
@@ -913,12 +916,12 @@ impl Inner {
                     st.watching = false;
                     return;
                 }
-                st.last_reply.map_or(now, |r| r + every)
+                st.last_reply.map_or(now, |r| later(r, every))
             };
             if due <= now {
                 Arc::clone(&self).push().await;
                 // From the answer (or the failure): a down server is not asked in a loop.
-                next = Instant::now() + every;
+                next = later(Instant::now(), every);
             } else {
                 next = due;
             }
@@ -1009,7 +1012,7 @@ impl Inner {
                 local.drain(now);
             }
         }
-        st.down_until = Some(now + self.retry_interval);
+        st.down_until = Some(later(now, self.retry_interval));
         st.probe_until = None;
         st.last_error = error;
     }
@@ -1032,7 +1035,10 @@ impl Inner {
             // another worker may still be on its fallback (its probe comes within a retry
             // interval), server slots pass the fallback too.
             st.epochs.bump(true);
-            st.recovering_until = Some(arrived + self.retry_interval + self.timeout);
+            st.recovering_until = Some(later(
+                arrived,
+                self.retry_interval.saturating_add(self.timeout),
+            ));
             if let Some(local) = &self.fallback {
                 local.drain(arrived);
             }
@@ -1235,7 +1241,7 @@ impl Bucket for RedisBucket {
                 return Reserve::Ready(inner.fallback(now, cost, max_wait));
             }
             // This caller probes; the others keep falling back until it answers.
-            Some(_) => st.probe_until = Some(now + inner.timeout),
+            Some(_) => st.probe_until = Some(later(now, inner.timeout)),
             None => {}
         }
         let hold = st.hold_pending.filter(|h| *h > now);
@@ -1273,7 +1279,7 @@ impl Bucket for RedisBucket {
             return;
         }
         // Still this worker's slot: the next local caller may use it, within the same grace.
-        if reservation.at() + inner.grace() >= now {
+        if later(reservation.at(), inner.grace()) >= now {
             let mut st = lock(&inner.state);
             let voided = st
                 .hold_pending

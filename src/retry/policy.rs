@@ -17,6 +17,7 @@ use crate::backoff::Backoff;
 use crate::body::ReplayBody;
 use crate::bucket::{Bucket, KeyedBucket};
 use crate::classify::{Classify, HttpClassifier, Outcome, MAX_BODY_INSPECTED};
+use crate::clock::later;
 use crate::metrics::Stats;
 use crate::rate_limit::KeyFn;
 use crate::{ConfigError, ThrottleError};
@@ -310,7 +311,7 @@ impl<C> RetryPolicy<C> {
                 .next_delay(retry, self.prev_delay, &mut self.rng),
         };
         if let (Some(deadline), Some(started)) = (self.deadline, self.started) {
-            if now + delay > started + deadline {
+            if later(now, delay) > later(started, deadline) {
                 tracing::debug!(attempt = self.attempt, ?delay, "retry deadline reached");
                 return None;
             }
@@ -325,7 +326,7 @@ impl<C> RetryPolicy<C> {
         }
         let hold = server_wait
             .filter(|wait| !wait.is_zero())
-            .and_then(|wait| now.checked_add(wait));
+            .map(|wait| later(now, wait));
         if let (Some(until), Some(bucket)) = (hold, &self.bucket) {
             bucket.hold_until(until);
         }
@@ -337,7 +338,7 @@ impl<C> RetryPolicy<C> {
     /// at the same instant.
     fn spread_after(&mut self, wait: Duration) -> Duration {
         let spread = (wait / 10).min(Duration::from_secs(1));
-        wait + spread.mul_f64(self.rng.gen::<f64>())
+        wait.saturating_add(spread.mul_f64(self.rng.gen::<f64>()))
     }
 
     /// A spent quota (see [`Classify::quota_reset`]), back in `reset`. Unlike a short wait,
@@ -351,12 +352,12 @@ impl<C> RetryPolicy<C> {
         now: Instant,
     ) -> (Step, Option<Instant>) {
         let reset = reset.min(MAX_QUOTA_WAIT);
-        let until = now + reset;
+        let until = later(now, reset);
         if let Some(bucket) = &self.bucket {
             bucket.hold_until(until);
         }
         if let (Some(deadline), Some(started)) = (self.deadline, self.started) {
-            if until > started + deadline {
+            if until > later(started, deadline) {
                 tracing::warn!(
                     ?reset,
                     "quota spent until after the retry deadline; giving up"
@@ -680,7 +681,7 @@ where
             }
             Step::Retry(delay) => {
                 self.log_retry(delay, outcome, req.uri());
-                Some(RetryDelay::new(now + delay))
+                Some(RetryDelay::new(later(now, delay)))
             }
         }
     }

@@ -154,7 +154,7 @@ impl<C> RetryPolicy<C> {
 
     /// Gives up once a retry would start more than `deadline` after the request's first
     /// attempt. The clock starts for each request when it is sent, not when the policy (or
-    /// the layer holding it) was made.
+    /// the layer holding it) was made. A deadline past a century is no deadline.
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self

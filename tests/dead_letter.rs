@@ -978,3 +978,95 @@ async fn a_transport_errors_dead_letter_counts_every_attempt() {
     assert_eq!(letters[0].status, None);
     assert!(letters[0].error.is_some());
 }
+
+/// Issue 29 item 9: header credentials were redacted, but a secret in the query string (GA4's
+/// `api_secret`, Google's `key`, HubSpot's `hapikey`, Klaviyo's `api_key`, or one the user
+/// names) was stored in clear, in the URI and in the error text a client quotes it in. Now it
+/// reads `[REDACTED]` in the file, the letter, the error's `Display` and `Debug` and a failed
+/// replay's report; the replay sends the request without it and `prepare` puts it back.
+#[tokio::test]
+async fn secret_query_parameters_never_reach_the_store_and_replay_puts_them_back() {
+    use tower_throttle::dead_letter::with_query_param;
+    const SECRETS: [&str; 3] = ["S3cr3tGA4", "hubspotKEY", "myT0ken"];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl.jsonl");
+    let store = FileStore::open(&path).await.unwrap();
+    let uri = "https://www.google-analytics.com/mp/collect?measurement_id=G-1\
+               &api_secret=S3cr3tGA4&HAPIKEY=hubspotKEY&monkey=3&token=myT0ken";
+    // A client error that quotes the URL, as reqwest's and many others do.
+    let svc = ServiceBuilder::new()
+        .layer(DeadLetterLayer::new(store.clone()).redact_query_param("token"))
+        .service(service_fn(|req: Request<String>| async move {
+            Err::<Response<()>, BoxError>(
+                format!("error sending request for url ({})", req.uri()).into(),
+            )
+        }));
+    let err = svc
+        .oneshot(Request::post(uri).body("{}".to_string()).unwrap())
+        .await
+        .unwrap_err();
+    let shown = format!("{err} / {err:?}");
+    let letter = &store.list().await.unwrap()[0];
+    let file = std::fs::read_to_string(&path).unwrap();
+    for secret in SECRETS {
+        for (what, text) in [
+            ("the error", shown.as_str()),
+            ("the letter", &format!("{letter:?}")),
+            ("the file", file.as_str()),
+        ] {
+            assert!(!text.contains(secret), "{secret} in {what}: {text}");
+        }
+    }
+    assert_eq!(
+        letter.uri,
+        "https://www.google-analytics.com/mp/collect?measurement_id=G-1\
+         &api_secret=[REDACTED]&HAPIKEY=[REDACTED]&monkey=3&token=[REDACTED]"
+    );
+    assert!(letter.error.as_ref().unwrap().contains("token=[REDACTED])"));
+    assert!(
+        shown.contains("monkey=3"),
+        "other parameters are kept: {shown}"
+    );
+
+    // Replay: the request goes out without the redacted parameters unless `prepare` puts
+    // them back; a failure that quotes the URL (secret restored) stays out of the report.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let api = |fail: bool| {
+        let seen = seen.clone();
+        service_fn(move |req: Request<String>| {
+            seen.lock().unwrap().push(req.uri().to_string());
+            let uri = req.uri().to_string();
+            async move {
+                if fail {
+                    return Err::<Response<()>, BoxError>(format!("refused: {uri}").into());
+                }
+                Ok(status(200))
+            }
+        })
+    };
+    let restore = |parts: &mut http::request::Parts| {
+        let uri = with_query_param(&parts.uri, "api_secret", "S3cr3tGA4").unwrap();
+        parts.uri = with_query_param(&uri, "token", "myT0ken").unwrap();
+    };
+    let options = || ReplayOptions::new(Quota::per_second(100).unwrap());
+    let report = replay(&store, api(true), options().prepare(restore))
+        .await
+        .unwrap();
+    assert_eq!(report.failed.len(), 1);
+    let reason = &report.failed[0].1;
+    assert!(reason.contains("api_secret=[REDACTED]"), "{reason}");
+    for secret in SECRETS {
+        assert!(!reason.contains(secret), "{secret} in the report: {reason}");
+    }
+    let report = replay(&store, api(false), options().prepare(restore))
+        .await
+        .unwrap();
+    assert_eq!((report.delivered, report.remaining), (1, 0));
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen[1],
+        "https://www.google-analytics.com/mp/collect?measurement_id=G-1&monkey=3\
+         &api_secret=S3cr3tGA4&token=myT0ken",
+        "HAPIKEY, not restored, stays out; the others are back"
+    );
+}

@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::layer::Config;
-use super::record::redacted_headers;
+use super::record::{redact_query, redacted_headers};
 use super::{DeadLetter, StoredBody};
 use crate::retry::{AttemptCell, Attempts};
 use crate::ReplayBody;
@@ -95,13 +95,16 @@ impl Captured {
             id: 0,
             method: self.method.to_string(),
             uri: match self.uri {
-                CapturedUri::Http(uri) => uri.to_string(),
-                CapturedUri::Text(text) => text,
+                CapturedUri::Http(uri) => {
+                    redact_query(&uri.to_string(), &config.redact_query, true)
+                }
+                CapturedUri::Text(text) => redact_query(&text, &config.redact_query, true),
             },
             headers: redacted_headers(&self.headers, &config.redact),
             body: StoredBody::from_bytes(&self.body),
             status,
-            error,
+            // Client errors quote the URL ("error sending request for url (...)").
+            error: error.map(|e| redact_query(&e, &config.redact_query, false)),
             attempts: attempts
                 .or_else(|| self.cell.as_ref().and_then(AttemptCell::get))
                 .or(self.attempts)

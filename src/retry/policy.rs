@@ -569,7 +569,11 @@ impl<C> RetryPolicy<C> {
             max_attempts = self.backoff.max_retries() + 1,
             delay_ms = delay.as_millis() as u64,
             outcome = describe(outcome),
-            uri = %uri,
+            uri = %crate::dead_letter::redact_query(
+                &uri.to_string(),
+                &crate::dead_letter::DEFAULT_QUERY_SECRETS,
+                true
+            ),
             "retrying request"
         );
     }

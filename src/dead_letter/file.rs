@@ -947,4 +947,64 @@ mod tests {
         assert_eq!(page.iter().map(|l| l.id).collect::<Vec<_>>(), [11, 12, 13]);
         assert_eq!(page[0].body, big.body);
     }
+
+    /// Warning events, as `field=value` text, from the code run under it.
+    #[derive(Clone, Default)]
+    struct Warnings(Arc<Mutex<Vec<String>>>);
+
+    struct Text(String);
+
+    impl tracing::field::Visit for Text {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for Warnings {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                let mut text = Text(String::new());
+                event.record(&mut text);
+                lock(&self.0).push(text.0);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// Issue 29 item 8: opening a store others can read warns, naming the mode and the fix,
+    /// on the caller's task (so the caller's subscriber sees it); a private one does not.
+    #[cfg(unix)]
+    #[test]
+    fn opening_a_store_others_can_read_logs_a_warning() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dl.jsonl");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let warnings = Warnings::default();
+        let open = |warnings: &Warnings| {
+            tracing::subscriber::with_default(warnings.clone(), || {
+                drop(rt.block_on(FileStore::open(&path)).unwrap());
+            });
+        };
+        open(&warnings);
+        assert!(lock(&warnings.0).is_empty(), "{:?}", lock(&warnings.0));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        open(&warnings);
+        let logged = lock(&warnings.0).join("\n");
+        assert!(
+            logged.contains("mode=0644") && logged.contains("chmod 600"),
+            "{logged}"
+        );
+    }
 }

@@ -237,7 +237,8 @@ pub struct BackoffBuilder {
 
 impl BackoffBuilder {
     /// The delay before the first retry (default 1 s). Must be greater than zero and at most
-    /// `max_delay`.
+    /// `max_delay`. Any larger value is accepted; a delay past a century waits a century (the
+    /// crate's horizon for "never": no instant it computes can overflow).
     pub const fn base(mut self, base: Duration) -> Self {
         self.config.base = base;
         self
@@ -249,7 +250,8 @@ impl BackoffBuilder {
         self
     }
 
-    /// The longest delay (default 60 s).
+    /// The longest delay (default 60 s), also the cap on a server's `Retry-After` in the
+    /// retry policy. `Duration::MAX` is accepted: a delay past a century waits a century.
     pub const fn max_delay(mut self, max_delay: Duration) -> Self {
         self.config.max_delay = max_delay;
         self

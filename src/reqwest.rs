@@ -412,7 +412,12 @@ impl<B: Bucket + Clone, C: Classify + Send + Sync + 'static> ThrottleMiddleware<
             Ok(res) => {
                 res.extensions_mut().insert(DeadLettered { id });
             }
-            Err(e) => tracing::warn!(id, error = %e, "request failed; stored as a dead letter"),
+            Err(e) => {
+                // reqwest's errors quote the URL, secret query parameters included.
+                let error =
+                    crate::dead_letter::redact_query(&e.to_string(), &config.redact_query, false);
+                tracing::warn!(id, %error, "request failed; stored as a dead letter");
+            }
         }
     }
 
@@ -507,7 +512,7 @@ impl<B: Bucket + Clone, C: Classify + Send + Sync + 'static> ThrottleMiddleware<
             drop(result);
             // As in the tower stack: under a scheduler with a concurrency cap, the wait gives
             // the request's slot back.
-            RetryDelay::new(now + delay).await;
+            RetryDelay::new(crate::clock::later(now, delay)).await;
             req = copy.expect("a retry is only decided for a replayable request");
         }
     }

@@ -104,6 +104,21 @@ fn child_entry() {
                 // Until the parent kills us.
                 std::future::pending::<()>().await;
             }
+            "hold-compacted" => {
+                // The file at the path after this is the compaction's, not the one opened.
+                let store = FileStore::open(&path)
+                    .await
+                    .unwrap()
+                    .with_compaction_threshold(1);
+                let a = store.append(letter(1)).await.unwrap();
+                let b = store.append(letter(2)).await.unwrap();
+                store.remove(a).await.unwrap();
+                store.remove(b).await.unwrap();
+                assert_eq!(store.tombstones(), 0, "compacted");
+                say("holding".into());
+                // Until the parent kills us.
+                std::future::pending::<()>().await;
+            }
             other => panic!("unknown child role {other}"),
         }
     });
@@ -309,4 +324,51 @@ async fn a_second_process_cannot_open_a_file_another_holds() {
     FileStore::open(&path)
         .await
         .expect("a dead holder leaves no stale lock");
+}
+
+/// Issue 29 item 1 across processes: the lock was on `<name>.lock`, so a second process
+/// opening the same file by another name (a symlink, a hard link), or after the lock file was
+/// deleted, became a second writer. With the data file locked (and the compaction's new file
+/// locked before its rename), every one of them is refused while the holder lives.
+#[tokio::test]
+async fn a_second_process_by_another_name_or_without_the_lock_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dead_letters.jsonl");
+    let symlink = dir.path().join("symlink.jsonl");
+    std::os::unix::fs::symlink(&path, &symlink).unwrap();
+
+    for role in ["hold", "hold-compacted"] {
+        let mut holder = spawn(role, &path, 0);
+        assert_eq!(first_line(&mut holder), "holding", "{role}");
+        // Made now, so it names the file the holder has after its compaction.
+        let hard_link = dir.path().join("hard_link.jsonl");
+        let _ = std::fs::remove_file(&hard_link);
+        std::fs::hard_link(&path, &hard_link).unwrap();
+        let lock_file = dir.path().join("dead_letters.jsonl.lock");
+        for (how, name) in [
+            ("path", &path),
+            ("symlink", &symlink),
+            ("hard link", &hard_link),
+        ] {
+            let mut opener = spawn("open", name, 0);
+            assert_eq!(first_line(&mut opener), "locked", "{role}, {how}");
+            opener.wait().unwrap();
+        }
+        std::fs::remove_file(&lock_file).unwrap();
+        let mut opener = spawn("open", &path, 0);
+        assert_eq!(
+            first_line(&mut opener),
+            "locked",
+            "{role}, lock file deleted"
+        );
+        opener.wait().unwrap();
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+    }
+    let store = FileStore::open(&path).await.unwrap();
+    assert_eq!(
+        store.len().await.unwrap(),
+        0,
+        "the compacted holder removed both"
+    );
 }

@@ -38,7 +38,7 @@ use super::controller::RateController;
 use super::AdaptiveLayer;
 use crate::bucket::core;
 use crate::bucket::{interval_for_rate, Bucket, Reservation, Reserve, Snapshot};
-use crate::clock::duration_nanos;
+use crate::clock::{duration_nanos, later};
 use crate::rate_limit::wait::{SlotWait, Woken};
 use crate::server_limit::{Decision, Kind, ServerLimit, ServerLimiter};
 use crate::ConfigError;
@@ -430,7 +430,7 @@ pub async fn run(
     let gate = SimGate::new();
     let layer = AdaptiveLayer::new(gate.clone(), controller)?;
     let start = Instant::now();
-    let end = start + scenario.duration;
+    let end = later(start, scenario.duration);
     let svc = ServiceBuilder::new()
         .layer(layer.clone())
         .service(server.clone());
@@ -535,7 +535,7 @@ impl SimGate {
         if let Some(hold) = s.hold {
             at = at.max(hold);
         }
-        s.next = at + s.interval;
+        s.next = later(at, s.interval);
         (at, s.epoch)
     }
 
@@ -574,7 +574,9 @@ impl GateState {
     /// after the latest start (and after the hold).
     fn reslot(&mut self) {
         self.epoch += 1;
-        let mut next = self.last_start.map_or(self.next, |t| t + self.interval);
+        let mut next = self
+            .last_start
+            .map_or(self.next, |t| later(t, self.interval));
         if let Some(hold) = self.hold {
             next = next.max(hold);
         }
@@ -588,7 +590,7 @@ impl Bucket for SimGate {
         if cost > 1 {
             let mut st = self.lock();
             let extra = st.interval * (cost - 1);
-            st.next += extra;
+            st.next = later(st.next, extra);
         }
         // The token carries the epoch the slot was handed out in (see `is_current`).
         Reserve::Ready(Ok(Reservation::new(at, epoch, 0).with_cost(cost.max(1))))

@@ -40,7 +40,9 @@ use tokio::sync::{Notify, Semaphore};
 use crate::{ConfigError, ThrottleError};
 
 #[cfg(feature = "redis")]
-pub use self::redis::{FailMode, RedisBucket, RedisBucketBuilder, RedisStats};
+pub use self::redis::{
+    FailMode, RedisBucket, RedisBucketBuilder, RedisStats, MAX_IDLE_TTL, MAX_REDIS_WAIT,
+};
 pub use crate::clock::Clock;
 pub use keyed::{KeyedBucket, KeyedPermit};
 pub(crate) use local::LocalBucket;

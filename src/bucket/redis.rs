@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::core::Epochs;
 use super::{interval_for_rate, Bucket, LocalBucket, Reservation, Reserve, Snapshot};
-use crate::clock::duration_nanos;
+use crate::clock::{duration_nanos, later};
 use crate::{ConfigError, Limits, Quota, ThrottleError};
 
 /// The admission core ([`core`](super::core)) in Lua, atomic on the server. Times are
@@ -243,6 +243,16 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
+/// The longest [`RedisBucketBuilder::idle_ttl`]: a year. Lua writes a number of 10^14 or more
+/// in exponent form, which `PEXPIRE` refuses as "not an integer"; a year of milliseconds is
+/// far below that, whatever hold the key also outlives.
+pub const MAX_IDLE_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+/// The longest [`RedisBucketBuilder::timeout`] and
+/// [`retry_interval`](RedisBucketBuilder::retry_interval): a day. A server call allowed to
+/// take longer, or an outage not probed for longer, is a mistake rather than a setting.
+pub const MAX_REDIS_WAIT: Duration = Duration::from_secs(86_400);
+
 /// Builds a [`RedisBucket`]; see [`RedisBucket::builder`].
 #[derive(Debug, Clone)]
 pub struct RedisBucketBuilder {
@@ -265,21 +275,25 @@ impl RedisBucketBuilder {
         self
     }
 
-    /// The longest a server call may take before it counts as a failure (default 500 ms).
+    /// The longest a server call may take before it counts as a failure (default 500 ms; at
+    /// most [`MAX_REDIS_WAIT`], a day, or [`build`](Self::build) refuses it).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
     /// After a failure, how long to stop asking Redis and use the [`FailMode`] before one
-    /// caller probes again (default 1 s).
+    /// caller probes again (default 1 s; at most [`MAX_REDIS_WAIT`], a day, or
+    /// [`build`](Self::build) refuses it).
     pub fn retry_interval(mut self, interval: Duration) -> Self {
         self.retry_interval = interval;
         self
     }
 
-    /// How long a key outlives its last meaningful state (default 60 s). A stored run-time
-    /// rate is forgotten with it.
+    /// How long a key outlives its last meaningful state (default 60 s; from 1 ms to
+    /// [`MAX_IDLE_TTL`], a year, or [`build`](Self::build) refuses it: the script sets the
+    /// expiry in milliseconds through Lua's numbers, and Redis refuses a longer one as "not an
+    /// integer", at run time, on every call). A stored run-time rate is forgotten with it.
     pub fn idle_ttl(mut self, ttl: Duration) -> Self {
         self.idle_ttl = ttl;
         self
@@ -297,7 +311,8 @@ impl RedisBucketBuilder {
     /// round trips of its own, so without this it would learn of another worker's raise (or
     /// hold) only when the first of them woke at its old slot. Shorter reaches waiting
     /// callers sooner, at up to one round trip per interval per waiting worker (a worker that
-    /// reserves more often than that pays nothing); `Duration::MAX` never watches. The watch
+    /// reserves more often than that pays nothing); `Duration::MAX` (anything past a century)
+    /// never watches. The watch
     /// runs only once the fleet's rate has been changed at run time ([`Bucket::set_rate`] on
     /// any worker, as adaptive control does): at a fixed rate no raise can come.
     pub fn watch_interval(mut self, interval: Duration) -> Self {
@@ -339,12 +354,25 @@ impl RedisBucketBuilder {
         }
         // The key's expiry is set in whole milliseconds (PEXPIRE); timeouts and intervals may
         // be as short as a loopback server allows.
-        if self.idle_ttl < Duration::from_millis(1) {
+        if !(Duration::from_millis(1)..=MAX_IDLE_TTL).contains(&self.idle_ttl) {
             return Err(ConfigError::OutOfRange {
                 name: "idle_ttl",
                 value: self.idle_ttl.as_secs_f64(),
-                expected: "at least 1 ms (Redis expires keys in whole milliseconds)",
+                expected: "at least 1 ms (Redis expires keys in whole milliseconds) and at \
+                           most a year (Lua writes longer ones in a form PEXPIRE refuses)",
             });
+        }
+        for (name, d) in [
+            ("timeout", self.timeout),
+            ("retry_interval", self.retry_interval),
+        ] {
+            if d > MAX_REDIS_WAIT {
+                return Err(ConfigError::OutOfRange {
+                    name,
+                    value: d.as_secs_f64(),
+                    expected: "at most a day (86400 s)",
+                });
+            }
         }
         if let FailMode::Open { local } = &self.fail_mode {
             if local.quotas().is_empty() {
@@ -360,7 +388,8 @@ impl RedisBucketBuilder {
     /// Errors: [`ConfigError::NoQuota`] for limits without a quota (or a fail-open fallback
     /// without one), [`ConfigError::Invalid`] for an empty key, [`ConfigError::Zero`] for a
     /// zero lease size, timeout, retry interval, idle TTL or watch interval,
-    /// [`ConfigError::OutOfRange`] for a lease size above 10,000.
+    /// [`ConfigError::OutOfRange`] for a lease size above 10,000, an idle TTL above
+    /// [`MAX_IDLE_TTL`], or a timeout or retry interval above [`MAX_REDIS_WAIT`].
     pub fn build(self, conn: ConnectionManager) -> Result<RedisBucket, ConfigError> {
         self.check()?;
         let quotas = self.limits.quotas();
@@ -622,7 +651,7 @@ impl Lease {
         expired: &mut u64,
     ) -> Take {
         while let Some(front) = self.slots.front() {
-            if front.at + grace < now {
+            if later(front.at, grace) < now {
                 self.slots.pop_front();
                 *expired += 1;
             } else {
@@ -664,7 +693,7 @@ impl Lease {
     }
 
     fn usable(&self, now: Instant, grace: Duration) -> impl Iterator<Item = &Leased> {
-        self.slots.iter().filter(move |s| s.at + grace >= now)
+        self.slots.iter().filter(move |s| later(s.at, grace) >= now)
     }
 }
 
@@ -700,7 +729,10 @@ impl Reply {
 
     /// A server time as a local instant, given the instant the reply arrived.
     fn local(&self, server_us: u64, arrived: Instant) -> Instant {
-        arrived + Duration::from_micros(server_us.saturating_sub(self.now))
+        later(
+            arrived,
+            Duration::from_micros(server_us.saturating_sub(self.now)),
+        )
     }
 }
 
@@ -788,10 +820,13 @@ impl RedisBucket {
     /// response bounded by `timeout`, and reconnection retried quickly (every 0.5 s at most)
     /// rather than with the `redis` crate's long default back-off, so a restarted server is
     /// used again within about a second. Fails if the first connection cannot be made.
+    /// A `timeout` above [`MAX_REDIS_WAIT`] (a day) counts as a day.
     pub async fn connection_manager(
         url: &str,
         timeout: Duration,
     ) -> ::redis::RedisResult<ConnectionManager> {
+        // The `redis` crate adds the timeout to an instant of its own.
+        let timeout = timeout.min(MAX_REDIS_WAIT);
         let client = ::redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_factor(2)
@@ -903,7 +938,7 @@ impl Inner {
     /// later would reach no waiter before its slot anyway; the next far slot starts it again.
     async fn watch(self: Arc<Self>) {
         let every = self.watch_interval;
-        let mut next = Instant::now() + every;
+        let mut next = later(Instant::now(), every);
         loop {
             tokio::time::sleep_until(next).await;
             let now = Instant::now();
@@ -913,12 +948,12 @@ impl Inner {
                     st.watching = false;
                     return;
                 }
-                st.last_reply.map_or(now, |r| r + every)
+                st.last_reply.map_or(now, |r| later(r, every))
             };
             if due <= now {
                 Arc::clone(&self).push().await;
                 // From the answer (or the failure): a down server is not asked in a loop.
-                next = Instant::now() + every;
+                next = later(Instant::now(), every);
             } else {
                 next = due;
             }
@@ -1009,7 +1044,7 @@ impl Inner {
                 local.drain(now);
             }
         }
-        st.down_until = Some(now + self.retry_interval);
+        st.down_until = Some(later(now, self.retry_interval));
         st.probe_until = None;
         st.last_error = error;
     }
@@ -1032,7 +1067,10 @@ impl Inner {
             // another worker may still be on its fallback (its probe comes within a retry
             // interval), server slots pass the fallback too.
             st.epochs.bump(true);
-            st.recovering_until = Some(arrived + self.retry_interval + self.timeout);
+            st.recovering_until = Some(later(
+                arrived,
+                self.retry_interval.saturating_add(self.timeout),
+            ));
             if let Some(local) = &self.fallback {
                 local.drain(arrived);
             }
@@ -1235,7 +1273,7 @@ impl Bucket for RedisBucket {
                 return Reserve::Ready(inner.fallback(now, cost, max_wait));
             }
             // This caller probes; the others keep falling back until it answers.
-            Some(_) => st.probe_until = Some(now + inner.timeout),
+            Some(_) => st.probe_until = Some(later(now, inner.timeout)),
             None => {}
         }
         let hold = st.hold_pending.filter(|h| *h > now);
@@ -1273,7 +1311,7 @@ impl Bucket for RedisBucket {
             return;
         }
         // Still this worker's slot: the next local caller may use it, within the same grace.
-        if reservation.at() + inner.grace() >= now {
+        if later(reservation.at(), inner.grace()) >= now {
             let mut st = lock(&inner.state);
             let voided = st
                 .hold_pending
@@ -1495,6 +1533,44 @@ mod tests {
         );
         assert!(stale(e, stale_tag));
         assert!(!stale(e, tag(e, Source::Server)));
+    }
+
+    /// Issue 29 items 2 and 3: `idle_ttl(Duration::MAX)` passed `check()`, then every call
+    /// failed at run time ("value is not an integer or out of range"); the other settings at
+    /// `Duration::MAX` passed too and panicked on the first failure. What Redis (or sense)
+    /// cannot take is refused when built; the largest accepted values are accepted.
+    #[test]
+    fn duration_settings_redis_cannot_take_are_refused_when_built() {
+        let limits = Limits::new(Quota::per_second(10).unwrap());
+        let b = || RedisBucket::builder(limits.clone(), "ws");
+        for (name, builder) in [
+            ("idle_ttl", b().idle_ttl(Duration::MAX)),
+            (
+                "idle_ttl",
+                b().idle_ttl(MAX_IDLE_TTL + Duration::from_nanos(1)),
+            ),
+            ("idle_ttl", b().idle_ttl(Duration::from_nanos(1))),
+            ("timeout", b().timeout(Duration::MAX)),
+            ("retry_interval", b().retry_interval(Duration::MAX)),
+            ("retry_interval", b().retry_interval(MAX_REDIS_WAIT + ms(1))),
+        ] {
+            assert!(
+                matches!(builder.check(), Err(ConfigError::OutOfRange { name: n, .. }) if n == name),
+                "{name}: {:?}",
+                builder.check()
+            );
+        }
+        for ok in [
+            b().idle_ttl(MAX_IDLE_TTL),
+            b().idle_ttl(ms(1)),
+            b().timeout(MAX_REDIS_WAIT),
+            b().retry_interval(MAX_REDIS_WAIT),
+            b().timeout(Duration::from_nanos(1)),
+            b().watch_interval(Duration::MAX),
+            b().watch_interval(Duration::from_nanos(1)),
+        ] {
+            assert_eq!(ok.check(), Ok(()), "{ok:?}");
+        }
     }
 
     #[test]

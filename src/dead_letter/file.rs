@@ -25,10 +25,23 @@ pub const DEFAULT_COMPACTION_THRESHOLD: usize = 64;
 ///   file back to the last newline, so later appends are clean) and loses nothing before it.
 ///   A complete line that does not parse is not a crash artefact: `open` refuses with
 ///   [`io::ErrorKind::InvalidData`] and its line number rather than skip data.
-/// * **One writer**: `open` takes an exclusive lock (`flock`-style) on `<file>.lock`, held
-///   until the last clone is dropped. A second opener, in this process or another, gets
-///   [`FileStoreError::Locked`]. The kernel releases the lock when a process dies, so a
-///   crash never leaves a stale lock behind.
+/// * **One writer**: `open` takes an exclusive lock (`flock`-style) on the data file itself,
+///   before reading it, held until the last clone is dropped. A second opener, in this
+///   process or another, gets [`FileStoreError::Locked`], whatever name it opens the file by
+///   (a symlink, a hard link): the lock belongs to the file, not to its name. A compaction
+///   locks the new file before renaming it over the old one, so the lock never lapses. The
+///   kernel releases the lock when a process dies, so a crash never leaves a stale lock
+///   behind. `<file>.lock` is locked as well, so that a process running an earlier version of
+///   this crate (which locks only that file) is refused too; deleting it does not let a
+///   second writer in.
+/// * **Private** (Unix): the file, its compaction temp file and `<file>.lock` are created
+///   with mode `0600` (letters hold request bodies: customers' personal data), and a
+///   compaction gives the new file the mode of the old one, so a mode chosen on purpose
+///   (`0640` for a group of readers) is kept. Opening a file that others can read (any of
+///   the `0o077` bits set, as stores created by earlier versions are under the usual umask)
+///   logs a warning naming the mode and the fix (`chmod 600`), and
+///   [`readable_by_others`](FileStore::readable_by_others) says so. It does not refuse: a
+///   dead-letter store that refused to open would lose every letter written meanwhile.
 /// * **Ids never repeat** for a path: they increase, and the next id survives compaction
 ///   and reopening (a `{"next_id":N}` line heads a compacted file).
 /// * **Removal** appends a tombstone line `{"removed":<id>}`. When tombstones outnumber live
@@ -77,8 +90,11 @@ struct Shared {
     writer: Mutex<Writer>,
     /// Never held across I/O: readers on the async thread take it only to copy offsets.
     index: Mutex<Index>,
-    /// The open `<file>.lock`; closing it (dropping the last clone) releases the lock.
+    /// The open `<file>.lock`, locked for earlier versions of the crate (the data file's own
+    /// lock is what refuses a second writer); closing it releases the lock.
     _lock: File,
+    /// The data file's mode bits beyond the owner's, when there were any at open (Unix).
+    exposed_mode: Option<u32>,
 }
 
 struct Writer {
@@ -205,6 +221,16 @@ impl FileStore {
     pub async fn open(path: impl AsRef<Path>) -> io::Result<FileStore> {
         let path = path.as_ref().to_path_buf();
         let shared = blocking(move || Shared::open(path)).await?;
+        if let Some(mode) = shared.exposed_mode {
+            // Logged on the caller's task (not the blocking pool's thread) so that the
+            // caller's tracing subscriber sees it.
+            tracing::warn!(
+                path = %shared.path.display(),
+                mode = format_args!("{mode:04o}"),
+                "dead-letter file is readable by others and holds request bodies; \
+                 restrict it with `chmod 600`"
+            );
+        }
         Ok(FileStore {
             shared: Arc::new(shared),
         })
@@ -221,6 +247,12 @@ impl FileStore {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Whether the data file's mode let its group or others read or write it when it was
+    /// opened (always `false` off Unix). [`open`](FileStore::open) logs a warning then.
+    pub fn readable_by_others(&self) -> bool {
+        self.shared.exposed_mode.is_some()
     }
 
     /// Bytes of a torn last line dropped by [`open`](FileStore::open) (0 after a clean
@@ -264,6 +296,41 @@ impl fmt::Debug for FileStore {
 
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).append(true).open(path)
+}
+
+/// Options that create a file only its owner can read (Unix; elsewhere the defaults).
+fn private() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Takes the exclusive lock on an open file, or says who holds it.
+fn try_lock(file: &File, path: &Path) -> io::Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(FileStoreError::Locked {
+            path: path.to_path_buf(),
+        }
+        .into_io()),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// The mode bits of `file` beyond its owner's, if any are set.
+fn exposed_mode(file: &File) -> io::Result<Option<u32>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = file.metadata()?.permissions().mode() & 0o777;
+        Ok((mode & 0o077 != 0).then_some(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        Ok(None)
+    }
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -346,41 +413,42 @@ fn read_letter(
 impl Shared {
     // `File::try_lock` (Rust 1.89, the crate's rust-version): no locking crate needed.
     fn open(path: PathBuf) -> io::Result<Shared> {
-        let lock_file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(sibling(&path, ".lock"))?;
-        match lock_file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(FileStoreError::Locked { path }.into_io());
-            }
-            Err(TryLockError::Error(e)) => return Err(e),
-        }
-        // A `.tmp` left by a compaction that crashed before its rename: the lock says no one
-        // else is writing it.
-        let _ = std::fs::remove_file(sibling(&path, ".tmp"));
-
-        let file = match OpenOptions::new()
+        let (file, created) = match private()
             .read(true)
             .append(true)
             .create_new(true)
             .open(&path)
         {
-            Ok(file) => {
-                // A new file's name must survive a crash as well as the letters in it. If it
-                // cannot be synced, no file is left behind: the next open creates (and syncs)
-                // it again rather than find it and skip the sync.
-                if let Err(e) = sync_dir(&path) {
-                    let _ = std::fs::remove_file(&path);
-                    return Err(e);
-                }
-                file
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_append(&path)?,
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (open_append(&path)?, false),
             Err(e) => return Err(e),
         };
+        // The data file's own lock, before anything is read: a lock on a name beside it
+        // would let in a second opener using another name for the same file (issue 29).
+        try_lock(&file, &path)?;
+        let lock_file = private()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(sibling(&path, ".lock"))?;
+        try_lock(&lock_file, &path)?;
+        // A `.tmp` left by a compaction that crashed before its rename: the lock says no one
+        // else is writing it.
+        let _ = std::fs::remove_file(sibling(&path, ".tmp"));
+
+        // A new file's name must survive a crash as well as the letters in it. If it cannot
+        // be synced, no file is left behind: the next open creates (and syncs) it again
+        // rather than find it and skip the sync. An empty file found here may be one another
+        // opener created and lost the lock race for, before syncing: synced too.
+        if created || file.metadata()?.len() == 0 {
+            if let Err(e) = sync_dir(&path) {
+                if created {
+                    let _ = std::fs::remove_file(&path);
+                }
+                return Err(e);
+            }
+        }
+        let exposed_mode = exposed_mode(&file)?;
         let loaded = Loaded::read(&path, &file)?;
         if loaded.torn_bytes > 0 {
             tracing::warn!(
@@ -411,6 +479,7 @@ impl Shared {
             }),
             path,
             _lock: lock_file,
+            exposed_mode,
         })
     }
 
@@ -498,7 +567,14 @@ impl Shared {
                 index.spans.iter().map(|(id, s)| (*id, *s)).collect(),
             )
         };
-        let out = File::create(tmp)?;
+        let out = private()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp)?;
+        // The new file replaces the old one: it keeps its mode (0600 unless the owner chose
+        // another on purpose).
+        out.set_permissions(old.metadata()?.permissions())?;
         let mut writer = BufWriter::new(&out);
         let mut header =
             serde_json::to_vec(&NextId { next_id: w.next_id }).map_err(io::Error::other)?;
@@ -526,7 +602,11 @@ impl Shared {
         writer.flush()?;
         drop(writer);
         out.sync_all()?;
-        Ok((open_append(tmp)?, spans, offset))
+        // Locked before the rename: from the rename on, the file at the store's path is this
+        // one, and the old file's lock no longer refuses anyone who opens the path.
+        let file = open_append(tmp)?;
+        try_lock(&file, &self.path)?;
+        Ok((file, spans, offset))
     }
 }
 
@@ -866,5 +946,65 @@ mod tests {
         let page = store.list_page(10, 3).await.unwrap();
         assert_eq!(page.iter().map(|l| l.id).collect::<Vec<_>>(), [11, 12, 13]);
         assert_eq!(page[0].body, big.body);
+    }
+
+    /// Warning events, as `field=value` text, from the code run under it.
+    #[derive(Clone, Default)]
+    struct Warnings(Arc<Mutex<Vec<String>>>);
+
+    struct Text(String);
+
+    impl tracing::field::Visit for Text {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for Warnings {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                let mut text = Text(String::new());
+                event.record(&mut text);
+                lock(&self.0).push(text.0);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// Issue 29 item 8: opening a store others can read warns, naming the mode and the fix,
+    /// on the caller's task (so the caller's subscriber sees it); a private one does not.
+    #[cfg(unix)]
+    #[test]
+    fn opening_a_store_others_can_read_logs_a_warning() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dl.jsonl");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let warnings = Warnings::default();
+        let open = |warnings: &Warnings| {
+            tracing::subscriber::with_default(warnings.clone(), || {
+                drop(rt.block_on(FileStore::open(&path)).unwrap());
+            });
+        };
+        open(&warnings);
+        assert!(lock(&warnings.0).is_empty(), "{:?}", lock(&warnings.0));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        open(&warnings);
+        let logged = lock(&warnings.0).join("\n");
+        assert!(
+            logged.contains("mode=0644") && logged.contains("chmod 600"),
+            "{logged}"
+        );
     }
 }

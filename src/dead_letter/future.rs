@@ -102,7 +102,11 @@ where
                             resp.extensions_mut().insert(DeadLettered { id });
                             Ok(resp)
                         }
-                        Err(source) => Err(Box::new(DeadLetteredError { id, source }) as BoxError),
+                        Err(source) => Err(Box::new(DeadLetteredError {
+                            id,
+                            source,
+                            redact: this.config.redact_query.clone(),
+                        }) as BoxError),
                     });
                 }
                 StateProj::Done => panic!("dead_letter::ResponseFuture polled after completion"),

@@ -7,7 +7,7 @@ use http::header::HeaderName;
 use http::StatusCode;
 use tower_layer::Layer;
 
-use super::record::DEFAULT_REDACTED;
+use super::record::{DEFAULT_REDACTED, DEFAULT_REDACTED_QUERY};
 use super::{DeadLetter, DeadLetterStore, DeadLetters};
 use crate::metrics::Stats;
 
@@ -17,6 +17,8 @@ pub(crate) type FailureFn = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
 pub(crate) struct Config {
     pub(crate) store: Arc<dyn DeadLetterStore>,
     pub(crate) redact: Arc<[HeaderName]>,
+    /// Query parameter names whose values are redacted, in the URI and in error texts.
+    pub(crate) redact_query: Arc<[Box<str>]>,
     pub(crate) is_failure: FailureFn,
     pub(crate) stats: Option<Stats>,
 }
@@ -57,7 +59,8 @@ impl Config {
 /// [module docs](crate::dead_letter) for an example.
 ///
 /// Defaults: a response is a failure when its status is not 2xx; every error is a failure;
-/// `Authorization`, `Proxy-Authorization`, `Cookie` and `Set-Cookie` are redacted.
+/// `Authorization`, `Proxy-Authorization`, `Cookie` and `Set-Cookie` are redacted, and so
+/// are the query parameters `api_secret`, `key`, `hapikey` and `api_key`.
 #[derive(Clone)]
 pub struct DeadLetterLayer {
     pub(crate) config: Config,
@@ -74,6 +77,7 @@ impl DeadLetterLayer {
                     .iter()
                     .map(|n| HeaderName::from_static(n))
                     .collect(),
+                redact_query: DEFAULT_REDACTED_QUERY.iter().map(|&n| n.into()).collect(),
                 is_failure: Arc::new(|s: StatusCode| !s.is_success()),
                 stats: None,
             },
@@ -87,6 +91,22 @@ impl DeadLetterLayer {
             names.push(name);
         }
         self.config.redact = names.into();
+        self
+    }
+
+    /// Also redacts the query parameter `name` (e.g. `token`, `access_token`) before anything
+    /// is written: its value reads `[REDACTED]` in the stored URI, in the letter's error text,
+    /// and in the [`DeadLetteredError`](super::DeadLetteredError) the caller gets. `api_secret`
+    /// (GA4), `key` (Google APIs), `hapikey` (HubSpot) and `api_key` (Klaviyo) are redacted by
+    /// default. Names match ignoring ASCII case. A replay sends the request without the
+    /// parameter: put it back with [`with_query_param`](super::with_query_param) in
+    /// [`ReplayOptions::prepare`](crate::ReplayOptions::prepare).
+    pub fn redact_query_param(mut self, name: &str) -> DeadLetterLayer {
+        let mut names = self.config.redact_query.to_vec();
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            names.push(name.into());
+        }
+        self.config.redact_query = names.into();
         self
     }
 
@@ -111,6 +131,7 @@ impl fmt::Debug for DeadLetterLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadLetterLayer")
             .field("redact", &self.config.redact)
+            .field("redact_query", &self.config.redact_query)
             .finish_non_exhaustive()
     }
 }

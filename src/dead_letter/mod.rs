@@ -12,12 +12,19 @@
 //!
 //! **Credentials** (`Authorization`, `Proxy-Authorization`, `Cookie`, `Set-Cookie`, and any
 //! header added with [`redact_header`](DeadLetterLayer::redact_header)) are replaced with
-//! `[REDACTED]` before the store sees the letter. Replayed requests go out *without* them:
-//! re-add them in the service stack (an auth layer) or with [`ReplayOptions::prepare`](crate::ReplayOptions::prepare).
-//! Credentials inside URIs or bodies are not touched.
+//! `[REDACTED]` before the store sees the letter, and so are the values of secret query
+//! parameters (`api_secret`, `key`, `hapikey`, `api_key`, and any added with
+//! [`redact_query_param`](DeadLetterLayer::redact_query_param)), in the stored URI, in the
+//! letter's error text, in the [`DeadLetteredError`] the caller gets and in the replay's
+//! reports and logs. Replayed requests go out *without* them: re-add them in the service
+//! stack (an auth layer) or with [`ReplayOptions::prepare`](crate::ReplayOptions::prepare)
+//! ([`with_query_param`] for a query parameter). Credentials inside bodies are not touched.
 //!
 //! The attempt count is read from an [`Attempts`](crate::retry::Attempts) extension on the response (the retry layer
-//! sets it) or on the request, and is 1 without either. Tower's
+//! sets it); for an error, which has no extensions, from the count this crate's retry policy
+//! below records on the request as it goes (so a transport error after five attempts says 5,
+//! and the error keeps its own type); else from an `Attempts` on the request, and is 1
+//! without any of them. Tower's
 //! [`tower::retry`] has no dead-letter counterpart; this layer is that missing piece.
 //!
 //! ```
@@ -69,7 +76,13 @@ pub use self::redis::RedisStore;
 #[cfg(feature = "file-store")]
 pub use file::{FileStoreError, DEFAULT_COMPACTION_THRESHOLD};
 pub(crate) use layer::DeadLetterLayer;
-pub use record::{DeadLetter, StoredBody, REDACTED};
+pub(crate) use record::{redact_query, DEFAULT_REDACTED_QUERY};
+pub use record::{with_query_param, DeadLetter, StoredBody, REDACTED};
+
+/// The default secret query parameter names, as the redaction takes them (for logs outside
+/// a dead-letter layer, which knows no user-named ones).
+pub(crate) static DEFAULT_QUERY_SECRETS: std::sync::LazyLock<Box<[Box<str>]>> =
+    std::sync::LazyLock::new(|| DEFAULT_REDACTED_QUERY.iter().map(|&n| n.into()).collect());
 pub use replay::ReplayReport;
 pub use service::DeadLetters;
 pub use store::{DeadLetterStore, MemoryStore, StoreFuture};
@@ -85,10 +98,14 @@ pub struct DeadLettered {
 
 /// The error of a failed call that was stored as dead letter `id`; the original error is its
 /// [`source`](std::error::Error::source) (and [`into_source`](DeadLetteredError::into_source)).
-#[derive(Debug)]
+///
+/// Its `Display` and `Debug` redact the secret query parameters the layer redacts (a client
+/// error often quotes the URL); the source itself is the client's error, untouched, so that
+/// it can still be downcast.
 pub struct DeadLetteredError {
     id: u64,
     source: BoxError,
+    redact: std::sync::Arc<[Box<str>]>,
 }
 
 impl DeadLetteredError {
@@ -115,7 +132,18 @@ impl DeadLetteredError {
 
 impl fmt::Display for DeadLetteredError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (stored as dead letter {})", self.source, self.id)
+        let source = redact_query(&self.source.to_string(), &self.redact, false);
+        write!(f, "{source} (stored as dead letter {})", self.id)
+    }
+}
+
+impl fmt::Debug for DeadLetteredError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = redact_query(&format!("{:?}", self.source), &self.redact, false);
+        f.debug_struct("DeadLetteredError")
+            .field("id", &self.id)
+            .field("source", &format_args!("{source}"))
+            .finish()
     }
 }
 

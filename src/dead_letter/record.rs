@@ -28,7 +28,8 @@ pub struct DeadLetter {
     pub id: u64,
     /// HTTP method.
     pub method: String,
-    /// Full request URI.
+    /// Full request URI; secret query parameters read `[REDACTED]` (see
+    /// [`DeadLetterLayer::redact_query_param`](super::DeadLetterLayer::redact_query_param)).
     pub uri: String,
     /// Request headers in order, `[name, value]`; credentials read `[REDACTED]`.
     pub headers: Vec<(String, String)>,
@@ -46,7 +47,8 @@ pub struct DeadLetter {
         serde(default, skip_serializing_if = "Option::is_none")
     )]
     pub error: Option<String>,
-    /// Attempts made (from the [`Attempts`](crate::retry::Attempts) extension; 1 without one).
+    /// Attempts made, for errors as for responses (see the [module docs](super); 1 when no
+    /// retry layer counted them).
     pub attempts: u32,
     /// The request may have been applied: its answer was lost and it was not resent, because
     /// it is not idempotent ([`ThrottleError::OutcomeUnknown`](crate::ThrottleError::OutcomeUnknown)).
@@ -62,9 +64,10 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// Rebuilds the request to send it again. Headers whose value is `[REDACTED]` are left
-    /// out: credentials must be added back by the service stack (an auth layer) or by
-    /// [`ReplayOptions::prepare`](crate::ReplayOptions::prepare).
+    /// Rebuilds the request to send it again. Headers and query parameters whose value is
+    /// `[REDACTED]` are left out: credentials must be added back by the service stack (an
+    /// auth layer) or by [`ReplayOptions::prepare`](crate::ReplayOptions::prepare) (for a
+    /// query parameter, with [`with_query_param`]).
     ///
     /// Fails with [`io::ErrorKind::InvalidData`] when a stored field is not a valid method,
     /// URI, header or base64 text (a hand-edited file).
@@ -77,7 +80,9 @@ impl DeadLetter {
         };
         let method =
             Method::from_bytes(self.method.as_bytes()).map_err(|e| invalid("method", &e))?;
-        let uri: Uri = self.uri.parse().map_err(|e| invalid("uri", &e))?;
+        let uri: Uri = without_redacted_params(&self.uri)
+            .parse()
+            .map_err(|e| invalid("uri", &e))?;
         let mut req = http::Request::new(B::from_bytes(self.body.to_bytes()?));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
@@ -133,6 +138,184 @@ pub(crate) const DEFAULT_REDACTED: [&str; 4] = [
     "cookie",
     "set-cookie",
 ];
+
+/// Query parameters whose values never reach a store: GA4 Measurement Protocol's
+/// `api_secret`, Google APIs' `key`, HubSpot's legacy `hapikey`, Klaviyo's legacy `api_key`.
+pub(crate) const DEFAULT_REDACTED_QUERY: [&str; 4] = ["api_secret", "key", "hapikey", "api_key"];
+
+/// Whether the query parameter name `raw` (as written, maybe percent-encoded) is one of
+/// `names` (ASCII case aside: `API_KEY=` is as secret as `api_key=`).
+fn is_secret_param(raw: &str, names: &[Box<str>]) -> bool {
+    let decoded = percent_decode(raw);
+    names.iter().any(|n| n.eq_ignore_ascii_case(&decoded))
+}
+
+fn percent_decode(raw: &str) -> String {
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', ..) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `text` with the value of every `name=value` query parameter named in `names` replaced by
+/// `[REDACTED]`. In a URI (`in_uri`) a value ends at `&` or `#` only; in free text (an error
+/// message quoting a URL) also at whitespace, quotes, brackets and commas, which end the URL
+/// there. Parameters are found after `?`, `&` or `;`, so `monkey=1` is not `key`.
+pub(crate) fn redact_query(text: &str, names: &[Box<str>], in_uri: bool) -> String {
+    if names.is_empty() || !text.contains('=') {
+        return text.to_owned();
+    }
+    let ends_value = |c: char| {
+        matches!(c, '&' | '#')
+            || (!in_uri
+                && (c.is_whitespace() || matches!(c, '"' | '\'' | ')' | ']' | '>' | ',' | '`')))
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // In a URI only its query holds parameters; in free text any URL may start one.
+    let mut in_query = false;
+    while let Some(i) = rest.find(|c: char| matches!(c, '?' | '&' | ';') || (in_uri && c == '#')) {
+        let sep = rest[i..].chars().next().unwrap_or('?');
+        out.push_str(&rest[..=i]);
+        rest = &rest[i + sep.len_utf8()..];
+        if sep == '#' {
+            break;
+        }
+        in_query |= sep == '?';
+        if in_uri && !in_query {
+            continue;
+        }
+        let name_end = rest
+            .find(|c: char| c == '=' || c == '&' || c == '#' || (!in_uri && ends_value(c)))
+            .unwrap_or(rest.len());
+        if !rest[name_end..].starts_with('=') || !is_secret_param(&rest[..name_end], names) {
+            continue;
+        }
+        out.push_str(&rest[..=name_end]);
+        let value = &rest[name_end + 1..];
+        let value_end = value.find(ends_value).unwrap_or(value.len());
+        if value_end > 0 {
+            out.push_str(REDACTED);
+        }
+        rest = &value[value_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `uri` without the query parameters whose stored value is `[REDACTED]` (they go out
+/// without them, as redacted headers do).
+pub(crate) fn without_redacted_params(uri: &str) -> std::borrow::Cow<'_, str> {
+    let marker = format!("={REDACTED}");
+    if !uri.contains(&marker) {
+        return uri.into();
+    }
+    let (head, fragment) = match uri.find('#') {
+        Some(i) => uri.split_at(i),
+        None => (uri, ""),
+    };
+    let Some((path, query)) = head.split_once('?') else {
+        return uri.into();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.ends_with(&marker))
+        .collect();
+    let mut out = path.to_owned();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    out.push_str(fragment);
+    out.into()
+}
+
+/// The names of the query parameters `uri` holds redacted.
+pub(crate) fn redacted_param_names(uri: &str) -> Vec<Box<str>> {
+    let marker = format!("={REDACTED}");
+    let query = uri.split('#').next().unwrap_or("");
+    let Some((_, query)) = query.split_once('?') else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|pair| pair.strip_suffix(&marker))
+        .map(|name| percent_decode(name).into())
+        .collect()
+}
+
+/// `uri` with the query parameter `name` set to `value` (replacing any already there), both
+/// percent-encoded: how a [`replay`](crate::replay()) puts back a secret the store never
+/// kept, from [`ReplayOptions::prepare`](crate::ReplayOptions::prepare).
+///
+/// ```
+/// use tower_throttle::dead_letter::with_query_param;
+///
+/// let uri: http::Uri = "https://www.google-analytics.com/mp/collect?measurement_id=G-1".parse()?;
+/// let uri = with_query_param(&uri, "api_secret", "s3cr3t/+")?;
+/// assert_eq!(
+///     uri.to_string(),
+///     "https://www.google-analytics.com/mp/collect?measurement_id=G-1&api_secret=s3cr3t%2F%2B"
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// When the result is not a valid URI (it always is for a valid `uri`).
+pub fn with_query_param(uri: &Uri, name: &str, value: &str) -> Result<Uri, http::uri::InvalidUri> {
+    let encode = |s: &str| {
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    };
+    let pair = format!("{}={}", encode(name), encode(value));
+    let mut query: Vec<String> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| percent_decode(p.split('=').next().unwrap_or("")) != name)
+        .map(str::to_owned)
+        .collect();
+    query.push(pair);
+    let mut text = String::new();
+    if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
+        text.push_str(scheme);
+        text.push_str("://");
+        text.push_str(authority.as_str());
+    }
+    text.push_str(uri.path());
+    text.push('?');
+    text.push_str(&query.join("&"));
+    text.parse()
+}
 
 /// Headers as stored: in order, credentials replaced by `[REDACTED]`, values that are not
 /// visible ASCII kept lossily as UTF-8.
@@ -304,5 +487,77 @@ mod tests {
         assert_eq!(stored, StoredBody::Base64("/wAQ".into()));
         assert_eq!(stored.to_bytes().unwrap(), Bytes::copy_from_slice(&raw));
         assert!(StoredBody::Base64("***".into()).to_bytes().is_err());
+    }
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    fn names(extra: &[&str]) -> Vec<Box<str>> {
+        DEFAULT_REDACTED_QUERY
+            .iter()
+            .chain(extra)
+            .map(|&n| n.into())
+            .collect()
+    }
+
+    #[test]
+    fn secret_query_values_are_redacted_and_nothing_else() {
+        let n = names(&["token"]);
+        for (uri, want) in [
+            (
+                "https://a.example/p?key=1",
+                "https://a.example/p?key=[REDACTED]",
+            ),
+            (
+                "https://a.example/p?a=1&Api_Key=2&b=3#key=4",
+                "https://a.example/p?a=1&Api_Key=[REDACTED]&b=3#key=4",
+            ),
+            // Percent-encoded names are the same names; `monkey` is not `key`.
+            (
+                "/p?api%5Fsecret=x&monkey=1&token=",
+                "/p?api%5Fsecret=[REDACTED]&monkey=1&token=",
+            ),
+            // Before the query, `;` and `&` are path characters.
+            ("/a;key=1/b&key=2", "/a;key=1/b&key=2"),
+            ("/p?x=1;key=2", "/p?x=1;key=[REDACTED]"),
+            ("/p", "/p"),
+        ] {
+            assert_eq!(redact_query(uri, &n, true), want, "{uri}");
+        }
+        // In free text a URL ends at a space, a quote or a bracket.
+        assert_eq!(
+            redact_query("for url (https://a/p?hapikey=abc) after 3 tries", &n, false),
+            "for url (https://a/p?hapikey=[REDACTED]) after 3 tries"
+        );
+        assert_eq!(
+            redact_query("\"https://a/p?x=1&token=t\", key=value", &n, false),
+            "\"https://a/p?x=1&token=[REDACTED]\", key=value"
+        );
+    }
+
+    #[test]
+    fn redacted_parameters_are_left_out_of_a_replay_and_put_back_by_name() {
+        let stored = "https://a/p?a=1&api_secret=[REDACTED]&key=[REDACTED]#f";
+        assert_eq!(without_redacted_params(stored), "https://a/p?a=1#f");
+        assert_eq!(
+            without_redacted_params("https://a/p?key=[REDACTED]"),
+            "https://a/p"
+        );
+        assert_eq!(
+            redacted_param_names(stored),
+            vec![Box::<str>::from("api_secret"), "key".into()]
+        );
+        let uri: Uri = "https://a/p?a=1&key=old".parse().unwrap();
+        assert_eq!(
+            with_query_param(&uri, "key", "n e&w").unwrap().to_string(),
+            "https://a/p?a=1&key=n%20e%26w"
+        );
+        let bare: Uri = "/p".parse().unwrap();
+        assert_eq!(
+            with_query_param(&bare, "k", "v").unwrap().to_string(),
+            "/p?k=v"
+        );
     }
 }

@@ -32,6 +32,20 @@ const PAGE: usize = 500;
 /// survives a Redis restart only with persistence on (`appendonly yes`, with
 /// `appendfsync always` for the same guarantee as [`FileStore`](crate::FileStore)).
 ///
+/// **Privacy.** A letter holds the request body (customers' personal data; credentials are
+/// redacted). Redis has no per-key modes, so keep the keys private with an ACL user that
+/// only the dead-letter workers use, allowed the two keys and the commands this store sends,
+/// and make sure no other user's key patterns (`~*`, `allkeys`) cover them:
+///
+/// ```text
+/// ACL SETUSER dead-letters on >long-random-password resetkeys ~workspace:42:dead-letters* \
+///     resetchannels -@all +incr +xadd +xrange +xdel +xlen +evalsha +eval +script|load
+/// ACL SETUSER default off
+/// ```
+///
+/// and connect as that user (`redis://dead-letters:password@host/`). The `default` user (no
+/// password) otherwise reads every key.
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use tower_throttle::bucket::RedisBucket;
@@ -68,7 +82,8 @@ impl RedisStore {
         }
     }
 
-    /// Sets the longest a call may take before it fails with `io::ErrorKind::TimedOut`.
+    /// Sets the longest a call may take before it fails with `io::ErrorKind::TimedOut`
+    /// (`Duration::MAX`: no bound).
     pub fn with_timeout(mut self, timeout: Duration) -> RedisStore {
         self.timeout = timeout;
         self

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use tower::{BoxError, ServiceExt as _};
 use tower_service::Service;
 
-use super::{error_text, DeadLetterStore};
+use super::record::redacted_param_names;
+use super::{error_text, redact_query, DeadLetterStore, DEFAULT_REDACTED_QUERY};
 use crate::ReplayBody;
 use crate::{Quota, RateLimit};
 
@@ -163,6 +164,13 @@ where
             let gate = gate.clone();
             let options = &options;
             async move {
+                // What `prepare` put back must not reach the report or the log when the
+                // request fails again and its error quotes the URL.
+                let secret: Vec<Box<str>> = DEFAULT_REDACTED_QUERY
+                    .iter()
+                    .map(|&n| n.into())
+                    .chain(redacted_param_names(&letter.uri))
+                    .collect();
                 let req = match letter.to_request::<B>() {
                     Ok(req) => req,
                     Err(e) => return (letter.id, Err(e.to_string())),
@@ -175,7 +183,7 @@ where
                 let outcome = match gate.oneshot(req).await {
                     Ok(resp) if (options.is_success)(resp.status()) => Ok(()),
                     Ok(resp) => Err(format!("HTTP {}", resp.status())),
-                    Err(e) => Err(error_text(&*e)),
+                    Err(e) => Err(redact_query(&error_text(&*e), &secret, false)),
                 };
                 (letter.id, outcome)
             }

@@ -8,9 +8,9 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::layer::Config;
-use super::record::redacted_headers;
+use super::record::{redact_query, redacted_headers};
 use super::{DeadLetter, StoredBody};
-use crate::retry::Attempts;
+use crate::retry::{AttemptCell, Attempts};
 use crate::ReplayBody;
 
 /// The service built by [`DeadLetterLayer`](super::DeadLetterLayer).
@@ -51,6 +51,8 @@ pub(crate) struct Captured {
     headers: HeaderMap,
     body: bytes::Bytes,
     attempts: Option<u32>,
+    /// Filled in by a retry policy below, for outcomes that are errors.
+    pub(crate) cell: Option<AttemptCell>,
     first_attempt: SystemTime,
 }
 
@@ -77,6 +79,7 @@ impl Captured {
             headers,
             body,
             attempts,
+            cell: None,
             first_attempt: SystemTime::now(),
         }
     }
@@ -92,14 +95,20 @@ impl Captured {
             id: 0,
             method: self.method.to_string(),
             uri: match self.uri {
-                CapturedUri::Http(uri) => uri.to_string(),
-                CapturedUri::Text(text) => text,
+                CapturedUri::Http(uri) => {
+                    redact_query(&uri.to_string(), &config.redact_query, true)
+                }
+                CapturedUri::Text(text) => redact_query(&text, &config.redact_query, true),
             },
             headers: redacted_headers(&self.headers, &config.redact),
             body: StoredBody::from_bytes(&self.body),
             status,
-            error,
-            attempts: attempts.or(self.attempts).unwrap_or(1),
+            // Client errors quote the URL ("error sending request for url (...)").
+            error: error.map(|e| redact_query(&e, &config.redact_query, false)),
+            attempts: attempts
+                .or_else(|| self.cell.as_ref().and_then(AttemptCell::get))
+                .or(self.attempts)
+                .unwrap_or(1),
             outcome_unknown: false,
             first_attempt: self.first_attempt,
             last_attempt: SystemTime::now(),
@@ -121,8 +130,10 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let captured = Captured::new(
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let cell = AttemptCell::default();
+        req.extensions_mut().insert(cell.clone());
+        let mut captured = Captured::new(
             req.method().clone(),
             CapturedUri::Http(req.uri().clone()),
             req.headers().clone(),
@@ -130,6 +141,7 @@ where
             req.body().to_bytes().unwrap_or_default(),
             req.extensions().get::<Attempts>().map(|a| a.0),
         );
+        captured.cell = Some(cell);
         ResponseFuture::new(self.inner.call(req), captured, self.config.clone())
     }
 }

@@ -102,7 +102,8 @@ impl<P> QueueBuilder<P> {
     }
 
     /// At most `cap` requests start in any window of length `interval` (a rolling window, like
-    /// p-queue's `intervalCap` but never `2 x cap` across a window boundary).
+    /// p-queue's `intervalCap` but never `2 x cap` across a window boundary). A zero interval is
+    /// refused when built; an interval past a century counts as a century.
     pub fn interval_cap(mut self, cap: usize, interval: Duration) -> Self {
         self.interval = Some((interval, cap));
         self

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::clock::later;
 use crate::metrics::Stats;
 
 /// Higher priority first, then arrival order.
@@ -306,7 +307,7 @@ impl Shared {
         if st.starts.len() < cap {
             return None;
         }
-        let reopen = st.starts.front().map(|t| *t + interval)?;
+        let reopen = st.starts.front().map(|t| later(*t, interval))?;
         (reopen > now.get()).then_some(reopen)
     }
 
@@ -318,7 +319,11 @@ impl Shared {
         };
         if st.starts.len() >= cap {
             let now = now.get();
-            while st.starts.len() >= cap && st.starts.front().is_some_and(|t| *t + interval <= now)
+            while st.starts.len() >= cap
+                && st
+                    .starts
+                    .front()
+                    .is_some_and(|t| later(*t, interval) <= now)
             {
                 st.starts.pop_front();
             }

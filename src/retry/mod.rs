@@ -81,6 +81,7 @@
 //! A body larger than [`MAX_BODY_INSPECTED`](crate::classify::MAX_BODY_INSPECTED), slower
 //! than the inspection's time bound, or failing is handed on whole and read as a plain 429.
 
+mod count;
 pub(crate) mod defer;
 pub mod future;
 mod hold;
@@ -89,6 +90,7 @@ pub(crate) mod layer;
 pub(crate) mod policy;
 
 pub use crate::body::ReplayBody;
+pub(crate) use count::AttemptCell;
 pub use inspect::{InspectBody, InspectBodyLayer, InspectedBody, PrefixedBody};
 pub(crate) use layer::RetryLayer;
 pub(crate) use policy::RetryPolicy;

@@ -17,6 +17,7 @@ use crate::backoff::Backoff;
 use crate::body::ReplayBody;
 use crate::bucket::{Bucket, KeyedBucket};
 use crate::classify::{Classify, HttpClassifier, Outcome, MAX_BODY_INSPECTED};
+use crate::clock::later;
 use crate::metrics::Stats;
 use crate::rate_limit::KeyFn;
 use crate::{ConfigError, ThrottleError};
@@ -198,7 +199,7 @@ impl<C> RetryPolicy<C> {
 
     /// Gives up once a retry would start more than `deadline` after the request's first
     /// attempt. The clock starts for each request when it is sent, not when the policy (or
-    /// the layer holding it) was made.
+    /// the layer holding it) was made. A deadline past a century is no deadline.
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
@@ -355,7 +356,7 @@ impl<C> RetryPolicy<C> {
                 .next_delay(retry, self.prev_delay, &mut self.rng),
         };
         if let (Some(deadline), Some(started)) = (self.deadline, self.started) {
-            if now + delay > started + deadline {
+            if later(now, delay) > later(started, deadline) {
                 tracing::debug!(attempt = self.attempt, ?delay, "retry deadline reached");
                 return None;
             }
@@ -370,7 +371,7 @@ impl<C> RetryPolicy<C> {
         }
         let hold = server_wait
             .filter(|wait| !wait.is_zero())
-            .and_then(|wait| now.checked_add(wait));
+            .map(|wait| later(now, wait));
         if let (Some(until), Some(bucket)) = (hold, &self.bucket) {
             bucket.hold_until(until);
         }
@@ -382,7 +383,7 @@ impl<C> RetryPolicy<C> {
     /// at the same instant.
     fn spread_after(&mut self, wait: Duration) -> Duration {
         let spread = (wait / 10).min(Duration::from_secs(1));
-        wait + spread.mul_f64(self.rng.gen::<f64>())
+        wait.saturating_add(spread.mul_f64(self.rng.gen::<f64>()))
     }
 
     /// A spent quota (see [`Classify::quota_reset`]), back in `reset`. Unlike a short wait,
@@ -396,12 +397,12 @@ impl<C> RetryPolicy<C> {
         now: Instant,
     ) -> (Step, Option<Instant>) {
         let reset = reset.min(MAX_QUOTA_WAIT);
-        let until = now + reset;
+        let until = later(now, reset);
         if let Some(bucket) = &self.bucket {
             bucket.hold_until(until);
         }
         if let (Some(deadline), Some(started)) = (self.deadline, self.started) {
-            if until > started + deadline {
+            if until > later(started, deadline) {
                 tracing::warn!(
                     ?reset,
                     "quota spent until after the retry deadline; giving up"
@@ -613,7 +614,11 @@ impl<C> RetryPolicy<C> {
             max_attempts = self.backoff.max_retries() + 1,
             delay_ms = delay.as_millis() as u64,
             outcome = describe(outcome),
-            uri = %uri,
+            uri = %crate::dead_letter::redact_query(
+                &uri.to_string(),
+                &crate::dead_letter::DEFAULT_QUERY_SECRETS,
+                true
+            ),
             "retrying request"
         );
     }
@@ -704,6 +709,9 @@ where
         };
         let replayable = req.extensions().get::<NotCloned>().is_none() && !unknown;
         let (step, hold) = self.decide(observed, replayable, now);
+        if let Some(cell) = req.extensions().get::<super::AttemptCell>() {
+            cell.record(self.attempt);
+        }
         if let Some(until) = hold {
             self.hold_key(until, || head_of(req));
         }
@@ -736,7 +744,7 @@ where
             }
             Step::Retry(delay) => {
                 self.log_retry(delay, outcome, req.uri());
-                Some(RetryDelay::new(now + delay))
+                Some(RetryDelay::new(later(now, delay)))
             }
         }
     }

@@ -9,6 +9,7 @@
 //! cargo run --release --example bulk_import --features mock -- --naive
 //! cargo run --release --example bulk_import --features mock -- --count 50000 --rate 50 --batch-size 200
 //! cargo run --release --example bulk_import --features mock -- --faults
+//! cargo run --release --example bulk_import --features mock -- --plot run.svg
 //! ```
 //!
 //! `--faults` makes the mock answer batches the ways vendors do when things go wrong: errors
@@ -19,7 +20,12 @@
 //! The mock API enforces `--rate` requests per second per workspace as a sliding window (like
 //! Customer.io's Track API), for single and batch calls alike; answers 429 with `Retry-After`
 //! beyond it; fails `--fail-ratio` of requests with 503 and, inside accepted batches,
-//! `--item-fail-ratio` of the users transiently (a 207 naming them).
+//! `--item-fail-ratio` of the users transiently (a 207 naming them). `--plot FILE` writes a
+//! picture of the run (records/s, 429s and 503s, the gate's and the adaptive rate, the limit)
+//! as an SVG (`examples/support/plot.rs`).
+
+#[path = "support/plot.rs"]
+mod plot;
 
 use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,9 +42,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_throttle::mock::{BatchEndpoint, MockServer, RetryAfterFormat, ServerLimit};
 use tower_throttle::{
-    backoff::Backoff, dead_letter::DeadLetterStore, metrics::Stats, run_bulk, AdaptiveLayer,
-    BulkOptions, BulkReport, DeadLetterLayer, FileStore, LocalBucket, Progress, QueueLayer, Quota,
-    RateLimitLayer, RetryLayer, RetryPolicy, Throttle,
+    backoff::Backoff, bucket::Bucket as _, dead_letter::DeadLetterStore, metrics::Stats, run_bulk,
+    AdaptiveLayer, BulkOptions, BulkReport, DeadLetterLayer, FileStore, LocalBucket, Progress,
+    QueueLayer, Quota, RateLimitLayer, RetryLayer, RetryPolicy, Throttle,
 };
 use tower_throttle::{batch::CustomerIoBatch, BatchLayer};
 
@@ -58,6 +64,8 @@ struct Args {
     mode: Mode,
     faults: bool,
     bad_every: u64,
+    /// `--plot`: where the picture of the run goes.
+    plot: Option<std::path::PathBuf>,
 }
 
 /// How often the plain progress line is printed when stdout is not a terminal.
@@ -143,6 +151,13 @@ fn cli() -> clap::Command {
                 .action(ArgAction::SetTrue)
                 .help("the sleep-on-429 loop, one per request"),
         )
+        .arg(
+            Arg::new("plot")
+                .long("plot")
+                .value_name("FILE")
+                .value_parser(value_parser!(std::path::PathBuf))
+                .help("write a picture of the run as SVG (e.g. run.svg)"),
+        )
 }
 
 fn parse_args() -> Args {
@@ -163,6 +178,7 @@ fn parse_args() -> Args {
         mode,
         faults: m.get_flag("faults"),
         bad_every: *m.get_one("bad-every").expect("has a default"),
+        plot: m.get_one("plot").cloned(),
     }
 }
 
@@ -344,11 +360,33 @@ async fn main() -> Result<(), tower::BoxError> {
             Mode::Naive => "the naive sleep-on-429 loop".into(),
         }
     );
-    let totals = match args.mode {
-        Mode::Batched => batched(&server, client, &args).await?,
-        Mode::OnePerRequest => one_per_request(&server, client, &args).await?,
-        Mode::Naive => naive(&server, client, args.count).await,
+    // `--plot`: the server's counters and the stack's rates, read while the import runs.
+    let rates = plot::Rates::default();
+    let read = || {
+        let s = server.stats();
+        let (gate_rate, adaptive_rate) = rates.read();
+        plot::Counts {
+            records: if args.mode == Mode::Batched {
+                s.items_accepted
+            } else {
+                s.accepted
+            },
+            requests: s.received,
+            rate_limited: s.rate_limited,
+            unavailable: s.failed,
+            gate_rate,
+            adaptive_rate,
+        }
     };
+    let run = async {
+        Ok::<_, tower::BoxError>(match args.mode {
+            Mode::Batched => batched(&server, client, &args, &rates).await?,
+            Mode::OnePerRequest => one_per_request(&server, client, &args, &rates).await?,
+            Mode::Naive => naive(&server, client, args.count).await,
+        })
+    };
+    let (totals, samples) = plot::record(args.plot.is_some(), read, run).await;
+    let totals = totals?;
     let stats = server.stats();
     let secs = totals.elapsed.as_secs_f64();
     let records_per_sec = totals.delivered as f64 / secs;
@@ -383,6 +421,26 @@ async fn main() -> Result<(), tower::BoxError> {
     }
     for note in &totals.notes {
         println!("{note}");
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "bulk_import: {} users, {} requests/s limit, {}",
+            args.count,
+            args.rate,
+            match args.mode {
+                Mode::Batched => format!("batches of {}", args.batch_size),
+                Mode::OnePerRequest => "one user per request".into(),
+                Mode::Naive => "naive sleep-on-429".into(),
+            }
+        );
+        plot::Chart {
+            title: &title,
+            limit: f64::from(args.rate),
+            records_bound: bound,
+            samples: &samples,
+        }
+        .write(path)?;
+        println!("plot             {}", path.display());
     }
     server.shutdown().await;
     Ok(())
@@ -432,6 +490,7 @@ async fn batched(
     server: &MockServer,
     client: HttpClient,
     args: &Args,
+    rates: &plot::Rates,
 ) -> Result<Totals, tower::BoxError> {
     let (store, dir) = dead_letter_store().await?;
     let stats = Stats::new();
@@ -460,6 +519,8 @@ async fn batched(
         )
         .build(client)?;
     let batch_stats = stack.batch_stats().clone();
+    let gate = stack.bucket().expect("one shared bucket").clone();
+    rates.set(move || (Some(gate.rate()), None));
 
     let reporter = Reporter::new(args.count);
     let jobs = stream::iter((0..args.count).map(|id| user_entity(server, id, is_bad(args, id))));
@@ -500,6 +561,7 @@ async fn one_per_request(
     server: &MockServer,
     client: HttpClient,
     args: &Args,
+    rates: &plot::Rates,
 ) -> Result<Totals, tower::BoxError> {
     let (store, dir) = dead_letter_store().await?;
     let stats = Stats::new();
@@ -514,6 +576,8 @@ async fn one_per_request(
         1.0,
         f64::from(args.rate) * 2.0,
     )?;
+    let (gate, controller) = (bucket.clone(), adaptive.clone());
+    rates.set(move || (Some(gate.rate()), Some(controller.rate())));
     let stack = ServiceBuilder::new()
         .layer(DeadLetterLayer::new(store.clone()).with_stats(stats.clone()))
         .layer(RetryLayer::new(

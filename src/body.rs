@@ -22,6 +22,51 @@ use http_body_util::{BodyExt, Empty, Full};
 /// assert!(body.try_clone().is_some());
 /// assert_eq!(body.to_bytes().unwrap(), Bytes::from_static(b"{\"email\":\"a@example.com\"}"));
 /// ```
+///
+/// A retrying stack takes only such bodies, and says so at compile time: a `Full<Bytes>`
+/// request goes through,
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{service_fn, BoxError, Service, ServiceBuilder};
+/// use tower_throttle::{RetryLayer, RetryPolicy};
+///
+/// let mut svc = ServiceBuilder::new()
+///     .layer(RetryLayer::new(RetryPolicy::default()))
+///     .service(service_fn(|_: http::Request<Full<Bytes>>| async {
+///         Ok::<_, BoxError>(http::Response::new(()))
+///     }));
+/// let _ = svc.call(http::Request::new(Full::from("{}")));
+/// ```
+///
+/// while a body that can be read only once is refused with "a retrying stack needs a request
+/// body it can send again" and what to do instead (with `.oneshot(..)` rustc reports only
+/// that the method's bounds are not met: `Service::call` or a `Service` bound shows why):
+///
+/// ```compile_fail,E0277
+/// use tower::{service_fn, BoxError, Service, ServiceBuilder};
+/// use tower_throttle::{RetryLayer, RetryPolicy};
+///
+/// struct Stream; // a body that can be read once
+/// let mut svc = ServiceBuilder::new()
+///     .layer(RetryLayer::new(RetryPolicy::default()))
+///     .service(service_fn(|_: http::Request<Stream>| async {
+///         Ok::<_, BoxError>(http::Response::new(()))
+///     }));
+/// let _ = svc.call(http::Request::new(Stream));
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "a retrying stack needs a request body it can send again; `{Self}` is not one (`ReplayBody`)",
+    label = "this stack retries, so its requests' body must implement `ReplayBody`",
+    note = "build the client for `http_body_util::Full<bytes::Bytes>` \
+            (`Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>()`) and send \
+            `Full::from(..)` bodies: they are cloned cheaply for each retry",
+    note = "a body read from elsewhere (a proxied `Incoming`, a stream) can be collected into \
+            `Full<Bytes>` first (`http_body_util::BodyExt::collect`), or implement \
+            `ReplayBody` for it returning `None`: it is then sent once, and a retry it needed \
+            ends in `ThrottleError::NotReplayable`"
+)]
 pub trait ReplayBody: Sized + Send + 'static {
     /// The body's bytes, without consuming it; `None` when it can be read only once.
     fn to_bytes(&self) -> Option<Bytes>;

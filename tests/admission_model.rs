@@ -941,7 +941,7 @@ mod redis {
 
         /// The Lua script against the same model, on a real server.
         #[test]
-        #[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+        #[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
         fn redis_bucket_keeps_every_guarantee_under_every_operation(
             limits in redis_limits(),
             steps in prop::collection::vec(step(1, true), 1..25),

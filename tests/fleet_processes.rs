@@ -33,7 +33,7 @@ fn example(name: &str) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn a_fleet_of_processes_stays_within_the_limit_across_a_redis_kill_and_restart() {
     let mut redis =
         RedisServer::start("a_fleet_of_processes_stays_within_the_limit_across_a_redis_kill");

@@ -145,19 +145,19 @@ async fn four_clients_share_50_per_second(lease: u32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn four_clients_share_50_per_second_without_leasing() {
     four_clients_share_50_per_second(1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn four_clients_share_50_per_second_with_leasing() {
     four_clients_share_50_per_second(4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn leasing_needs_fewer_round_trips_per_request() {
     let _turn = TIMED.lock().await;
     let server = RedisServer::start("leasing_needs_fewer_round_trips_per_request");
@@ -179,7 +179,7 @@ async fn leasing_needs_fewer_round_trips_per_request() {
 /// blur it: callers that pause at random make leased slots go late or expire, and still no
 /// window of one second holds more than limit + burst uses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn leased_slots_never_exceed_limit_plus_burst_in_any_window() {
     let _turn = TIMED.lock().await;
     let server = RedisServer::start("leased_slots_never_exceed_limit_plus_burst");
@@ -247,7 +247,7 @@ async fn leased_slots_never_exceed_limit_plus_burst_in_any_window() {
 /// Several windows are admitted atomically on the server, refusals consume nothing, and the
 /// key expires when idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn several_windows_are_admitted_together_on_the_server() {
     let server = RedisServer::start("several_windows_are_admitted_together");
     let limits = Limits::new(per_second(5, 5)).and(
@@ -296,7 +296,7 @@ async fn several_windows_are_admitted_together_on_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn a_hold_by_one_client_is_seen_by_all() {
     let server = RedisServer::start("a_hold_by_one_client_is_seen_by_all");
     let mut clients = Vec::new();
@@ -334,7 +334,7 @@ async fn a_hold_by_one_client_is_seen_by_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn set_rate_on_one_client_paces_the_fleet() {
     let server = RedisServer::start("set_rate_on_one_client_paces_the_fleet");
     let a = bucket(&server, per_second(50, 1), "rate", 1, FailMode::Closed).await;
@@ -352,7 +352,7 @@ async fn set_rate_on_one_client_paces_the_fleet() {
 /// with `cancel`) were still used, paced at the old rate, so the first callers after a cut
 /// went faster than the new rate allows. A cut now voids the lease, as it re-slots waiters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn redis_rate_cut_voids_slots_leased_at_the_old_rate() {
     let server = RedisServer::start("redis_rate_cut_voids_leased_slots");
     // 10/s, burst 4, 4 slots per round trip: one round trip leases the whole burst.
@@ -377,7 +377,7 @@ async fn redis_rate_cut_voids_slots_leased_at_the_old_rate() {
 /// Redis killed mid-run and restarted: no panic, nobody hangs, fail-open keeps admitting at
 /// its share, fail-closed refuses with a typed error, and both recover without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn redis_killed_and_restarted_mid_run_falls_back_and_recovers() {
     let _turn = TIMED.lock().await;
     let mut server = RedisServer::start("redis_killed_and_restarted");
@@ -503,7 +503,7 @@ where
 /// of a raise on worker A only from the server: the re-slot counter its watch brings back
 /// wakes them, and they finish at the new pace, not at the slots the old one gave them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn a_rate_raise_on_one_worker_reaches_callers_waiting_on_another() {
     use tower::{Layer, Service, ServiceExt};
     use tower_throttle::RateLimitLayer;
@@ -550,7 +550,7 @@ async fn a_rate_raise_on_one_worker_reaches_callers_waiting_on_another() {
 /// slots. Measured against that pace, not the last step, so small steps that add up to more
 /// than an eighth do re-slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn a_small_raise_keeps_the_fleets_slots() {
     let _turn = TIMED.lock().await;
     let server = RedisServer::start("a_small_raise_keeps_the_fleets_slots");
@@ -604,7 +604,7 @@ async fn a_small_raise_keeps_the_fleets_slots() {
 /// they had not heard of and went inside it. In a fleet under a run-time rate the watch now
 /// brings the hold to them before their slots come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn a_hold_on_one_worker_reaches_callers_asleep_on_another() {
     let _turn = TIMED.lock().await;
     let server = RedisServer::start("a_hold_on_one_worker_reaches_callers_asleep");
@@ -633,7 +633,7 @@ async fn a_hold_on_one_worker_reaches_callers_asleep_on_another() {
 /// no gate on the Redis bucket sees: callers waiting on fallback slots kept the old pace.
 /// The Redis bucket now re-slots them through its own, and wakes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 async fn a_raise_while_redis_is_down_wakes_callers_waiting_on_the_fallback() {
     let mut server = RedisServer::start("a_raise_while_redis_is_down_wakes_callers");
     let limits = Limits::new(per_second(50, 1));
@@ -712,7 +712,7 @@ mod dead_letters {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+    #[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
     async fn redis_store_keeps_the_dead_letter_contract_across_handles() {
         let server = RedisServer::start("redis_store_keeps_the_contract");
         let a = store(&server, "dl").await;
@@ -751,7 +751,7 @@ mod dead_letters {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+    #[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
     async fn replay_from_redis_removes_only_delivered_letters() {
         let server = RedisServer::start("replay_from_redis");
         let store = store(&server, "replay").await;
@@ -779,7 +779,7 @@ mod dead_letters {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+    #[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
     async fn an_unreachable_redis_store_fails_fast_with_an_io_error() {
         let mut server = RedisServer::start("unreachable_redis_store");
         let store = store(&server, "down").await;

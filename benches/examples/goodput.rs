@@ -5,6 +5,7 @@
 //! cargo run --release -p tower-throttle-benches --example goodput        # 10 s per row
 //! cargo run --release -p tower-throttle-benches --example goodput -- --secs 30
 //! cargo run --release -p tower-throttle-benches --example goodput -- --secs 40 --scenario leaky20 --contender tower-throttle
+//! cargo run --release -p tower-throttle-benches --example goodput -- --scenario hidden --contender tower-throttle --plot run.svg
 //! ```
 //!
 //! * **known**: the server allows 100/s (token bucket, burst 10) and the client is told so.
@@ -24,8 +25,16 @@
 //! time includes the workers' last requests after the stop (a retry waiting out a hold there
 //! adds up to a second), so each row also prints, on stderr, what the server accepted within
 //! the run itself, as the simulation counts it.
+//!
+//! `--plot FILE.svg` writes a picture of each row (`examples/support/plot.rs`, shared with
+//! `bulk_import`): with one row selected to `FILE.svg`, with several to `FILE-SCENARIO-CONTENDER.svg`.
+//! Here every record is one request, and the adaptive controller's rate is the gate's.
+
+#[path = "../../examples/support/plot.rs"]
+mod plot;
 
 use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -204,77 +213,115 @@ fn trace_rate<S, C>(stack: &Throttle<S, C>, secs: u64) {
     });
 }
 
-async fn row(scenario: Scenario, contender: &str, secs: u64) -> Result<String, BoxError> {
+async fn row(
+    scenario: Scenario,
+    contender: &str,
+    secs: u64,
+    plot_to: Option<&Path>,
+) -> Result<String, BoxError> {
     let server = scenario.server().await?;
     let uri = server.uri("/v1/track");
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let (tally, elapsed) = match contender {
-        "tower-throttle" => {
-            let backoff = Backoff::builder()
-                .base(Duration::from_millis(100))
-                .build()?;
-            let builder = Throttle::builder().retry(RetryPolicy::default().with_backoff(backoff));
-            let stack = match scenario {
-                // Told nothing: start low and let the adaptive layer find the limit.
-                Scenario::Hidden => builder
-                    .limits(Quota::per_second(1_000)?)
-                    .adaptive(Probe::new(20.0, 1.0, 1_000.0)?)
-                    .build(client)?,
-                Scenario::Leaky20 | Scenario::Leaky60 => {
-                    let start = if scenario == Scenario::Leaky20 {
-                        20.0
-                    } else {
-                        60.0
-                    };
-                    builder
-                        .limits(Quota::per_second(200)?)
-                        .adaptive(Probe::new(start, 1.0, 200.0)?)
-                        .build(client)?
-                }
-                _ => builder.limits(Quota::per_second(LIMIT)?).build(client)?,
-            };
-            if std::env::var_os("GOODPUT_TRACE").is_some() {
-                trace_rate(&stack, secs);
-            }
-            drive(secs, scenario.workers(), move |id| {
-                let (stack, uri) = (stack.clone(), uri.clone());
-                async move {
-                    match stack.oneshot(request(&uri, id)).await {
-                        Ok(res) => {
-                            let attempts = res.extensions().get::<Attempts>().map_or(1, |a| a.0);
-                            (res.status().is_success(), u64::from(attempts))
-                        }
-                        Err(_) => (false, 1),
-                    }
-                }
-            })
-            .await
-        }
-        "governor" => {
-            let rate = match scenario {
-                Scenario::Hidden => 150,
-                Scenario::Leaky20 | Scenario::Leaky60 => 40,
-                _ => LIMIT,
-            };
-            let limiter = Arc::new(RateLimiter::direct(GovQuota::per_second(
-                NonZeroU32::new(rate).expect("non-zero"),
-            )));
-            drive(secs, scenario.workers(), move |id| {
-                let (client, uri, limiter) = (client.clone(), uri.clone(), limiter.clone());
-                async move {
-                    limiter.until_ready().await;
-                    naive_send(client, uri, id).await
-                }
-            })
-            .await
-        }
-        _ => {
-            drive(secs, scenario.workers(), move |id| {
-                naive_send(client.clone(), uri.clone(), id)
-            })
-            .await
+    let rates = plot::Rates::default();
+    let read = || {
+        let s = server.stats();
+        plot::Counts {
+            records: s.accepted,
+            requests: s.received,
+            rate_limited: s.rate_limited,
+            unavailable: s.failed,
+            gate_rate: rates.read().0,
+            adaptive_rate: None,
         }
     };
+    let run = async {
+        Ok::<_, BoxError>(match contender {
+            "tower-throttle" => {
+                let backoff = Backoff::builder()
+                    .base(Duration::from_millis(100))
+                    .build()?;
+                let builder =
+                    Throttle::builder().retry(RetryPolicy::default().with_backoff(backoff));
+                let stack = match scenario {
+                    // Told nothing: start low and let the adaptive layer find the limit.
+                    Scenario::Hidden => builder
+                        .limits(Quota::per_second(1_000)?)
+                        .adaptive(Probe::new(20.0, 1.0, 1_000.0)?)
+                        .build(client)?,
+                    Scenario::Leaky20 | Scenario::Leaky60 => {
+                        let start = if scenario == Scenario::Leaky20 {
+                            20.0
+                        } else {
+                            60.0
+                        };
+                        builder
+                            .limits(Quota::per_second(200)?)
+                            .adaptive(Probe::new(start, 1.0, 200.0)?)
+                            .build(client)?
+                    }
+                    _ => builder.limits(Quota::per_second(LIMIT)?).build(client)?,
+                };
+                if std::env::var_os("GOODPUT_TRACE").is_some() {
+                    trace_rate(&stack, secs);
+                }
+                if let Some(bucket) = stack.bucket().cloned() {
+                    rates.set(move || (Some(bucket.rate()), None));
+                }
+                drive(secs, scenario.workers(), move |id| {
+                    let (stack, uri) = (stack.clone(), uri.clone());
+                    async move {
+                        match stack.oneshot(request(&uri, id)).await {
+                            Ok(res) => {
+                                let attempts =
+                                    res.extensions().get::<Attempts>().map_or(1, |a| a.0);
+                                (res.status().is_success(), u64::from(attempts))
+                            }
+                            Err(_) => (false, 1),
+                        }
+                    }
+                })
+                .await
+            }
+            "governor" => {
+                let rate = match scenario {
+                    Scenario::Hidden => 150,
+                    Scenario::Leaky20 | Scenario::Leaky60 => 40,
+                    _ => LIMIT,
+                };
+                rates.set(move || (Some(f64::from(rate)), None));
+                let limiter = Arc::new(RateLimiter::direct(GovQuota::per_second(
+                    NonZeroU32::new(rate).expect("non-zero"),
+                )));
+                drive(secs, scenario.workers(), move |id| {
+                    let (client, uri, limiter) = (client.clone(), uri.clone(), limiter.clone());
+                    async move {
+                        limiter.until_ready().await;
+                        naive_send(client, uri, id).await
+                    }
+                })
+                .await
+            }
+            _ => {
+                drive(secs, scenario.workers(), move |id| {
+                    naive_send(client.clone(), uri.clone(), id)
+                })
+                .await
+            }
+        })
+    };
+    let (run, samples) = plot::record(plot_to.is_some(), read, run).await;
+    let (tally, elapsed) = run?;
+    if let Some(path) = plot_to {
+        let title = format!("goodput: {} / {contender}", scenario.name());
+        plot::Chart {
+            title: &title,
+            limit: scenario.limit(),
+            records_bound: scenario.limit(),
+            samples: &samples,
+        }
+        .write(path)?;
+        eprintln!("plot: {}", path.display());
+    }
     let stats = server.stats();
     let run = Duration::from_secs(secs);
     let in_run = server
@@ -339,7 +386,15 @@ async fn main() -> Result<(), BoxError> {
                 .value_parser(["tower-throttle", "governor", "naive"])
                 .help("run one contender only"),
         )
+        .arg(
+            clap::Arg::new("plot")
+                .long("plot")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("write a picture of each row as SVG (e.g. run.svg)"),
+        )
         .get_matches();
+    let plot_to: Option<PathBuf> = matches.get_one::<PathBuf>("plot").cloned();
     let secs: u64 = *matches.get_one("secs").expect("has a default");
     let only: Option<String> = matches.get_one::<String>("scenario").cloned();
     let contender_only: Option<String> = matches.get_one::<String>("contender").cloned();
@@ -355,16 +410,28 @@ async fn main() -> Result<(), BoxError> {
         Scenario::Leaky20,
         Scenario::Leaky60,
     ];
-    for scenario in all {
-        if only.as_deref().is_some_and(|o| o != scenario.flag()) {
-            continue;
-        }
-        for contender in ["tower-throttle", "governor", "naive"] {
-            if contender_only.as_deref().is_some_and(|c| c != contender) {
-                continue;
+    let contenders = ["tower-throttle", "governor", "naive"];
+    let rows: Vec<(Scenario, &str)> = all
+        .into_iter()
+        .filter(|s| only.as_deref().is_none_or(|o| o == s.flag()))
+        .flat_map(|s| contenders.map(|c| (s, c)))
+        .filter(|(_, c)| contender_only.as_deref().is_none_or(|o| o == *c))
+        .collect();
+    let several = rows.len() > 1;
+    for (scenario, contender) in rows {
+        // One file per row when several run: FILE-SCENARIO-CONTENDER.svg.
+        let path = plot_to.as_ref().map(|p| {
+            if several {
+                let stem = p.file_stem().unwrap_or_default().to_string_lossy();
+                let ext = p
+                    .extension()
+                    .map_or(String::new(), |e| format!(".{}", e.to_string_lossy()));
+                p.with_file_name(format!("{stem}-{}-{contender}{ext}", scenario.flag()))
+            } else {
+                p.clone()
             }
-            println!("{}", row(scenario, contender, secs).await?);
-        }
+        });
+        println!("{}", row(scenario, contender, secs, path.as_deref()).await?);
     }
     Ok(())
 }

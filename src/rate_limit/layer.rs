@@ -27,9 +27,53 @@ pub struct RateLimitLayer<B = LocalBucket> {
 }
 
 impl RateLimitLayer<LocalBucket> {
-    /// A layer with an in-process bucket enforcing `limits` (and their concurrency cap, if any).
-    pub fn new(limits: impl Into<Limits>) -> Self {
-        RateLimitLayer::with_bucket(LocalBucket::new(limits))
+    /// A layer with an in-process bucket enforcing `limits` (and their concurrency cap, if any):
+    /// a [`Quota`](crate::Quota), [`Limits`] or a preset. Given a [`LocalBucket`] instead, the
+    /// layer shares that bucket (as [`with_bucket`](RateLimitLayer::with_bucket) does, which
+    /// also takes keyed and Redis buckets).
+    ///
+    /// ```
+    /// use tower_throttle::{Quota, LocalBucket, RateLimitLayer};
+    ///
+    /// # fn main() -> Result<(), tower_throttle::ConfigError> {
+    /// let own = RateLimitLayer::new(Quota::per_second(80)?); // a new bucket
+    /// let bucket = LocalBucket::new(Quota::per_second(80)?);
+    /// let shared = RateLimitLayer::new(bucket.clone()); // this bucket, shared with the retry hold
+    /// # let _ = (own, shared);
+    /// # Ok(()) }
+    /// ```
+    pub fn new(limits: impl IntoLocalBucket) -> Self {
+        RateLimitLayer::with_bucket(limits.into_local_bucket())
+    }
+}
+
+/// What [`RateLimitLayer::new`] takes: limits (anything `Into<Limits>`: a [`Quota`](crate::Quota),
+/// [`Limits`], a preset), for which it makes a new bucket, or a [`LocalBucket`] (or a reference
+/// to one), which it shares.
+///
+/// Other buckets ([`KeyedBucket`](crate::bucket::KeyedBucket),
+/// `RedisBucket`, your own [`Bucket`]) go to [`RateLimitLayer::with_bucket`]; passing one to
+/// `new` fails with "`From<...>` is not implemented for `Limits`".
+pub trait IntoLocalBucket {
+    /// The bucket the layer's gate decides with.
+    fn into_local_bucket(self) -> LocalBucket;
+}
+
+impl<L: Into<Limits>> IntoLocalBucket for L {
+    fn into_local_bucket(self) -> LocalBucket {
+        LocalBucket::new(self)
+    }
+}
+
+impl IntoLocalBucket for LocalBucket {
+    fn into_local_bucket(self) -> LocalBucket {
+        self
+    }
+}
+
+impl IntoLocalBucket for &LocalBucket {
+    fn into_local_bucket(self) -> LocalBucket {
+        self.clone()
     }
 }
 

@@ -44,5 +44,6 @@ mod weighted;
 
 pub(crate) use keyed::Destination;
 pub use keyed::{ByAuthority, DestinationKey, KeyFn, KeyedRateLimit, KeyedRateLimitLayer};
+pub use layer::IntoLocalBucket;
 pub use service::RateLimit;
 pub use weighted::{Cost, WeightedRateLimit, WeightedRateLimitLayer};

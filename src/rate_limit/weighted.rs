@@ -21,8 +21,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::wait::{SlotWait, Woken};
+use super::IntoLocalBucket;
 use crate::bucket::{Bucket, LocalBucket, Reservation, Reserve, ReserveFuture};
-use crate::{Limits, RateLimitLayer};
+use crate::RateLimitLayer;
 
 /// What one request takes from the limit, as a request extension; read by
 /// [`WeightedRateLimitLayer`]. A request without it costs 1.
@@ -70,8 +71,9 @@ pub struct WeightedRateLimitLayer<B = LocalBucket> {
 }
 
 impl WeightedRateLimitLayer<LocalBucket> {
-    /// A layer with an in-process bucket enforcing `limits` (and their concurrency cap).
-    pub fn new(limits: impl Into<Limits>) -> Self {
+    /// A layer with an in-process bucket enforcing `limits` (and their concurrency cap), or
+    /// sharing a [`LocalBucket`] given instead, as [`RateLimitLayer::new`] does.
+    pub fn new(limits: impl IntoLocalBucket) -> Self {
         WeightedRateLimitLayer {
             gate: RateLimitLayer::new(limits),
         }

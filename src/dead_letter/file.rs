@@ -33,7 +33,9 @@ pub const DEFAULT_COMPACTION_THRESHOLD: usize = 64;
 ///   kernel releases the lock when a process dies, so a crash never leaves a stale lock
 ///   behind. `<file>.lock` is locked as well, so that a process running an earlier version of
 ///   this crate (which locks only that file) is refused too; deleting it does not let a
-///   second writer in.
+///   second writer in. A compaction writes a new file, so a hard link made before it keeps
+///   naming the old one (no longer the store, and no longer locked): open a store by its
+///   path or a symlink to it.
 /// * **Private** (Unix): the file, its compaction temp file and `<file>.lock` are created
 ///   with mode `0600` (letters hold request bodies: customers' personal data), and a
 ///   compaction gives the new file the mode of the old one, so a mode chosen on purpose

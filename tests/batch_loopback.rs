@@ -545,3 +545,75 @@ async fn loopback_braze_and_mailchimp_members_fail_only_the_named_records() {
     assert_eq!(report.succeeded + report.dead_lettered, 600);
     server.shutdown().await;
 }
+
+/// Braze's attributes with every object counted against the limit (as plans that count data
+/// points do): the format is Braze's own but for its cost.
+#[derive(Debug)]
+struct BrazePerObject(BrazeTrack);
+
+impl tower_throttle::batch::BatchFormat for BrazePerObject {
+    fn max_items(&self) -> usize {
+        self.0.max_items()
+    }
+    fn max_bytes(&self) -> usize {
+        self.0.max_bytes()
+    }
+    fn endpoint(&self) -> (http::Method, &str) {
+        self.0.endpoint()
+    }
+    fn envelope(&self) -> tower_throttle::batch::Envelope {
+        self.0.envelope()
+    }
+    fn encode_item(
+        &self,
+        id: u64,
+        head: &http::request::Parts,
+        body: &Bytes,
+    ) -> Result<Bytes, tower::BoxError> {
+        self.0.encode_item(id, head, body)
+    }
+    fn decode(
+        &self,
+        status: http::StatusCode,
+        body: &Bytes,
+        items: &[tower_throttle::batch::Sent<'_>],
+    ) -> Result<Vec<tower_throttle::batch::ItemResult>, tower::BoxError> {
+        self.0.decode(status, body, items)
+    }
+    fn cost(&self, items: usize, _bytes: usize) -> u32 {
+        items as u32
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_a_batch_costing_more_than_the_gate_burst_is_cut_to_fit() {
+    let server =
+        mock(MockServer::builder().batch_route("/users/track", BatchEndpoint::braze())).await;
+    // 100 objects per second, a burst of 50: a full batch of 75 could never be admitted.
+    let gate = tower_throttle::rate_limit::WeightedRateLimitLayer::new(
+        Quota::per_second(100).unwrap().with_burst(50).unwrap(),
+    );
+    let layer = BatchLayer::new(BrazePerObject(BrazeTrack::attributes()));
+    let stats = layer.stats();
+    let client = ServiceBuilder::new()
+        .layer(layer)
+        .layer(gate)
+        .service(common::client());
+    let profile = |n: u64| {
+        http::Request::post(server.uri("/users/track"))
+            .body(Full::from(format!(r#"{{"external_id":"u{n}"}}"#)))
+            .unwrap()
+    };
+    let report = run_bulk(
+        stream::iter((0..300).map(profile)),
+        client,
+        BulkOptions::default().concurrency(300),
+    )
+    .await;
+    assert_eq!(report.succeeded, 300, "{report:?}");
+    assert_eq!(server.records_on("/users/track").applied, 300);
+    // Every batch fit the burst: at least 300 / 50 calls, and none refused by the gate.
+    assert!(stats.batches() >= 6, "{}", stats.batches());
+    assert_eq!(stats.failed(), 0);
+    server.shutdown().await;
+}

@@ -220,7 +220,7 @@ mod common;
 /// fallback, or `BucketUnavailable`), never a panic; a day of `retry_interval` keeps Redis
 /// unasked, as configured.
 #[cfg(feature = "redis")]
-#[cfg_attr(no_redis_server, ignore = "redis-server not on PATH")]
+#[ignore = "needs redis-server on PATH; run: cargo test --all-features --tests -- --ignored"]
 #[tokio::test]
 async fn redis_bucket_settings_at_0_1ns_a_day_and_max_survive_an_outage() {
     use tower::Layer as _;
